@@ -248,3 +248,29 @@ def preset(name: str) -> Layout:
     if name not in PRESETS:
         raise ValueError(f"unknown layout preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return attention_layout(sdxl_attention_shapes(), base_model="sdxl", **PRESETS[name])
+
+
+def layout_mismatches(layout: Layout, target_shapes: Mapping[str, Sequence[int] | None], limit: int = 5) -> list[str]:
+    """Why `layout` does not fit a model, as readable lines (empty when it fits).
+
+    `target_shapes` maps the kohya names a model accepts to its weight shapes (None when the
+    name is accepted but its shape is unknown).
+    """
+    problems = []
+    missing = [m.name for m in layout.modules if m.name not in target_shapes]
+    if missing:
+        problems.append(f"{len(missing)} of {len(layout)} LoRA modules do not exist in the model, "
+                        f"e.g. {', '.join(missing[:limit])}")
+    wrong = []
+    for m in layout.modules:
+        shape = target_shapes.get(m.name)
+        if shape is None:
+            continue
+        out_f, in_f = int(shape[0]), 1
+        for dim in shape[1:]:
+            in_f *= int(dim)
+        if (out_f, in_f) != (m.out_features, m.in_features):
+            wrong.append(f"{m.name} (LoRA {m.out_features}x{m.in_features}, model {out_f}x{in_f})")
+    if wrong:
+        problems.append(f"{len(wrong)} modules have other shapes than the model's: {', '.join(wrong[:limit])}")
+    return problems

@@ -1,0 +1,30 @@
+"""What the nodes need from ComfyUI, in one place: key maps, shapes, progress, cancel."""
+from __future__ import annotations
+
+import comfy.lora
+import comfy.model_management
+import comfy.utils
+
+
+def unet_lora_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Every LoRA module name ComfyUI accepts for this MODEL, with its weight's shape."""
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    state = model.model.state_dict()
+    return {name: tuple(state[key].shape) for name, key in key_map.items() if key in state}
+
+
+def clip_lora_shapes(clip) -> dict[str, tuple[int, ...]]:
+    key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, {})
+    state = clip.cond_stage_model.state_dict()
+    return {name: tuple(state[key].shape) for name, key in key_map.items() if key in state}
+
+
+def progress_callback(total: int):
+    """A per-step callback for hypernet loops: advances a ProgressBar and honours Cancel."""
+    bar = comfy.utils.ProgressBar(total)
+
+    def step(index: int, *_):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(index + 1, total)
+
+    return step

@@ -1,0 +1,190 @@
+"""A real ComfyUI for the tests: in-process imports, small SDXL-architecture models, a server.
+
+ComfyUI comes from COMFYUI_PATH or from the tree `make` set up in .comfyui/ComfyUI (see
+scripts/setup.sh). It is put first on sys.path so ComfyUI's own `nodes` module wins over this
+pack's `nodes/` folder, which sits in the repository root.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI").resolve()
+PACK_DIRNAME = "comfyui-lora-hypernet"
+
+# DESIGN.md's tiny SDXL-architecture UNet: SDXL's block structure and conditioning at 6.5 M
+# parameters, so real ComfyUI code paths run in seconds on a CPU.
+TINY_SDXL_UNET = dict(
+    use_checkpoint=False, image_size=32, in_channels=4, out_channels=4, model_channels=32,
+    num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], transformer_depth=[0, 0, 1, 1, 1, 1],
+    transformer_depth_middle=1, transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1],
+    context_dim=64, num_head_channels=64, adm_in_channels=2816, num_classes="sequential",
+    use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False,
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+REAL_SDXL_UNET = dict(
+    TINY_SDXL_UNET, model_channels=320, transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
+)
+
+
+def prepare_comfy() -> None:
+    """Put ComfyUI first on sys.path and switch it to the CPU, before any `comfy.*` import."""
+    if not (COMFYUI_PATH / "main.py").is_file():
+        raise RuntimeError(f"no ComfyUI at {COMFYUI_PATH}: run `make test` (it sets one up) or set COMFYUI_PATH")
+    if str(COMFYUI_PATH) in sys.path:
+        sys.path.remove(str(COMFYUI_PATH))
+    sys.path.insert(0, str(COMFYUI_PATH))
+    from comfy.cli_args import args
+    args.cpu = True
+
+
+def import_comfy():
+    """Import ComfyUI in-process on the CPU and return its `comfy` package."""
+    prepare_comfy()
+    import comfy.lora
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.utils
+    return comfy
+
+
+def build_sdxl_model(unet_config: dict, device: str = "cpu", seed: int = 0):
+    """A ComfyUI SDXL BaseModel with the given UNet config; real weights are seeded noise."""
+    import torch
+    comfy = import_comfy()
+    model_config = comfy.supported_models.SDXL(dict(unet_config))
+    model_config.set_inference_dtype(torch.float32, None)
+    with torch.device(device):
+        model = comfy.model_base.SDXL(model_config, device=device)
+    if device != "meta":
+        # ComfyUI leaves weights uninitialised (torch.empty); fill them reproducibly.
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    return model
+
+
+def tiny_sdxl_patcher(seed: int = 0):
+    import torch
+    comfy = import_comfy()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(build_sdxl_model(TINY_SDXL_UNET, seed=seed), load_device=cpu, offload_device=cpu)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ComfyServer:
+    """`main.py --cpu` on 127.0.0.1 with this pack in a temporary base directory."""
+
+    def __init__(self, base_dir: Path, extra_args: tuple[str, ...] = ()):
+        self.base_dir = Path(base_dir)
+        for sub in ("custom_nodes", "input", "output", "user", "temp", "models"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base_dir / "custom_nodes" / PACK_DIRNAME
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base_dir / "comfyui.log"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> "ComfyServer":
+        cmd = [sys.executable, str(COMFYUI_PATH / "main.py"), "--cpu", "--listen", "127.0.0.1",
+               "--port", str(self.port), "--base-directory", str(self.base_dir), "--disable-auto-launch",
+               "--disable-api-nodes", *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._log = open(self.log_path, "wb")
+        # A new process group, so stop() also reaches anything the server started.
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_PATH, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, timeout: float = 30):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, payload: dict, timeout: float = 30):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read()
+            return json.loads(body) if body else None
+
+    def queue_prompt(self, prompt: dict) -> str:
+        try:
+            return self.post("/prompt", {"prompt": prompt})["prompt_id"]
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"ComfyUI refused the prompt: {err.read().decode(errors='replace')}") from None
+
+    def wait_history(self, prompt_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI died while running the prompt:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def copy_into(src: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest

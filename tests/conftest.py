@@ -1,0 +1,66 @@
+"""Shared fixtures: a real ComfyUI in-process and as a server, and small SDXL-shaped models."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import comfy_support
+from comfy_support import REAL_SDXL_UNET, ComfyServer, build_sdxl_model, import_comfy, tiny_sdxl_patcher
+
+# Before any test module imports hypernet or the pack: ComfyUI's `nodes` must shadow ours.
+comfy_support.prepare_comfy()
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's `comfy` package, imported in-process with --cpu."""
+    return import_comfy()
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_base(comfy):
+    """One tiny SDXL-architecture ModelPatcher for the session; tests use `tiny_sdxl`."""
+    return tiny_sdxl_patcher(seed=0)
+
+
+@pytest.fixture
+def tiny_sdxl(comfy, tiny_sdxl_base):
+    """A clone of the tiny SDXL MODEL: patches added here never reach other tests."""
+    clone = tiny_sdxl_base.clone()
+    yield clone
+    comfy.model_management.unload_all_models()
+    clone.unpatch_model()
+
+
+@pytest.fixture(scope="session")
+def sdxl_meta(comfy):
+    """ComfyUI's real SDXL BaseModel (2.57 B parameters) on the meta device: names and shapes, no memory."""
+    return build_sdxl_model(REAL_SDXL_UNET, device="meta")
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This pack imported the way ComfyUI imports a custom node folder."""
+    import importlib.util
+
+    name = comfy_support.PACK_DIRNAME
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, comfy_support.REPO / "__init__.py",
+                                                  submodule_search_locations=[str(comfy_support.REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A ComfyUI server with this pack, on a free port, shut down at the end of the session."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_base"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
