@@ -1,25 +1,16 @@
 """LORA values in the graph: apply one to a MODEL (and CLIP) through ComfyUI's patcher."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
 
 import comfy.sd
-import torch
 
 from ..hypernet.errors import HypernetError
 from ..hypernet.layout import Layout, layout_mismatches
 from .comfy_glue import clip_lora_shapes, unet_lora_shapes
+from .values import LoraValue
 
 CATEGORY = "LoRA Synthesis"
-
-
-@dataclass(frozen=True)
-class LoraValue:
-    """The LORA type: kohya-keyed tensors (exactly what Save LoRA writes) and their layout."""
-
-    state_dict: dict[str, torch.Tensor]
-    layout: Layout
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _check_fits(layout: Layout, model, clip) -> None:
@@ -67,6 +58,41 @@ class ApplyLoRA:
         return (new_model, new_clip if needs_clip else clip)
 
 
+
+
+class SaveLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora": ("LORA",),
+            "filename_prefix": ("STRING", {"default": "hypernet/person", "tooltip": "File name (and sub-folder) for the LoRA; a counter is added, nothing is overwritten."}),
+            "destination": (["loras", "output"], {"default": "loras", "tooltip": "models/loras (the stock LoraLoader lists it) or the output folder."}),
+        }}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Writes the LoRA as an ordinary kohya .safetensors file that ComfyUI, A1111/Forge and kohya load."
+
+    def save(self, lora: LoraValue, filename_prefix: str, destination: str):
+        import folder_paths
+
+        from ..hypernet.files import save_safetensors_new
+        root = folder_paths.get_folder_paths("loras")[0] if destination == "loras" else folder_paths.get_output_directory()
+        os.makedirs(root, exist_ok=True)
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        os.makedirs(folder, exist_ok=True)
+        while True:
+            path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+            if save_safetensors_new(lora.state_dict, path, lora.metadata):
+                break
+            counter += 1  # someone else took this name meanwhile; never overwrite
+        rel = os.path.relpath(path, root)
+        return {"ui": {"text": [f"saved {destination}/{rel}"]}}
+
+
 NODES = {
     "LoraHypernetApplyLoRA": (ApplyLoRA, "Apply LoRA (Hypernet)"),
+    "LoraHypernetSaveLoRA": (SaveLoRA, "Save LoRA (Hypernet)"),
 }

@@ -33,7 +33,11 @@ if [ ! -x "$PY" ]; then
   echo "setup: creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
-pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
+# This machine's pip config names local wheel folders that may be absent; drop that noise.
+pip() {
+  "$PY" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+  return "${PIPESTATUS[0]}"
+}
 pip install --upgrade pip
 echo "setup: installing $TORCH"
 pip install $TORCH

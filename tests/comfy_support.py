@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI").resolve()
 PACK_DIRNAME = "comfyui-lora-hypernet"
+FIXTURE_DIRNAME = "lora_hypernet_test_fixtures"
 
 # DESIGN.md's tiny SDXL-architecture UNet: SDXL's block structure and conditioning at 6.5 M
 # parameters, so real ComfyUI code paths run in seconds on a CPU.
@@ -95,13 +96,17 @@ def free_port() -> int:
 class ComfyServer:
     """`main.py --cpu` on 127.0.0.1 with this pack in a temporary base directory."""
 
-    def __init__(self, base_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, base_dir: Path, extra_args: tuple[str, ...] = (), fixture_nodes: bool = False):
         self.base_dir = Path(base_dir)
         for sub in ("custom_nodes", "input", "output", "user", "temp", "models"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base_dir / "custom_nodes" / PACK_DIRNAME
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
+        packs = {PACK_DIRNAME: REPO}
+        if fixture_nodes:
+            packs[FIXTURE_DIRNAME] = REPO / "tests" / "fixture_nodes"
+        for name, target in packs.items():
+            link = self.base_dir / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base_dir / "comfyui.log"

@@ -58,7 +58,7 @@ def pack(comfy):
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A ComfyUI server with this pack, on a free port, shut down at the end of the session."""
-    server = ComfyServer(tmp_path_factory.mktemp("comfy_base"))
+    server = ComfyServer(tmp_path_factory.mktemp("comfy_base"), fixture_nodes=True)
     server.start()
     try:
         yield server

@@ -1,0 +1,130 @@
+"""The hypernet in the graph: load a checkpoint, sample a LoRA latent for a face, decode it."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management
+import comfy.model_patcher
+import folder_paths
+
+from ..hypernet.errors import HypernetError
+from .comfy_glue import progress_callback
+from .values import FaceEmbeddingValue, HypernetValue, LoraLatentValue, LoraValue
+
+CATEGORY = "LoRA Synthesis"
+FOLDER = "lora_hypernets"
+
+
+def register_model_folder() -> None:
+    """models/lora_hypernets/ (not `hypernetworks`, which ComfyUI uses for an older format)."""
+    paths = [os.path.join(folder_paths.models_dir, FOLDER)]
+    if FOLDER in folder_paths.folder_names_and_paths:
+        paths += [p for p in folder_paths.get_folder_paths(FOLDER) if p not in paths]
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+
+
+def _file_state(path: str) -> str:
+    stat = os.stat(path)
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
+class LoadHypernet:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"hypernet_name": (folder_paths.get_filename_list(FOLDER),
+                                               {"tooltip": "A hypernet checkpoint in models/lora_hypernets/."})}}
+
+    RETURN_TYPES = ("HYPERNET", "STRING")
+    RETURN_NAMES = ("hypernet", "info")
+    OUTPUT_TOOLTIPS = ("The hypernetwork, for Sample LoRA and Decode LoRA.", "What it was trained for: base model, layout, face model.")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads a LoRA hypernetwork checkpoint (.safetensors only; nothing is unpickled)."
+
+    @classmethod
+    def IS_CHANGED(cls, hypernet_name):
+        path = folder_paths.get_full_path(FOLDER, hypernet_name)
+        return _file_state(path) if path else hypernet_name
+
+    def load(self, hypernet_name: str):
+        from ..hypernet.checkpoint import file_sha256, load_hypernet
+        path = folder_paths.get_full_path(FOLDER, hypernet_name)
+        if path is None:
+            raise HypernetError(f"Hypernet '{hypernet_name}' not found; put hypernet checkpoints in "
+                                f"{folder_paths.get_folder_paths(FOLDER)[0]}")
+        model = load_hypernet(path, device="cpu")
+        # A ModelPatcher lets ComfyUI move it to its device when needed and free it like its own models.
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                                   offload_device=comfy.model_management.unet_offload_device())
+        return (HypernetValue(patcher, hypernet_name, file_sha256(path)), model.describe())
+
+
+class SampleLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "hypernet": ("HYPERNET",),
+            "face_embedding": ("FACE_EMBEDDING",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Same seed, same inputs: the same LoRA, bit for bit, on the same device type."}),
+            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "DDIM steps of the prior; 25 is plenty."}),
+            "guidance": ("FLOAT", {"default": 1.5, "min": 0.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "Identity strength: 1 samples the conditional prior, higher follows the face more, 0 ignores it."}),
+            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "0 is deterministic DDIM; higher adds fresh noise per step (more variety)."}),
+        }}
+
+    RETURN_TYPES = ("LORA_LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Samples LoRA weights (as a latent) for this face from the diffusion hypernetwork."
+
+    def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue, seed: int, steps: int,
+               guidance: float, eta: float):
+        from ..hypernet.sampling import sample_latents
+        model = hypernet.hypernet
+        if face_embedding.model_name != model.embedding_model:
+            raise HypernetError(
+                f"This hypernet was trained on face embeddings from '{model.embedding_model}', but Face Embed used "
+                f"'{face_embedding.model_name}'. Load that face model in Load Face Analyzer.")
+        comfy.model_management.load_models_gpu([hypernet.patcher])
+        latent = sample_latents(model, face_embedding.embedding, seed=seed, steps=steps, guidance=guidance, eta=eta,
+                                callback=progress_callback(steps), device=hypernet.patcher.load_device)
+        return (LoraLatentValue(latent.cpu(), seed, steps, guidance, eta, hypernet.name, hypernet.sha256,
+                                face_embedding.model_name),)
+
+
+class DecodeLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"hypernet": ("HYPERNET",), "lora_latent": ("LORA_LATENT",)}}
+
+    RETURN_TYPES = ("LORA",)
+    OUTPUT_TOOLTIPS = ("A ready LoRA, for Apply LoRA and Save LoRA.",)
+    FUNCTION = "decode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Decodes a sampled latent into LoRA weights (kohya format)."
+
+    def decode(self, hypernet: HypernetValue, lora_latent: LoraLatentValue):
+        from ..hypernet.lora_io import lora_to_state_dict
+        from ..hypernet.sampling import decode_lora
+        if lora_latent.hypernet_sha256 != hypernet.sha256:
+            raise HypernetError(f"This latent was sampled with hypernet '{lora_latent.hypernet_name}', not "
+                                f"'{hypernet.name}': connect the same Load Hypernet to Sample LoRA and Decode LoRA.")
+        model = hypernet.hypernet
+        comfy.model_management.load_models_gpu([hypernet.patcher])
+        weights = decode_lora(model, lora_latent.latent.to(hypernet.patcher.load_device))
+        metadata = {
+            "hypernet_file": hypernet.name, "hypernet_sha256": hypernet.sha256, "seed": str(lora_latent.seed),
+            "steps": str(lora_latent.steps), "guidance": str(lora_latent.guidance), "eta": str(lora_latent.eta),
+            "embedding_model": lora_latent.embedding_model,
+        }
+        state = {k: v.detach().cpu().contiguous() for k, v in lora_to_state_dict(weights).items()}
+        return (LoraValue(state, model.layout, metadata),)
+
+
+NODES = {
+    "LoraHypernetLoad": (LoadHypernet, "Load Hypernet"),
+    "LoraHypernetSample": (SampleLoRA, "Sample LoRA"),
+    "LoraHypernetDecode": (DecodeLoRA, "Decode LoRA"),
+}

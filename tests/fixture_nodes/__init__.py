@@ -1,0 +1,50 @@
+"""Test-only ComfyUI nodes: a stand-in for CheckpointLoaderSimple that gives the tiny
+SDXL-architecture MODEL with a CLIP and VAE of matching shapes, since no real SDXL checkpoint
+can exist on the test machines. Linked into the test server's custom_nodes folder."""
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+import comfy_support  # noqa: E402
+
+
+class TinyClip:
+    """Text -> SDXL-shaped conditioning (context 64, pooled 1280), deterministic per text."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, tokens, **_):
+        seed = int.from_bytes(hashlib.sha256(str(tokens).encode()).digest()[:8], "little")
+        gen = torch.Generator().manual_seed(seed)
+        cond = torch.randn(1, 77, 64, generator=gen)
+        pooled = torch.randn(1, 1280, generator=gen)
+        return [[cond, {"pooled_output": pooled}]]
+
+
+class TinyVae:
+    """Latent [B,4,h,w] -> image [B,8h,8w,3] in 0..1, a fixed smooth map."""
+
+    def decode(self, samples):
+        rgb = samples[:, :3].float()
+        image = torch.nn.functional.interpolate(rgb, scale_factor=8, mode="bilinear")
+        return torch.sigmoid(image).movedim(1, -1)
+
+
+class TinySDXLCheckpointLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": ("STRING", {"default": "tiny-sdxl"})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, ckpt_name):
+        return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae()
+
+
+NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader}
