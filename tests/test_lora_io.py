@@ -65,7 +65,7 @@ def test_diffusers_names_map_to_ldm_names():
     assert kohya_name("lora_unet_time_embedding_linear_1") is None
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(fmt=st.sampled_from(FORMATS), rank=st.integers(1, 4), alpha=st.sampled_from([1.0, 2.0, 8.0]),
        seed=st.integers(0, 2**16))
 def test_each_format_reads_and_round_trips_through_kohya(tmp_path_factory, fmt, rank, alpha, seed):
