@@ -32,7 +32,7 @@ from safetensors import safe_open
 from . import GENERATOR
 from .errors import HypernetError
 from .files import save_safetensors_atomic
-from .layout import UNET_PREFIX, Layout, LoraModule, natural_key
+from .layout import UNET_PREFIX, Layout, LoraModule, kohya_unet_name, natural_key, sdxl_attention_shapes
 
 TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_", "lora_te_")
 _LDM_UNET_ROOTS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_")
@@ -302,6 +302,20 @@ def _module(name: str, found: Mapping[str, torch.Tensor], source: str) -> Module
 def layout_from_lora(weights: LoraWeights, base_model: str) -> Layout:
     """The layout a LoRA has: its modules with their shapes, ranks and alphas."""
     return Layout(tuple(m.describe(name) for name, m in weights.items()), base_model)
+
+
+def guess_base_model(weights: LoraWeights) -> str:
+    """"sdxl", "sd15" or "unknown": from the file's metadata, else from SDXL attention shapes."""
+    tag = weights.metadata.get("hypernet.base_model") or weights.metadata.get("ss_base_model_version", "")
+    if tag.startswith("sdxl"):
+        return "sdxl"
+    if tag.startswith(("sd_v1", "sd15")):
+        return "sd15"
+    sdxl = {kohya_unet_name(key): shape for key, shape in sdxl_attention_shapes().items()}
+    unet = {name: m for name, m in weights.items() if name.startswith(UNET_PREFIX)}
+    if unet and all(sdxl.get(name) == (m.out_features, m.in_features) for name, m in unet.items()):
+        return "sdxl"
+    return "unknown"
 
 
 # --- writing --------------------------------------------------------------------------------
