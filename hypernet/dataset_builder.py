@@ -149,7 +149,7 @@ def _read_embedding_file(path: Path) -> torch.Tensor:
     except Exception as exc:  # safetensors' own error types
         raise _Skip("bad embedding file", f"{path} cannot be read: {exc}") from exc
     if emb.dim() not in (1, 2) or emb.shape[-1] != EMBEDDING_DIM or emb.numel() == 0:
-        raise _Skip("bad embedding file", f"{path}: 'embedding' has shape {tuple(emb.shape)}, not [512] or [k, 512]")
+        raise _Skip("bad embedding file", f"{path}: 'embedding' has shape {list(emb.shape)}, not [512] or [k, 512]")
     if not torch.isfinite(emb).all():
         raise _Skip("bad embedding file", f"{path}: 'embedding' has NaN or Inf values")
     try:
