@@ -1,0 +1,106 @@
+"""Time and peak memory of reading, canonicalising and flattening synthetic SDXL LoRAs.
+
+    python benchmarks/bench_lora_io.py [--identities 32] [--layout sdxl-attn-r4] [--dir DIR]
+
+Writes `python -m hypernet synth` output into DIR (a temp dir by default; an existing DIR with
+enough identities of the same layout is reused) and prints one table row per stage: total and
+per-file time, and the peak resident memory of the stage above what the process held before.
+Peak RSS per stage comes from Linux's VmHWM, reset through /proc/self/clear_refs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hypernet.canonical import canonicalize  # noqa: E402
+from hypernet.layout import load_layout  # noqa: E402
+from hypernet.lora_io import read_lora  # noqa: E402
+from hypernet.synth import write_synth  # noqa: E402
+from hypernet.vectorize import flatten  # noqa: E402
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+class Stage:
+    def __init__(self, name: str, files: int):
+        self.name, self.files = name, files
+
+    def __enter__(self):
+        _reset_peak()
+        self.rss_before = _status_kib("VmRSS")
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        self.peak_mib = (_status_kib("VmHWM") - self.rss_before) / 1024
+        self.rss_after_mib = _status_kib("VmRSS") / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--identities", type=int, default=32)
+    parser.add_argument("--layout", default="sdxl-attn-r4")
+    parser.add_argument("--dir", type=Path, help="synth folder to write or reuse (default: a temp dir)")
+    args = parser.parse_args()
+    layout = load_layout(args.layout)
+
+    tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="bench_lora_io_")
+    root = args.dir or Path(tmp.name)
+    info = root / "synth.json"
+    reuse = info.is_file() and json.loads(info.read_text()).get("identities", 0) >= args.identities and \
+        json.loads(info.read_text())["layout"] == layout.to_dict()
+    n = args.identities
+    stages = []
+    if not reuse:
+        with Stage("synth (write files)", n) as stage:
+            write_synth(root, layout, n, progress=False)
+        stages.append(stage)
+    files = [root / f"id-{i:05d}" / "lora.safetensors" for i in range(n)]
+    size_mib = sum(f.stat().st_size for f in files) / 2**20
+
+    with Stage("read_lora", n) as stage:
+        loras = [read_lora(f) for f in files]
+    stages.append(stage)
+    with Stage("canonicalize", n) as stage:
+        canon = [canonicalize(w, layout) for w in loras]
+    stages.append(stage)
+    del canon
+    with Stage("flatten (canonicalises)", n) as stage:
+        vectors = torch.stack([flatten(w, layout) for w in loras])
+    stages.append(stage)
+    del loras, vectors
+    with Stage("read+flatten, streamed", n) as stage:
+        vectors = torch.empty(n, layout.num_values)
+        for i, f in enumerate(files):
+            vectors[i] = flatten(read_lora(f), layout)
+    stages.append(stage)
+
+    print(f"layout {args.layout}: {len(layout)} modules, {layout.num_values:,} values per LoRA; "
+          f"{n} files, {size_mib:.0f} MiB on disk; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'stage':<26} {'total s':>8} {'ms/file':>8} {'peak +RSS MiB':>14} {'RSS after MiB':>14}")
+    for s in stages:
+        print(f"{s.name:<26} {s.seconds:>8.2f} {1000 * s.seconds / s.files:>8.1f} {s.peak_mib:>14.0f} {s.rss_after_mib:>14.0f}")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
