@@ -8,7 +8,9 @@ Every format is read into one canonical in-memory form, `LoraWeights`: kohya mod
 - kohya, diffusers block names: `lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_...`;
 - diffusers attention processors: `[unet.]down_blocks.1.attentions.0.transformer_blocks.0.attn1.
   processor.to_q_lora.up.weight` / `.down.weight` (`to_out_lora` is `to_out.0`);
-- PEFT: `[base_model.model.][unet.]down_blocks.1...attn1.to_q.lora_B.weight` (up) / `lora_A` (down).
+- PEFT: `[base_model.model.][unet.]down_blocks.1...attn1.to_q.lora_B.weight` (up) / `lora_A` (down),
+  also with the adapter name `.lora_B.default.weight`;
+- diffusers LoRACompatibleLinear: `[unet.]down_blocks.1...attn1.to_q.lora.up.weight` / `.lora.down.weight`.
 
 Diffusers block names map to ldm names for SDXL (two res blocks per level); only the attention
 blocks (`attentions`) map, anything else outside them is refused with the keys named. Files are
@@ -123,6 +125,8 @@ _SUFFIXES = (
     (".lora_up.weight", "up"), (".lora_down.weight", "down"),
     ("_lora.up.weight", "up"), ("_lora.down.weight", "down"),
     (".lora_B.weight", "up"), (".lora_A.weight", "down"),
+    (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
+    (".lora.up.weight", "up"), (".lora.down.weight", "down"),
     (".alpha", "alpha"),
 )
 _DIFFUSERS_BLOCK = (
