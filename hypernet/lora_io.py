@@ -4,7 +4,8 @@ Every format is read into one canonical in-memory form, `LoraWeights`: kohya mod
 (`lora_unet_<ldm path with . as _>`) -> `ModuleWeights(up, down, alpha)`. Accepted keys:
 
 - kohya, ldm names: `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_up.weight`,
-  `.lora_down.weight`, `.alpha` (text encoders: `lora_te1_`, `lora_te2_`, `lora_te_` kept as is);
+  `.lora_down.weight`, `.alpha` (text encoders: `lora_te1_`, `lora_te2_`, `lora_te_` kept as is; diffusers/PEFT
+  `text_encoder[_2].text_model...` keys become `lora_te1_` / `lora_te2_` names);
 - kohya, diffusers block names: `lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_...`;
 - diffusers attention processors: `[unet.]down_blocks.1.attentions.0.transformer_blocks.0.attn1.
   processor.to_q_lora.up.weight` / `.down.weight` (`to_out_lora` is `to_out.0`);
@@ -137,6 +138,8 @@ _DIFFUSERS_BLOCK = (
 _TRANSFORMER_SUBPATH = re.compile(
     r"^(transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2)|proj_in|proj_out)$")
 _DIFFUSERS_STYLE_KOHYA = ("down_blocks_", "mid_block_", "up_blocks_")
+_TEXT_ENCODER_ROOTS = (("text_encoder.text_model.", "lora_te1_text_model_"),
+                       ("text_encoder_2.text_model.", "lora_te2_text_model_"))
 
 
 def _diffusers_to_ldm(path: str) -> str | None:
@@ -186,7 +189,11 @@ def kohya_name(prefix: str) -> str | None:
             ldm = _diffusers_to_ldm(rest)
             return None if ldm is None else UNET_PREFIX + ldm.replace(".", "_")
         return prefix if rest.startswith(_LDM_UNET_ROOTS) else None
-    path = prefix.removeprefix("base_model.model.").removeprefix("unet.")
+    path = prefix.removeprefix("base_model.model.")
+    for diffusers_root, kohya_root in _TEXT_ENCODER_ROOTS:
+        if path.startswith(diffusers_root):
+            return kohya_root + path[len(diffusers_root):].replace(".", "_")
+    path = path.removeprefix("unet.")
     if ".processor." in path:
         path = path.replace(".processor.to_out", ".to_out.0").replace(".processor.", ".")
     ldm = _diffusers_to_ldm(path)

@@ -65,6 +65,8 @@ def test_diffusers_names_map_to_ldm_names():
         assert kohya_name("lora_unet_" + diffusers.replace(".", "_")) == kohya
         assert kohya_name("unet." + diffusers) == kohya
     assert kohya_name("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") == "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    assert kohya_name("text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj") == \
+        "lora_te2_text_model_encoder_layers_3_self_attn_k_proj"
     assert kohya_name("unet.down_blocks.0.resnets.0.conv1") is None
     assert kohya_name("lora_unet_down_blocks_0_resnets_0_conv1") is None
     assert kohya_name("lora_unet_time_embedding_linear_1") is None
