@@ -114,7 +114,8 @@ class Normalizer:
     Mode "dim": per-dimension mean and std. Mode "module": per-dimension mean, one std per
     module (its values pooled), which keeps the relative sizes of values inside a module.
     Stds below a floor relative to the largest are raised to it, so constant dimensions (e.g.
-    zero-padded ranks) neither divide by zero nor let denormalised noise swamp them.
+    zero-padded ranks) neither divide by zero nor let denormalised noise swamp them; data with
+    no spread at all (one sample) gets std 1.
     """
 
     MODES = ("dim", "module")
@@ -150,7 +151,8 @@ class Normalizer:
             for s in module_slices(layout):
                 var[s.start:s.stop] = var[s.start:s.stop].mean()
         std = var.sqrt()
-        floor = max(float(std.max()) * cls.RELATIVE_FLOOR, torch.finfo(torch.float32).tiny)
+        largest = float(std.max())
+        floor = largest * cls.RELATIVE_FLOOR if largest > 0 else 1.0  # one sample or constant data: no scaling
         return cls(mean.float(), std.clamp_min(floor).float())
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,6 +150,13 @@ def test_normalizer_is_invertible_and_standardises(seed, mode, n):
         assert torch.allclose(z[:, varying].std(0, unbiased=False), torch.ones(int(varying.sum())), atol=1e-3)
 
 
+def test_normalizer_of_one_sample_does_not_scale():
+    data = torch.randn(1, SMALL.num_values)
+    norm = Normalizer.fit(data)
+    assert torch.equal(norm.std, torch.ones(SMALL.num_values))
+    assert torch.allclose(norm.normalize(data + 1), torch.ones(1, SMALL.num_values))
+
+
 def test_module_mode_uses_one_std_per_module():
     gen = torch.Generator().manual_seed(5)
     data = torch.randn(8, SMALL.num_values, generator=gen)
