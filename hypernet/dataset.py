@@ -94,33 +94,32 @@ def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str,
     embedding_dim = None
     entries, shard_names = [], []
 
-    def write_shard(split: str, chunk: list[tuple[DatasetRecord, torch.Tensor, torch.Tensor]]) -> None:
-        name = f"shard-{len(shard_names):05d}.safetensors"
-        save_safetensors_atomic({"vectors": torch.stack([v for _, v, _ in chunk]),
-                                 "embeddings": torch.stack([e for _, _, e in chunk])},
-                                path / name, {"format": FORMAT, "split": split})
-        for row, (rec, _, _) in enumerate(chunk):
-            entries.append({"id": rec.id, "split": split, "shard": name, "row": row, "lora_file": rec.lora_file,
-                            "lora_sha256": rec.lora_sha256, "sources": list(rec.sources)})
-        shard_names.append(name)
+    def row_of(rec: DatasetRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        vector, embedding = (t.detach().float().reshape(-1) for t in rec.tensors())
+        if vector.numel() != dim:
+            raise HypernetError(f"identity {rec.id}: vector has {vector.numel()} values, layout needs {dim}")
+        if embedding_dim is not None and embedding.numel() != embedding_dim:
+            raise HypernetError(f"identity {rec.id}: embedding has {embedding.numel()} values, others {embedding_dim}")
+        return vector, embedding
 
     for split in SPLITS:
-        chunk, per_shard = [], None
-        for rec in (r for r in records if splits[r.id] == split):
-            vector, embedding = rec.tensors()
-            vector, embedding = vector.detach().float().reshape(-1), embedding.detach().float().reshape(-1)
-            if vector.numel() != dim:
-                raise HypernetError(f"identity {rec.id}: vector has {vector.numel()} values, layout needs {dim}")
-            embedding_dim = embedding_dim or embedding.numel()
-            if embedding.numel() != embedding_dim:
-                raise HypernetError(f"identity {rec.id}: embedding has {embedding.numel()} values, others {embedding_dim}")
-            per_shard = per_shard or max(1, max_shard_bytes // (4 * (dim + embedding_dim)))
-            chunk.append((rec, vector, embedding))
-            if len(chunk) == per_shard:
-                write_shard(split, chunk)
-                chunk = []
-        if chunk:
-            write_shard(split, chunk)
+        rows = [r for r in records if splits[r.id] == split]
+        start = 0
+        while start < len(rows):
+            first = row_of(rows[start])
+            embedding_dim = embedding_dim or first[1].numel()
+            chunk = rows[start:start + max(1, max_shard_bytes // (4 * (dim + embedding_dim)))]
+            # rows go straight into the shard tensors: one shard in memory, not two
+            vectors, embeddings = torch.empty(len(chunk), dim), torch.empty(len(chunk), embedding_dim)
+            for i, rec in enumerate(chunk):
+                vectors[i], embeddings[i] = first if i == 0 else row_of(rec)
+            name = f"shard-{len(shard_names):05d}.safetensors"
+            save_safetensors_atomic({"vectors": vectors, "embeddings": embeddings}, path / name,
+                                    {"format": FORMAT, "split": split})
+            entries += [{"id": rec.id, "split": split, "shard": name, "row": row, "lora_file": rec.lora_file,
+                         "lora_sha256": rec.lora_sha256, "sources": list(rec.sources)} for row, rec in enumerate(chunk)]
+            shard_names.append(name)
+            start += len(chunk)
     manifest = {"format": FORMAT, "version": VERSION, "layout": layout.to_dict(), "embedding_model": embedding_model,
                 "embedding_dim": embedding_dim, "identities": entries, "skipped": list(skipped)}
     tmp = path / f".{MANIFEST}.partial"

@@ -202,7 +202,7 @@ class _Builder:
             self.layout = _canonical_layout(layout_from_lora(weights, guess_base_model(weights)))
         key = self.cache_key(sources)
         cache = self.work / f"{folder.id}.safetensors"
-        if weights is None and _cache_key(cache) == key:
+        if _cache_key(cache) == key:
             return self._record(folder.id, cache, lora_file, lora_sha, sources), True
         weights = weights or self._read(folder.loras[0])
         try:

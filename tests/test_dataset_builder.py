@@ -71,6 +71,8 @@ def test_dataset_from_embedding_files_holds_canonical_vectors(synth_src, tmp_pat
     assert entry["lora_file"] == f"{entry['id']}/lora.safetensors"
     assert entry["lora_sha256"] == hashlib.sha256(lora_bytes).hexdigest()
     assert {s["file"] for s in entry["sources"]} == {entry["lora_file"], f"{entry['id']}/embedding.safetensors"}
+    # the layout taken from the first LoRA is the same on a re-run, so every cache is reused
+    assert build_dataset(synth_src, tmp_path / "data", heldout=0.34, seed=0, progress=False).reused == 6
 
 
 def test_bad_folders_are_skipped_with_reasons(synth_src, tmp_path):
