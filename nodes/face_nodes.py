@@ -105,6 +105,7 @@ class MixIdentities:
         }}
 
     RETURN_TYPES = ("FACE_EMBEDDING",)
+    RETURN_NAMES = ("face_embedding",)
     FUNCTION = "mix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Blends two people by spherical interpolation of their face embeddings."
