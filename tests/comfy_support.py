@@ -116,7 +116,8 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         cmd = [sys.executable, str(COMFYUI_PATH / "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--base-directory", str(self.base_dir), "--disable-auto-launch",
-               "--disable-api-nodes", *self.extra_args]
+               "--disable-api-nodes", "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
+               *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         # A new process group, so stop() also reaches anything the server started.
