@@ -20,11 +20,12 @@ def clip_lora_shapes(clip) -> dict[str, tuple[int, ...]]:
 
 
 def progress_callback(total: int):
-    """A per-step callback for hypernet loops: advances a ProgressBar and honours Cancel."""
+    """A callback for hypernet loops, called with the number of steps done: advances a
+    ProgressBar and raises ComfyUI's interrupt exception when the user pressed Cancel."""
     bar = comfy.utils.ProgressBar(total)
 
-    def step(index: int, *_):
+    def step(done: int, *_):
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(index + 1, total)
+        bar.update_absolute(done, total)
 
     return step

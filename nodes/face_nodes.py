@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..hypernet.errors import HypernetError
+from .comfy_glue import progress_callback
 from .values import FaceEmbeddingValue
 
 CATEGORY = "LoRA Synthesis"
@@ -61,8 +62,8 @@ class LoadFaceAnalyzer:
     DESCRIPTION = "Loads an insightface face model folder (never downloads)."
 
     def load(self, model_name: str, provider: str):
-        from ..hypernet.face import FaceAnalyzer
-        return (FaceAnalyzer(face_model_dir(model_name), providers=(provider,)),)
+        from ..hypernet.face import load_face_analyzer
+        return (load_face_analyzer(face_model_dir(model_name), providers=(provider,)),)
 
 
 class FaceEmbed:
@@ -82,12 +83,14 @@ class FaceEmbed:
     DESCRIPTION = "Finds the largest face in each photo and embeds it with ArcFace; several photos average into one identity."
 
     def embed(self, face_analyzer, images: torch.Tensor, skip_photos_without_face: bool):
-        result = face_analyzer.embed_images(images_to_uint8(images), skip_missing=skip_photos_without_face)
-        crops = torch.from_numpy(np.stack(result.crops)).float() / 255.0
+        photos = images_to_uint8(images)
+        result = face_analyzer.embed_images(photos, skip_missing=skip_photos_without_face,
+                                            on_progress=progress_callback(len(photos)))
+        crops = torch.from_numpy(np.stack([face.crop for face in result.faces])).float() / 255.0
         value = FaceEmbeddingValue(
-            embedding=torch.from_numpy(result.embedding).float(),
-            per_image=torch.from_numpy(np.stack(result.per_image)).float(),
-            model_name=face_analyzer.name,
+            embedding=torch.from_numpy(result.identity).float(),
+            per_image=torch.from_numpy(result.embeddings).float(),
+            model_name=result.model_name,
             used_images=tuple(result.used),
             skipped_images=tuple(result.skipped),
         )
@@ -105,6 +108,7 @@ class MixIdentities:
         }}
 
     RETURN_TYPES = ("FACE_EMBEDDING",)
+    RETURN_NAMES = ("face_embedding",)
     FUNCTION = "mix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Blends two people by spherical interpolation of their face embeddings."

@@ -116,7 +116,8 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> "ComfyServer":
         cmd = [sys.executable, str(COMFYUI_PATH / "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--base-directory", str(self.base_dir), "--disable-auto-launch",
-               "--disable-api-nodes", *self.extra_args]
+               "--disable-api-nodes", "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
+               *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         # A new process group, so stop() also reaches anything the server started.
@@ -181,6 +182,42 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died while running the prompt:\n{self.log()[-4000:]}")
             time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def run_prompt(self, prompt: dict, timeout: float = 600) -> tuple[dict, list[tuple[str, float]]]:
+        """Queue a prompt and follow ComfyUI's websocket: (history entry, [(node id, seconds)])."""
+        import asyncio
+        import uuid
+
+        import aiohttp
+
+        async def follow():
+            client_id = uuid.uuid4().hex
+            timings, current, started = [], None, time.monotonic()
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
+                    async with session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as resp:
+                        body = await resp.json()
+                        if resp.status != 200:
+                            raise AssertionError(f"ComfyUI refused the prompt: {json.dumps(body)[:3000]}")
+                    prompt_id = body["prompt_id"]
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        event = json.loads(msg.data)
+                        data = event.get("data", {})
+                        if data.get("prompt_id") != prompt_id:
+                            continue
+                        if event["type"] in ("executing", "execution_success", "execution_error", "execution_interrupted"):
+                            now = time.monotonic()
+                            if current is not None:
+                                timings.append((current, now - started))
+                            current, started = data.get("node"), now
+                            if event["type"] != "executing" or current is None:
+                                break
+            return prompt_id, timings
+
+        prompt_id, timings = asyncio.run(asyncio.wait_for(follow(), timeout))
+        return self.wait_history(prompt_id, timeout=60), timings
 
     def __enter__(self):
         return self.start()

@@ -1,0 +1,445 @@
+"""Face embeddings with insightface: an SCRFD detector and an ArcFace recogniser from one folder.
+
+The folder is an insightface model pack such as `models/insightface/models/antelopev2/` or
+`buffalo_l/`. Only its detector and recogniser are loaded; landmark and gender/age models are
+ignored. Nothing is ever downloaded: a missing folder or file is a `HypernetError` that names
+the folder and the files to put there.
+
+insightface 0.7.3 (compiled, widespread in ComfyUI installs) and 2.1 (pure Python) are both
+supported by calling only what they share:
+
+* `insightface.model_zoo.model_zoo.get_model(<path to .onnx>, providers=[...])`: with a full
+  file path neither version looks under ~/.insightface or downloads. It routes by the graph's
+  inputs and outputs and returns an object with `.taskname` "detection" (0.7.3 `RetinaFace`,
+  2.1 `SCRFD`: the same decoding) or "recognition" (`ArcFaceONNX`), and `.session`.
+* `detector.detect(bgr, input_size=(w, h), max_num=0, metric="default")` -> boxes [n, 5]
+  (x1, y1, x2, y2, score) and landmarks [n, 5, 2]; `detector.use_kps`. Thresholds stay at
+  the defaults both versions set (score 0.5, NMS 0.4), so `prepare()` is not needed.
+* `recogniser.get_feat(aligned_bgr)` -> [1, 512]; `recogniser.input_size`.
+* `insightface.utils.face_align.norm_crop(bgr, landmark=kps, image_size=112)`.
+
+Not used: `FaceAnalysis` (0.7.3 calls `ensure_available`, which downloads a missing pack) and
+`get_model(<pack name>)`. insightface works on BGR arrays (OpenCV order); this module takes
+and returns RGB.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import HypernetError
+
+logger = logging.getLogger(__name__)
+
+DETECTION_SIZES = (640, 512, 384, 256)
+PAD_FRACTION = 0.25  # black border added on each side, as a fraction of the longer side
+EMBEDDING_DIM = 512
+_TRIED = f"tried detection sizes {', '.join(map(str, DETECTION_SIZES))} and padding"
+
+# Detector and recogniser files of the public packs; their other files (landmarks,
+# gender/age) are skipped without loading.
+KNOWN_PACKS = {
+    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
+    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
+    "buffalo_m": ("det_2.5g.onnx", "w600k_r50.onnx"),
+    "buffalo_s": ("det_500m.onnx", "w600k_mbf.onnx"),
+    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
+}
+_UNUSED_PACK_FILES = {"1k3d68.onnx", "2d106det.onnx", "genderage.onnx"}
+_KNOWN_MODEL_FILES = {name for pair in KNOWN_PACKS.values() for name in pair}
+
+CPU_PROVIDER = "CPUExecutionProvider"
+PROVIDER_ALIASES = {
+    "cpu": CPU_PROVIDER,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+# Distributions that all install the same `onnxruntime` module.
+_RUNTIME_DISTRIBUTIONS = {
+    "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+    "onnxruntime-rocm", "onnxruntime-migraphx", "onnxruntime-silicon", "onnxruntime-qnn",
+}
+_runtime_conflict_checked = False
+
+
+@dataclass(frozen=True, eq=False)
+class FaceResult:
+    """The face picked in one image (the largest) and its embedding.
+
+    Coordinates are pixels of the image given, even when the face was found after padding.
+    """
+
+    embedding: np.ndarray  # float32 [512], unit length
+    bbox: np.ndarray  # float32 [4]: x1, y1, x2, y2
+    kps: np.ndarray  # float32 [5, 2]: eyes, nose, mouth corners (x, y)
+    det_score: float
+    crop: np.ndarray  # uint8 [112, 112, 3] RGB: the aligned face the recogniser saw
+    num_faces: int  # faces found in the detection pass that succeeded
+    det_size: int  # detector input size of that pass
+    padded: bool  # found only after padding the image
+
+
+@dataclass(frozen=True, eq=False)
+class FaceEmbeddings:
+    """Embeddings of several reference photos of one person."""
+
+    embeddings: np.ndarray  # float32 [k, 512], one unit vector per photo with a face
+    identity: np.ndarray  # float32 [512]: normalised mean of `embeddings`
+    faces: list[FaceResult]  # per photo with a face, in input order
+    used: list[int]  # 0-based indices of those photos in the input list
+    skipped: list[int] = field(default_factory=list)  # 0-based indices without a face
+    model_name: str = ""
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    if np.any(norms < 1e-12):
+        raise HypernetError("A face embedding has zero length; the recogniser model is broken.")
+    return vectors / norms
+
+
+def combine_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """One identity from several embeddings [k, d]: mean of unit vectors, normalised again."""
+    vectors = _unit_rows(np.atleast_2d(np.asarray(embeddings, dtype=np.float64)))
+    mean = vectors.mean(axis=0)
+    if np.linalg.norm(mean) < 1e-6:
+        raise HypernetError("The reference faces' embeddings cancel out; use photos of one person.")
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation between the directions of `a` (t=0) and `b` (t=1); unit length.
+
+    Nearly equal vectors interpolate linearly. For opposite vectors every great circle is
+    a shortest path; the one through a fixed axis orthogonal to `a` is taken, which makes
+    the midpoint the same for (a, b) and (b, a).
+    """
+    a, b = _unit_rows(np.asarray(a, dtype=np.float64)), _unit_rows(np.asarray(b, dtype=np.float64))
+    cos = float(np.clip(a @ b, -1.0, 1.0))
+    if cos > 1.0 - 1e-9:
+        result = (1.0 - t) * a + t * b
+    elif cos < -1.0 + 1e-9:
+        axis = np.zeros_like(a)
+        axis[np.argmin(np.abs(a))] = 1.0
+        orthogonal = _unit_rows(axis - (axis @ a) * a)
+        result = np.cos(np.pi * t) * a + np.sin(np.pi * t) * orthogonal
+    else:
+        angle = np.arccos(cos)
+        result = (np.sin((1.0 - t) * angle) * a + np.sin(t * angle) * b) / np.sin(angle)
+    return _unit_rows(result).astype(np.float32)
+
+
+def provider_name(name: str) -> str:
+    """onnxruntime's name for a short provider name ("CUDA" -> "CUDAExecutionProvider")."""
+    if name.endswith("ExecutionProvider"):
+        return name
+    try:
+        return PROVIDER_ALIASES[name.lower()]
+    except KeyError:
+        raise HypernetError(
+            f"Unknown onnxruntime provider {name!r}; use one of "
+            f"{', '.join(sorted(set(PROVIDER_ALIASES)))} or a full name such as "
+            "'CUDAExecutionProvider'.") from None
+
+
+def resolve_providers(names: Sequence[str]) -> list[str]:
+    """Requested providers that this onnxruntime offers, in order, always ending with CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    chosen: list[str] = []
+    for full_name in map(provider_name, names):
+        if full_name not in available:
+            logger.warning(
+                "onnxruntime provider %s is not available in this installation (available: %s); "
+                "the face models run on CPU.", full_name, ", ".join(available))
+        elif full_name not in chosen:
+            chosen.append(full_name)
+    if CPU_PROVIDER not in chosen:
+        chosen.append(CPU_PROVIDER)
+    return chosen
+
+
+def installed_onnxruntime_distributions() -> list[str]:
+    """Installed distributions that provide the `onnxruntime` module (normally exactly one)."""
+    names = set()
+    for distribution in metadata.distributions():
+        name = (distribution.metadata["Name"] or "").lower().replace("_", "-")
+        if name in _RUNTIME_DISTRIBUTIONS:
+            names.add(name)
+    return sorted(names)
+
+
+def _warn_about_runtime_conflict() -> None:
+    global _runtime_conflict_checked
+    if _runtime_conflict_checked:
+        return
+    _runtime_conflict_checked = True
+    found = installed_onnxruntime_distributions()
+    if len(found) > 1:
+        logger.warning(
+            "Several onnxruntime distributions are installed (%s). They overwrite each other's "
+            "'onnxruntime' module, so GPU providers can silently disappear. Keep exactly one: "
+            "pip uninstall %s, then pip install the one you want (onnxruntime-gpu for NVIDIA "
+            "GPUs, onnxruntime otherwise).", ", ".join(found), " ".join(found))
+
+
+def _pack_hint(folder: Path) -> str:
+    files = KNOWN_PACKS.get(folder.name)
+    if files:
+        return f"the {folder.name} files ({', '.join(files)})"
+    return ("an SCRFD face detector (e.g. det_10g.onnx from buffalo_l or scrfd_10g_bnkps.onnx "
+            "from antelopev2) and an ArcFace recogniser (e.g. w600k_r50.onnx or glintr100.onnx)")
+
+
+def _onnx_files(folder: Path) -> list[Path]:
+    """The folder's .onnx files; a HypernetError saying what to put where if there are none."""
+    if not folder.is_dir():
+        raise HypernetError(
+            f"insightface model folder not found: {folder}. Put {_pack_hint(folder)} in "
+            f"{folder} (nothing is downloaded automatically).")
+    files = sorted(path for path in folder.glob("*.onnx") if path.is_file())
+    if files:
+        return files
+    nested = sorted({path.parent for path in folder.glob("*/*.onnx")})
+    if nested:
+        raise HypernetError(
+            f"The insightface model files are in {nested[0]}, one folder too deep (the zip "
+            f"unpacks a folder of its own): move them into {folder}.")
+    raise HypernetError(f"No .onnx files in {folder}. Put {_pack_hint(folder)} there.")
+
+
+def _insightface():
+    try:
+        from insightface.model_zoo import model_zoo
+        from insightface.utils import face_align
+    except ImportError as error:
+        raise HypernetError(
+            f"insightface could not be imported ({error}). Install it with "
+            "'pip install insightface' (2.1 needs no compiler; 0.7.3 works too).") from error
+    return model_zoo, face_align
+
+
+def _as_rgb_uint8(image: np.ndarray, label: str) -> np.ndarray:
+    """RGB uint8 HxWx3 from uint8 or [0, 1] float images, grey or with alpha."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
+        raise HypernetError(f"{label} has shape {array.shape}; expected an RGB image (H, W, 3).")
+    array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return array
+
+
+class FaceAnalyzer:
+    """Detector + recogniser loaded from an insightface model folder (see module docstring).
+
+    Loading is slow for real models: use `load_face_analyzer`, which caches instances.
+    """
+
+    def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("CPU",)):
+        _warn_about_runtime_conflict()
+        self.model_dir = Path(model_dir).expanduser().resolve()
+        files = _onnx_files(self.model_dir)
+        model_zoo, self._face_align = _insightface()
+        requested = resolve_providers(providers)
+
+        detector = recognizer = None
+        # Known detector/recogniser names first, so the rest usually need no loading.
+        for path in sorted(files, key=lambda p: (p.name not in _KNOWN_MODEL_FILES, p.name)):
+            if path.name in _UNUSED_PACK_FILES:
+                continue
+            try:
+                model = model_zoo.get_model(str(path), providers=requested)
+            except Exception as error:  # onnxruntime raises several types for bad files
+                raise HypernetError(
+                    f"Could not load {path}: {error}. The file may be incomplete; "
+                    "download it again.") from error
+            task = getattr(model, "taskname", None)
+            if task == "detection" and detector is None:
+                detector, self.detector_file = model, path
+            elif task == "recognition" and recognizer is None:
+                recognizer, self.recognizer_file = model, path
+            if detector is not None and recognizer is not None:
+                break
+        names = ", ".join(path.name for path in files)
+        if detector is None:
+            raise HypernetError(
+                f"No face detector (SCRFD) among the files in {self.model_dir} ({names}). "
+                f"Put {_pack_hint(self.model_dir)} there.")
+        if recognizer is None:
+            raise HypernetError(
+                f"No face recogniser (ArcFace) among the files in {self.model_dir} ({names}). "
+                f"Put {_pack_hint(self.model_dir)} there.")
+        if not getattr(detector, "use_kps", True):
+            raise HypernetError(
+                f"The detector {self.detector_file} gives no face landmarks, which alignment "
+                "needs; use an SCRFD model with keypoints such as det_10g.onnx.")
+        self._detector, self._recognizer = detector, recognizer
+        self.providers = list(recognizer.session.get_providers())
+        used = set(self.providers) & set(detector.session.get_providers())
+        for provider in requested:
+            if provider not in used:
+                logger.warning(
+                    "onnxruntime could not start %s (see its log above); the face models run "
+                    "on %s.", provider, self.providers[0])
+        self.name = f"insightface/{self.model_dir.name}/{self.recognizer_file.name}"
+
+    def detect(self, image: np.ndarray, *, label: str = "The image") -> FaceResult | None:
+        """The largest face in an RGB image with its embedding, or None if none is found.
+
+        Tries each size of DETECTION_SIZES, then the same on the image with a black border
+        of PAD_FRACTION of its longer side (faces cropped tightly are found only so).
+        """
+        rgb = _as_rgb_uint8(image, label)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        for pad in (0, int(round(PAD_FRACTION * max(bgr.shape[:2])))):
+            canvas = np.pad(bgr, ((pad, pad), (pad, pad), (0, 0))) if pad else bgr
+            for size in DETECTION_SIZES:
+                boxes, landmarks = self._detector.detect(
+                    canvas, input_size=(size, size), max_num=0, metric="default")
+                if len(boxes):
+                    return self._embed_largest(canvas, boxes, landmarks, pad, size)
+        return None
+
+    def _embed_largest(self, canvas, boxes, landmarks, pad: int, size: int) -> FaceResult:
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        best = int(np.argmax(areas))
+        kps = np.asarray(landmarks[best], dtype=np.float32)
+        with warnings.catch_warnings():
+            # scikit-image >= 0.26 deprecates the call norm_crop makes; one line per photo
+            # in the ComfyUI console helps nobody.
+            warnings.simplefilter("ignore", FutureWarning)
+            crop = self._face_align.norm_crop(canvas, landmark=kps,
+                                              image_size=self._recognizer.input_size[0])
+        feature = np.asarray(self._recognizer.get_feat(crop), dtype=np.float64).reshape(-1)
+        return FaceResult(
+            embedding=_unit_rows(feature).astype(np.float32),
+            bbox=(boxes[best, :4] - pad).astype(np.float32),
+            kps=kps - pad,
+            det_score=float(boxes[best, 4]),
+            crop=np.ascontiguousarray(crop[:, :, ::-1]),
+            num_faces=len(boxes),
+            det_size=size,
+            padded=pad > 0,
+        )
+
+    def embed_images(self, images: Sequence[np.ndarray], *, skip_missing: bool = False,
+                     on_progress: Callable[[int, int], None] | None = None) -> FaceEmbeddings:
+        """Embed several photos of one person (RGB HxWx3) and combine them into one identity.
+
+        Without `skip_missing` a photo without a face is an error naming it; with it, such
+        photos are skipped and listed in `skipped`. `on_progress(done, total)` is called after
+        each photo (the ComfyUI node updates its progress bar and checks for cancel there).
+        """
+        total = len(images)
+        if total == 0:
+            raise HypernetError("No reference images given; connect at least one face photo.")
+        faces, used, skipped = [], [], []
+        for index, image in enumerate(images):
+            label = f"Reference image {index + 1} of {total}"
+            face = self.detect(image, label=label)
+            if face is not None:
+                faces.append(face)
+                used.append(index)
+            elif skip_missing:
+                logger.warning("No face detected in reference image %d of %d; skipped.",
+                               index + 1, total)
+                skipped.append(index)
+            else:
+                raise HypernetError(
+                    f"No face detected in reference image {index + 1} of {total} "
+                    f"({_TRIED}). Use a photo where the face is clearly visible, or enable "
+                    "skip_missing.")
+            if on_progress is not None:
+                on_progress(index + 1, total)
+        if not faces:
+            raise HypernetError(
+                f"No face detected in any of the {total} reference images ({_TRIED}). "
+                "Use photos where the face is clearly visible.")
+        embeddings = np.stack([face.embedding for face in faces])
+        return FaceEmbeddings(embeddings=embeddings, identity=combine_embeddings(embeddings),
+                              faces=faces, used=used, skipped=skipped, model_name=self.name)
+
+
+_cache: dict[tuple, FaceAnalyzer] = {}
+_cache_lock = threading.Lock()
+
+
+def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",)) -> FaceAnalyzer:
+    """A FaceAnalyzer shared by all callers with the same folder, providers and files.
+
+    Replacing a file in the folder (new modification time or size) loads it afresh.
+    """
+    folder = Path(model_dir).expanduser().resolve()
+    files = _onnx_files(folder)
+    stamps = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    place = (str(folder), tuple(provider_name(name) for name in providers))
+    with _cache_lock:
+        key = place + (stamps,)
+        analyzer = _cache.get(key)
+        if analyzer is None:
+            analyzer = FaceAnalyzer(folder, providers)
+            for stale in [k for k in _cache if k[:2] == place]:
+                del _cache[stale]
+            _cache[key] = analyzer
+        return analyzer
+
+
+def clear_face_analyzer_cache() -> None:
+    """Forget cached analyzers, so their onnxruntime sessions can be freed."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 HxWx3, turned upright by its EXIF orientation."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise HypernetError(
+            f"Cannot read image {path}: {error}. Use a JPEG, PNG or WebP photo.") from error
+
+
+class ArcFaceEmbedder:
+    """Embeds photo files for the dataset builder and the CLI (one cached FaceAnalyzer)."""
+
+    def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("CPU",)):
+        self.analyzer = load_face_analyzer(model_dir, providers)
+        self.name = self.analyzer.name  # e.g. "insightface/antelopev2/glintr100.onnx"
+
+    def embed_image(self, image: np.ndarray) -> np.ndarray:
+        """Unit embedding float32 [512] of the largest face in an RGB image."""
+        face = self.analyzer.detect(image)
+        if face is None:
+            raise HypernetError(
+                f"No face detected in the image ({_TRIED}). Use a photo where the face is "
+                "clearly visible.")
+        return face.embedding
+
+    def embed_file(self, path: str | Path) -> np.ndarray:
+        """Unit embedding float32 [512] of the largest face in an image file."""
+        face = self.analyzer.detect(read_image(path), label=str(path))
+        if face is None:
+            raise HypernetError(
+                f"No face detected in {path} ({_TRIED}). Use a photo where the face is "
+                "clearly visible.")
+        return face.embedding

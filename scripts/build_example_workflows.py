@@ -1,0 +1,187 @@
+"""Writes example_workflows/*.json (ComfyUI UI format) and their .jpg thumbnails.
+
+The node definitions come from a real ComfyUI's /object_info (started headless through the
+test harness), so sockets, widget order and types are exactly what the frontend expects.
+Run after changing a node's inputs: `.venv/bin/python scripts/build_example_workflows.py`.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from comfy_support import ComfyServer  # noqa: E402
+
+OUT = REPO / "example_workflows"
+CHECKPOINT = "sd_xl_base_1.0.safetensors"
+HYPERNET = "lora_hypernet_sdxl.safetensors"
+FACE_MODEL = "antelopev2"
+PHOTO_A = "reference_astronaut.jpg"
+PHOTO_B = "reference_cameraman.jpg"
+POSITIVE = "cinematic portrait photo of a person, soft window light, 85mm, detailed skin"
+NEGATIVE = "blurry, lowres, deformed, cartoon"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+class Graph:
+    def __init__(self, object_info: dict):
+        self.info = object_info
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def add(self, kind: str, pos: tuple[int, int], widgets: list, title: str | None = None, size=(320, 130)) -> dict:
+        info = self.info[kind]
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        sockets = [{"name": n, "type": s[0], "link": None} for n, s in specs.items()
+                   if not (isinstance(s[0], list) or s[0] in WIDGET_TYPES)]
+        outputs = [{"name": name, "type": typ, "links": [], "slot_index": i}
+                   for i, (name, typ) in enumerate(zip(info["output_name"], info["output"]))]
+        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": sockets, "outputs": outputs,
+                "properties": {"Node name for S&R": kind}, "widgets_values": widgets}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, output: str, dst: dict, input_name: str) -> None:
+        slot = next(o for o in src["outputs"] if o["name"] == output)
+        target = next(i for i, s in enumerate(dst["inputs"]) if s["name"] == input_name)
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], slot["slot_index"], dst["id"], target, slot["type"]])
+        slot["links"].append(link_id)
+        dst["inputs"][target]["link"] = link_id
+
+    def to_json(self) -> dict:
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+
+
+def sdxl_tail(g: Graph, lora_node: dict, x: int) -> dict:
+    """Checkpoint, Apply LoRA, prompts, KSampler, decode and save: the part every example shares."""
+    apply = g.add("LoraHypernetApplyLoRA", (x, 0), [1.0, 1.0])
+    ckpt = g.add("CheckpointLoaderSimple", (x, 170), [CHECKPOINT], size=(320, 100))
+    g.link(ckpt, "MODEL", apply, "model")
+    g.link(lora_node, "LORA", apply, "lora")
+    pos = g.add("CLIPTextEncode", (x, 310), [POSITIVE], title="Positive", size=(320, 160))
+    neg = g.add("CLIPTextEncode", (x, 510), [NEGATIVE], title="Negative", size=(320, 120))
+    g.link(ckpt, "CLIP", pos, "clip")
+    g.link(ckpt, "CLIP", neg, "clip")
+    latent = g.add("EmptyLatentImage", (x, 670), [1024, 1024, 1], size=(320, 110))
+    sampler = g.add("KSampler", (x + 380, 0), [42, "fixed", 20, 6.0, "euler", "normal", 1.0], size=(320, 262))
+    g.link(apply, "MODEL", sampler, "model")
+    g.link(pos, "CONDITIONING", sampler, "positive")
+    g.link(neg, "CONDITIONING", sampler, "negative")
+    g.link(latent, "LATENT", sampler, "latent_image")
+    decode = g.add("VAEDecode", (x + 760, 0), [], size=(220, 60))
+    g.link(sampler, "LATENT", decode, "samples")
+    g.link(ckpt, "VAE", decode, "vae")
+    save = g.add("SaveImage", (x + 760, 100), ["lora_hypernet/portrait"], size=(340, 380))
+    g.link(decode, "IMAGE", save, "images")
+    return apply
+
+
+def face_branch(g: Graph, photo: str, y: int, analyzer: dict) -> dict:
+    image = g.add("LoadImage", (0, y), [photo, "image"], size=(320, 320))
+    embed = g.add("LoraHypernetFaceEmbed", (380, y), [False], size=(320, 100))
+    g.link(analyzer, "FACE_ANALYZER", embed, "face_analyzer")
+    g.link(image, "IMAGE", embed, "images")
+    preview = g.add("PreviewImage", (380, y + 140), [], title="Face used", size=(220, 220))
+    g.link(embed, "face_crops", preview, "images")
+    return embed
+
+
+def sample_and_decode(g: Graph, face: dict, x: int) -> dict:
+    hyper = g.add("LoraHypernetLoad", (x, 0), [HYPERNET])
+    sample = g.add("LoraHypernetSample", (x, 140), [0, "fixed", 25, 1.5, 0.0], size=(320, 180))
+    g.link(hyper, "hypernet", sample, "hypernet")
+    g.link(face, "face_embedding", sample, "face_embedding")
+    decode = g.add("LoraHypernetDecode", (x, 360), [], size=(320, 70))
+    g.link(hyper, "hypernet", decode, "hypernet")
+    g.link(sample, "LORA_LATENT", decode, "lora_latent")
+    return decode
+
+
+def portrait(info: dict, save_lora: bool) -> Graph:
+    g = Graph(info)
+    analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
+    face = face_branch(g, PHOTO_A, 0, analyzer)
+    decode = sample_and_decode(g, face, 760)
+    sdxl_tail(g, decode, 1140)
+    if save_lora:
+        saver = g.add("LoraHypernetSaveLoRA", (760, 470), ["hypernet/astronaut", "loras"], size=(320, 100))
+        g.link(decode, "LORA", saver, "lora")
+    return g
+
+
+def identity_mix(info: dict) -> Graph:
+    g = Graph(info)
+    analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
+    face_a = face_branch(g, PHOTO_A, 0, analyzer)
+    face_b = face_branch(g, PHOTO_B, 420, analyzer)
+    mix = g.add("LoraHypernetMixIdentities", (380, 820), [0.5], size=(320, 100))
+    g.link(face_a, "face_embedding", mix, "face_a")
+    g.link(face_b, "face_embedding", mix, "face_b")
+    decode = sample_and_decode(g, mix, 760)
+    sdxl_tail(g, decode, 1140)
+    return g
+
+
+def thumbnail(workflow: dict, info: dict, path: Path, width: int = 768) -> None:
+    """A drawing of the graph itself: nodes as boxes with titles, links as lines."""
+    nodes = workflow["nodes"]
+    x0 = min(n["pos"][0] for n in nodes) - 40
+    y0 = min(n["pos"][1] for n in nodes) - 40
+    x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + 40
+    y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + 40
+    scale = width / (x1 - x0)
+    img = Image.new("RGB", (width, int((y1 - y0) * scale)), (32, 32, 36))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(10, int(22 * scale)))
+    at = lambda x, y: ((x - x0) * scale, (y - y0) * scale)  # noqa: E731
+    by_id = {n["id"]: n for n in nodes}
+    colours = {"MODEL": (180, 160, 255), "CLIP": (255, 220, 100), "VAE": (255, 100, 100), "IMAGE": (100, 200, 255),
+               "LORA": (120, 230, 140), "FACE_EMBEDDING": (255, 150, 60)}
+    for _, src, _, dst, _, typ in workflow["links"]:
+        a, b = by_id[src], by_id[dst]
+        start = at(a["pos"][0] + a["size"][0], a["pos"][1] + 30)
+        end = at(b["pos"][0], b["pos"][1] + 30)
+        draw.line([start, end], fill=colours.get(typ, (160, 160, 160)), width=max(1, int(4 * scale)))
+    for n in nodes:
+        ours = n["type"].startswith("LoraHypernet")
+        box = [at(*n["pos"]), at(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])]
+        draw.rounded_rectangle(box, radius=int(10 * scale), fill=(62, 52, 92) if ours else (53, 53, 58),
+                               outline=(140, 120, 220) if ours else (90, 90, 96), width=max(1, int(3 * scale)))
+        title = n.get("title") or info[n["type"]]["display_name"]
+        draw.text((box[0][0] + 8 * scale, box[0][1] + 6 * scale), title, fill=(235, 235, 235), font=font)
+        if n["type"] == "LoadImage":  # show the reference photo, as the frontend does
+            side = int(min(box[1][0] - box[0][0], box[1][1] - box[0][1] - 40 * scale) - 8 * scale)
+            photo = Image.open(OUT / n["widgets_values"][0]).convert("RGB").resize((side, side))
+            img.paste(photo, (int(box[0][0] + 4 * scale), int(box[0][1] + 36 * scale)))
+    img.save(path, quality=88)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
+        info = server.get("/object_info")
+    graphs = {
+        "portrait_from_one_photo": portrait(info, save_lora=False),
+        "portrait_and_save_lora": portrait(info, save_lora=True),
+        "identity_mix": identity_mix(info),
+    }
+    for name, graph in graphs.items():
+        workflow = graph.to_json()
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
+        thumbnail(workflow, info, OUT / f"{name}.jpg")
+        print(f"wrote example_workflows/{name}.json and .jpg ({len(workflow['nodes'])} nodes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

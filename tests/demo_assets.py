@@ -1,0 +1,84 @@
+"""Stand-ins for what cannot exist on a test machine, shared by `make demo` and the
+end-to-end tests: generated face models, a tiny hypernet trained on a synthetic collection,
+reference photos marked so the generated detector finds a face, and the example workflows
+as API prompts with the checkpoint loader swapped for the tiny SDXL-architecture one."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from comfy_support import REPO
+from face_models import draw_face, write_face_models
+from workflow_api import workflow_to_prompt
+
+WORKFLOWS = REPO / "example_workflows"
+FACE_MODEL = "antelopev2"
+HYPERNET_FILE = "lora_hypernet_sdxl.safetensors"
+# Where each shipped photo's face is (x, y, side in pixels) and which synthetic identity the
+# generated detector and recogniser will see there.
+PHOTO_FACES = {"reference_astronaut.jpg": (168, 50, 100, 1), "reference_cameraman.jpg": (225, 55, 80, 2)}
+# The tiny SDXL-architecture UNet's attention layout (tests/comfy_support.TINY_SDXL_UNET).
+TINY_LAYOUT = "tiny-attn-r4"
+
+
+def python_m(*args: str, cwd: Path = REPO) -> None:
+    """Run `python -m hypernet ...` as a user would, failing loudly with its output."""
+    proc = subprocess.run([sys.executable, "-m", "hypernet", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m hypernet {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def face_model_name(face_dir: Path) -> str:
+    """The name Face Embed will report for this face model folder; the hypernet must match it."""
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    from hypernet.face import load_face_analyzer
+    return load_face_analyzer(face_dir).name
+
+
+def train_tiny_hypernet(work: Path, embedding_model: str, identities: int = 96) -> Path:
+    """synth -> dataset -> train with the tiny preset; returns the checkpoint path."""
+    work.mkdir(parents=True, exist_ok=True)
+    python_m("synth", "--layout", TINY_LAYOUT, "--identities", str(identities), "--out", str(work / "collection"),
+             "--embedding-model", embedding_model, "--seed", "0")
+    python_m("dataset", "--src", str(work / "collection"), "--out", str(work / "dataset"))
+    ckpt = work / HYPERNET_FILE
+    python_m("train", "--data", str(work / "dataset"), "--out", str(ckpt), "--config", "tiny", "--seed", "0")
+    return ckpt
+
+
+def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | None = None) -> dict:
+    """Fill a ComfyUI base directory: face models, the hypernet, marked reference photos."""
+    models = base / "models"
+    face_dir = models / "insightface" / "models" / FACE_MODEL
+    write_face_models(face_dir)
+    if hypernet_ckpt is None:
+        hypernet_ckpt = train_tiny_hypernet(work or base / "hypernet_training", face_model_name(face_dir))
+    target = models / "lora_hypernets" / HYPERNET_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(hypernet_ckpt, target)
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    for name, (x, y, side, identity) in PHOTO_FACES.items():
+        photo = np.array(Image.open(WORKFLOWS / name).convert("RGB"))
+        Image.fromarray(draw_face(photo, x, y, side, identity)).save(base / "input" / name)
+    return {"hypernet": target}
+
+
+def example_prompt(name: str, object_info: dict) -> dict:
+    """The example workflow as an API prompt, with the tiny checkpoint loader swapped in."""
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    prompt = workflow_to_prompt(workflow, object_info)
+    for node in prompt.values():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"] = "TinySDXLCheckpointLoader"
+    return prompt
+
+
+def example_workflow_names() -> list[str]:
+    return sorted(p.stem for p in WORKFLOWS.glob("*.json"))
