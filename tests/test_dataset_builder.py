@@ -184,3 +184,23 @@ def test_cli_builds_with_a_layout_file_and_reports_errors(synth_src, tmp_path, c
     assert "does not exist" in capsys.readouterr().err
     assert main(["dataset", "--src", str(synth_src), "--out", str(tmp_path / "d3"), "--layout", "no-such"]) == 1
     assert "neither a layout preset" in capsys.readouterr().err
+
+
+def test_cli_embeds_photos_with_the_real_face_code(synth_src, tmp_path, capsys):
+    from PIL import Image
+
+    from face_models import synthetic_photo, write_face_models
+    models = write_face_models(tmp_path / "insightface" / "buffalo_l")
+    src = tmp_path / "src"
+    lora = synth_src / "id-00000" / "lora.safetensors"
+    for name, faces in {"ann": [(40, 60, 120, 1)], "ben": [(30, 30, 90, 2)], "cat": []}.items():
+        _photo_folder(src, name, lora, {})
+        Image.fromarray(synthetic_photo(256, 256, faces)).save(src / name / "photo.png")
+    assert main(["dataset", "--src", str(src), "--out", str(tmp_path / "data"), "--heldout", "0.5",
+                 "--face-model", str(models["folder"])]) == 0
+    out = capsys.readouterr()
+    assert "kept 2 identities" in out.out and "skipped cat" in out.out + out.err and "No face" in out.out + out.err
+    data = open_dataset(tmp_path / "data")
+    assert "w600k_r50" in data.embedding_model
+    embeddings = torch.cat([data.load("train")[1], data.load("heldout")[1]])
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(2)) and float(embeddings[0] @ embeddings[1]) < 0.5
