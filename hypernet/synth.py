@@ -11,7 +11,8 @@ in trained SDXL LoRAs. The files are real kohya files in the builder's input for
     OUT/synth.json                     what was generated (layout, seed, manifold_dim, noise)
     OUT/id-00000/lora.safetensors      kohya LoRA; factors mixed by a random invertible r x r
                                        matrix and a random alpha, so readers must canonicalise
-    OUT/id-00000/embedding.safetensors tensor `embedding` float32 [512], L2-normalised
+    OUT/id-00000/embedding.safetensors tensor `embedding` float32 [512], L2-normalised; metadata
+                                       `embedding_model` (--embedding-model, a label only)
 
 What it is not: real identity LoRAs or real face embeddings. It shows whether the pipeline can
 learn a smooth embedding -> LoRA map and recover it on held-out identities; numbers measured on
@@ -115,8 +116,12 @@ def mix_factors(weights: LoraWeights, gen: torch.Generator) -> LoraWeights:
 
 
 def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = SynthSpec(),
-                progress: bool = True) -> list[Path]:
-    """Write `count` identity folders under `out`; returns their paths."""
+                progress: bool = True, embedding_model: str = EMBEDDING_MODEL) -> list[Path]:
+    """Write `count` identity folders under `out`; returns their paths.
+
+    `embedding_model` labels the embeddings (a face model's name lets a hypernet trained on
+    them be used with that model's Face Embed output, e.g. in demos).
+    """
     if count < 1:
         raise HypernetError(f"--identities must be at least 1, not {count}")
     if spec.manifold_dim < 1 or spec.noise < 0:
@@ -124,7 +129,7 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synth.json").write_text(json.dumps({"layout": layout.to_dict(), "identities": count,
-                                                "embedding_model": EMBEDDING_MODEL, **asdict(spec)}, indent=1))
+                                                "embedding_model": embedding_model, **asdict(spec)}, indent=1))
     embeddings = synth_embeddings(count, spec.seed)
     features = manifold_features(embeddings, spec)
     group = max(1, GROUP_BYTES // (4 * layout.num_values))
@@ -141,7 +146,7 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
                            metadata={"synth_seed": str(spec.seed), "synth_identity": str(i),
                                      "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
                 save_safetensors_atomic({"embedding": embeddings[i].clone()}, folder / "embedding.safetensors",
-                                        {"embedding_model": EMBEDDING_MODEL})
+                                        {"embedding_model": embedding_model})
                 folders.append(folder)
                 bar.update()
     return folders
@@ -154,11 +159,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--manifold-dim", type=int, default=16, help="dimension of the manifold the LoRAs lie near")
     parser.add_argument("--noise", type=float, default=0.05, help="per-identity noise relative to the factor scale")
+    parser.add_argument("--embedding-model", default=EMBEDDING_MODEL,
+                        help="name recorded as the embeddings' model (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     layout = load_layout(args.layout)
-    folders = write_synth(args.out, layout, args.identities, SynthSpec(args.seed, args.manifold_dim, args.noise))
+    folders = write_synth(args.out, layout, args.identities, SynthSpec(args.seed, args.manifold_dim, args.noise),
+                          embedding_model=args.embedding_model)
     print(f"wrote {len(folders)} synthetic identities ({len(layout)} modules, {layout.num_values:,} values each) "
           f"to {args.out}")
     return 0

@@ -14,7 +14,8 @@ TINY = preset("tiny-attn-r4")
 
 
 def test_cli_writes_kohya_files_and_embeddings(tmp_path):
-    assert main(["synth", "--layout", "sdxl-qv-r1", "--identities", "2", "--out", str(tmp_path), "--seed", "5"]) == 0
+    assert main(["synth", "--layout", "sdxl-qv-r1", "--identities", "2", "--out", str(tmp_path), "--seed", "5",
+                 "--embedding-model", "insightface/antelopev2/w600k_r50.onnx"]) == 0
     layout = preset("sdxl-qv-r1")
     folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [f.name for f in folders] == ["id-00000", "id-00001"]
@@ -26,6 +27,7 @@ def test_cli_writes_kohya_files_and_embeddings(tmp_path):
         assert vectors[-1].shape == (725_760,)
         with safe_open(str(folder / "embedding.safetensors"), "pt") as f:
             emb = f.get_tensor("embedding")
+            assert f.metadata()["embedding_model"] == "insightface/antelopev2/w600k_r50.onnx"
         assert emb.shape == (512,) and abs(float(emb.norm()) - 1) < 1e-5
     assert not torch.allclose(vectors[0], vectors[1])
     assert (tmp_path / "synth.json").is_file()
