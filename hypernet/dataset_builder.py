@@ -44,7 +44,7 @@ from .dataset import DatasetRecord, mean_embedding, write_dataset
 from .errors import HypernetError
 from .files import save_safetensors_atomic
 from .layout import Layout, load_layout
-from .lora_io import guess_base_model, layout_from_lora, read_lora
+from .lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
 from .vectorize import flatten
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -169,9 +169,8 @@ def _embed_photos(folder: IdentityFolder, embedder: FaceEmbedderLike) -> torch.T
 
 
 class _Builder:
-    def __init__(self, src: Path, out: Path, layout: Layout | None, embedder: FaceEmbedderLike | None, model_name: str):
-        self.src, self.out, self.layout, self.embedder, self.model_name = src, out, layout, embedder, model_name
-        self.work = out / WORK_DIR
+    def __init__(self, src: Path, work: Path, layout: Layout | None, embedder: FaceEmbedderLike | None, model_name: str):
+        self.src, self.work, self.layout, self.embedder, self.model_name = src, work, layout, embedder, model_name
 
     def sources(self, folder: IdentityFolder) -> list[dict]:
         files = folder.loras + ([folder.embedding_file] if folder.embedding_file else folder.photos)
@@ -204,7 +203,8 @@ class _Builder:
         cache = self.work / f"{folder.id}.safetensors"
         if _cache_key(cache) == key:
             return self._record(folder.id, cache, lora_file, lora_sha, sources), True
-        weights = weights or self._read(folder.loras[0])
+        if weights is None:
+            weights = self._read(folder.loras[0])
         try:
             vector = flatten(weights, self.layout, source=str(folder.loras[0]))
         except HypernetError as exc:
@@ -214,7 +214,8 @@ class _Builder:
         save_safetensors_atomic({"vector": vector, "embedding": embedding}, cache, {"key": key})
         return self._record(folder.id, cache, lora_file, lora_sha, sources), False
 
-    def _read(self, path: Path):
+    @staticmethod
+    def _read(path: Path) -> LoraWeights:
         try:
             weights = read_lora(path).unet_only()
         except HypernetError as exc:
@@ -272,7 +273,7 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Lay
     else:
         named = [_embedding_file_model(f.embedding_file) for f in folders if f.embedding_file]
         model_name = next((n for n in named if n), UNSPECIFIED_MODEL)
-    builder = _Builder(src, out, layout, embedder, model_name)
+    builder = _Builder(src, out / WORK_DIR, layout, embedder, model_name)
     builder.work.mkdir(parents=True, exist_ok=True)
     records, skipped, reused = [], [], 0
     for folder in tqdm(folders, desc="identities", unit="identity", disable=not progress):
