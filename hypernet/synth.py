@@ -38,8 +38,9 @@ from tqdm import tqdm
 from .dataset import l2_normalize
 from .errors import HypernetError
 from .files import save_safetensors_atomic
-from .layout import Layout, LoraModule, load_layout
+from .layout import Layout, load_layout
 from .lora_io import LoraWeights, ModuleWeights, write_lora
+from .vectorize import module_slices, unflatten
 
 EMBEDDING_DIM = 512
 EMBEDDING_MODEL = "synthetic-uniform-sphere-512"
@@ -76,29 +77,21 @@ def _factor_scale(rank: int) -> float:
     return math.sqrt(DELTA_SCALE / (1.5 * math.sqrt(rank)))
 
 
-def synth_factors(features: torch.Tensor, layout: Layout, spec: SynthSpec,
-                  noise_generators: list[torch.Generator]) -> list[LoraWeights]:
-    """Ground-truth LoRAs (alpha = rank, unmixed factors) for a group of identities' features."""
-    n, n_features = features.shape
-    modules: list[dict[str, ModuleWeights]] = [{} for _ in range(n)]
-    for m in layout:
+def synth_vectors(features: torch.Tensor, layout: Layout, spec: SynthSpec,
+                  noise_generators: list[torch.Generator]) -> torch.Tensor:
+    """Ground-truth LoRAs [n, D] of a group of identities' features, in the flat layout order
+    (alpha = rank; the factors are random, not canonical: `unflatten` turns a row into a LoRA)."""
+    out = torch.empty(features.shape[0], layout.num_values)
+    for s, m in zip(module_slices(layout), layout.modules):
         gen = _generator(spec.seed, "module", m.name)
         sigma = _factor_scale(m.rank)
         base = torch.randn(m.size, generator=gen)
-        mapping = torch.randn(n_features, m.size, generator=gen) / math.sqrt(n_features)
-        for i in range(n):
+        mapping = torch.randn(features.shape[1], m.size, generator=gen) / math.sqrt(features.shape[1])
+        for i, noise_gen in enumerate(noise_generators):
             # one identity at a time: a batched matmul may round differently for other group sizes
             values = (base + features[i] @ mapping) * sigma
-            noisy = values + spec.noise * sigma * torch.randn(m.size, generator=noise_generators[i])
-            modules[i][m.name] = _module_from_values(noisy, m)
-    return [LoraWeights(mods) for mods in modules]
-
-
-def _module_from_values(values: torch.Tensor, m: LoraModule) -> ModuleWeights:
-    up, down = values[:m.up_size].reshape(m.out_features, m.rank), values[m.up_size:].reshape(m.rank, m.in_features)
-    if m.kind == "conv":
-        up, down = up.reshape(m.out_features, m.rank, 1, 1), down.reshape(m.rank, m.in_channels, *m.kernel)
-    return ModuleWeights(up, down, float(m.rank))
+            out[i, s.start:s.stop] = values + spec.noise * sigma * torch.randn(m.size, generator=noise_gen)
+    return out
 
 
 def mix_factors(weights: LoraWeights, gen: torch.Generator) -> LoraWeights:
@@ -138,11 +131,12 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
         for start in range(0, count, group):
             ids = range(start, min(count, start + group))
             gens = [_generator(spec.seed, "identity", i) for i in ids]
-            truths = synth_factors(features[start:start + len(ids)], layout, spec, gens)
+            truths = synth_vectors(features[start:start + len(ids)], layout, spec, gens)
             for i, truth, gen in zip(ids, truths, gens):
                 folder = out / f"id-{i:05d}"
                 folder.mkdir(exist_ok=True)
-                write_lora(folder / "lora.safetensors", mix_factors(truth, gen), base_model=layout.base_model,
+                lora = mix_factors(unflatten(truth, layout), gen)
+                write_lora(folder / "lora.safetensors", lora, base_model=layout.base_model,
                            metadata={"synth_seed": str(spec.seed), "synth_identity": str(i),
                                      "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
                 save_safetensors_atomic({"embedding": embeddings[i].clone()}, folder / "embedding.safetensors",

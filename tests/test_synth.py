@@ -7,8 +7,8 @@ from safetensors import safe_open
 from hypernet.__main__ import main
 from hypernet.layout import preset
 from hypernet.lora_io import read_lora
-from hypernet.synth import SynthSpec, manifold_features, mix_factors, synth_embeddings, synth_factors, write_synth
-from hypernet.vectorize import flatten
+from hypernet.synth import SynthSpec, manifold_features, mix_factors, synth_embeddings, synth_vectors, write_synth
+from hypernet.vectorize import flatten, unflatten
 
 TINY = preset("tiny-attn-r4")
 
@@ -66,7 +66,7 @@ def test_mixed_factors_canonicalise_to_the_ground_truth():
     spec = SynthSpec(noise=0.0)
     features = manifold_features(synth_embeddings(1, 0), spec).repeat(2, 1)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    truths = synth_factors(features, TINY, spec, gens)
+    truths = [unflatten(v, TINY) for v in synth_vectors(features, TINY, spec, gens)]
     mixed = [mix_factors(t, g) for t, g in zip(truths, gens)]
     name = TINY.names[0]
     assert not torch.allclose(mixed[0][name].up, mixed[1][name].up)  # the files differ...
@@ -82,7 +82,7 @@ def test_lora_is_a_smooth_function_of_the_embedding_with_realistic_scale():
     nudge = torch.nn.functional.normalize(base + 0.01 * step, dim=0)  # 0.01 away on the sphere
     other = synth_embeddings(2, 9)[1]
     features = manifold_features(torch.stack([base, nudge, other]), spec)
-    loras = synth_factors(features, TINY, spec, [torch.Generator() for _ in range(3)])
+    loras = [unflatten(v, TINY) for v in synth_vectors(features, TINY, spec, [torch.Generator() for _ in range(3)])]
     deltas = [torch.cat([m.delta().reshape(-1) for m in lora.values()]) for lora in loras]
     near, far = (deltas[0] - deltas[1]).norm(), (deltas[0] - deltas[2]).norm()
     assert near < 0.05 * far
