@@ -1,0 +1,129 @@
+"""Hypernet checkpoints: one .safetensors file, tensors under `vae.`, `prior.`, `norm.`, and
+the JSON config plus format version in the safetensors metadata.
+
+Loading trusts nothing in the file: the header is parsed by safetensors (no pickle), the
+config is validated, the model is first built on the `meta` device (no memory, so an absurd
+config cannot exhaust it) and every tensor name, shape and dtype is checked against it before
+a single weight is read. The prior's weights in the file are its EMA weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import HypernetError
+from .files import save_safetensors_atomic
+from .model import Hypernet, HypernetConfig
+
+FORMAT = "lora-hypernet"
+FORMAT_VERSION = 1
+GENERATOR = "lora-hypernet"
+
+
+def hypernet_metadata(model: Hypernet, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "config": model.config.to_json(),
+            "base_model": model.layout.base_model, "generator": GENERATOR, **(extra or {})}
+
+
+def save_hypernet(model: Hypernet, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write atomically: a crash leaves the previous file (or none), never half a checkpoint."""
+    tensors = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    save_safetensors_atomic(tensors, path, hypernet_metadata(model, extra_metadata))
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tuple[list[int], str]]]:
+    """(metadata, {tensor name: (shape, dtype)}) of a safetensors file, with clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise HypernetError(f"hypernet checkpoint {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise HypernetError(f"{path.name}: hypernet checkpoints are .safetensors files; other formats "
+                            "(.pt, .ckpt, .bin) are refused because loading them can run arbitrary code")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HypernetError(f"{path.name} is not a readable safetensors file ({exc}); it may be truncated or "
+                            "corrupt: download or train it again") from exc
+    return metadata, shapes
+
+
+def config_from_metadata(metadata: dict[str, str], name: str) -> HypernetConfig:
+    if metadata.get("format") != FORMAT:
+        raise HypernetError(f"{name} is not a LoRA hypernet checkpoint (its metadata has no format={FORMAT!r}); "
+                            "is it a LoRA or a model for another node pack?")
+    try:
+        version = int(metadata.get("format_version", ""))
+    except ValueError:
+        raise HypernetError(f"{name} has an invalid format_version {metadata.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise HypernetError(f"{name} was written in checkpoint format {version}, newer than this pack reads "
+                            f"({FORMAT_VERSION}): update the node pack")
+    if version < 1:
+        raise HypernetError(f"{name} has an invalid format_version {version}")
+    try:
+        data = json.loads(metadata["config"])
+    except (KeyError, ValueError) as exc:
+        raise HypernetError(f"{name} has no valid JSON config in its metadata ({exc})") from exc
+    if not isinstance(data, dict):
+        raise HypernetError(f"{name}: the config in its metadata is not a JSON object")
+    try:
+        return HypernetConfig.from_dict(data)
+    except HypernetError as exc:
+        raise HypernetError(f"{name}: {exc}") from exc
+
+
+def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, tuple[list[int], str]], name: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+        raise HypernetError(f"{name} does not match its own config: {'; '.join(parts)}")
+    for key, tensor in expected.items():
+        shape, dtype = found[key]
+        if list(tensor.shape) != list(shape):
+            raise HypernetError(f"{name}: tensor {key} has shape {list(shape)}, its config needs {list(tensor.shape)}")
+        if dtype not in ("F32", "F16", "BF16"):
+            raise HypernetError(f"{name}: tensor {key} has dtype {dtype}; only float tensors are allowed")
+
+
+def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Hypernet:
+    """A checked Hypernet in eval mode on `device`; HypernetError for anything untrustworthy."""
+    path = Path(path)
+    metadata, found = read_header(path)
+    config = config_from_metadata(metadata, path.name)
+    try:
+        with torch.device("meta"):
+            skeleton = Hypernet(config)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise HypernetError(f"{path.name}: its config describes a model that cannot be built ({exc})") from exc
+    check_tensors(skeleton.state_dict(), found, path.name)
+    model = skeleton.to_empty(device=device)
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in found:
+            tensor = f.get_tensor(key).float()
+            if not bool(torch.isfinite(tensor).all()):
+                raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
+                                    "broken (was training diverging?)")
+            state[key] = tensor
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,88 @@
+"""Sampling LoRAs from a trained hypernet: the functions the CLI and the ComfyUI nodes share.
+
+Reproducibility: all noise is drawn on the CPU from generators seeded by (seed, row), then
+moved to the device, so a seed gives the same starting noise on every machine and row i of a
+batch gets the same LoRA as sampling that identity alone.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .dataset import l2_normalize
+from .errors import HypernetError
+from .lora_io import LoraWeights
+from .model import Hypernet
+from .vectorize import unflatten
+
+SEED_LIMIT = 2**64
+
+
+def _generator(seed: int, row: int, purpose: str) -> torch.Generator:
+    if not 0 <= seed < SEED_LIMIT:
+        raise HypernetError(f"seed must be between 0 and {SEED_LIMIT - 1}, not {seed}")
+    digest = hashlib.sha256(f"{seed}:{row}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def condition_rows(embeddings, dim: int) -> torch.Tensor:
+    """Embeddings as float [n, dim] rows, each L2-normalised; one vector [dim] becomes one row."""
+    x = torch.as_tensor(np.asarray(embeddings) if not torch.is_tensor(embeddings) else embeddings).float()
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise HypernetError(f"face embeddings must have {dim} values each, got shape {tuple(x.shape)}: "
+                            "was it made by another face model?")
+    return l2_normalize(x)
+
+
+@torch.no_grad()
+def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = 25, guidance: float = 1.0,
+                   eta: float = 0.0, callback: Callable[[int], None] | None = None,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """Latents [n, m] for n identities by DDIM with classifier-free guidance.
+
+    guidance 1 samples the conditional prior, 0 the unconditional one, > 1 pushes towards the
+    face. `callback(done_steps)` runs after each step (the nodes use it for progress and
+    cancel)."""
+    if guidance < 0:
+        raise HypernetError(f"guidance must not be negative, not {guidance}")
+    device = torch.device(device) if device is not None else model.norm.mean.device
+    cond = condition_rows(embeddings, model.config.embedding_dim).to(device)
+    n, m = cond.shape[0], model.latent_size
+    noise = torch.stack([torch.randn(m, generator=_generator(seed, i, "start")) for i in range(n)]).to(device)
+    step_generators = [_generator(seed, i, "steps") for i in range(n)]
+
+    def step_noise(_: int) -> torch.Tensor:
+        return torch.stack([torch.randn(m, generator=g) for g in step_generators])
+
+    prior = model.prior
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance == 1.0:
+            return prior(x, t, cond)
+        if guidance == 0.0:
+            return prior(x, t, None)
+        both = prior(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, prior.null_cond.expand(n, -1)]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + guidance * (conditional - unconditional)
+
+    latents = model.diffusion.ddim_sample(denoise, noise, steps, eta, step_noise, callback)
+    if not bool(torch.isfinite(latents).all()):
+        raise HypernetError("sampling produced NaN or infinite values; try guidance closer to 1")
+    return latents
+
+
+@torch.no_grad()
+def decode_lora(model: Hypernet, latent: torch.Tensor) -> LoraWeights:
+    """One latent [m] or [1, m] -> LoraWeights in the model's layout (alpha = rank)."""
+    latent = latent.reshape(-1, model.latent_size) if latent.dim() == 1 else latent
+    if latent.shape[0] != 1:
+        raise HypernetError(f"decode_lora takes one latent, got {latent.shape[0]}")
+    vector = model.decode_latents(latent)[0]
+    if not bool(torch.isfinite(vector).all()):
+        raise HypernetError("the decoded LoRA contains NaN or infinite values")
+    return unflatten(vector, model.layout)

@@ -1,0 +1,138 @@
+"""Unit tests of the hypernet's parts: diffusion maths, denoiser conditioning, autoencoders."""
+import math
+
+import pytest
+import torch
+
+from hypernet.autoencoder import AutoencoderConfig, build_autoencoder, delta_sq_error
+from hypernet.diffusion import PREDICTIONS, Diffusion, DiffusionConfig, cosine_alphas_cumprod
+from hypernet.errors import HypernetError
+from hypernet.layout import Layout, preset
+from hypernet.model import Hypernet, HypernetConfig
+from hypernet.prior import AdaLoraBlock, Denoiser, PriorConfig
+from hypernet.vectorize import module_views
+
+SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
+
+
+def test_cosine_schedule_runs_from_clean_to_pure_noise():
+    abar = cosine_alphas_cumprod(1000)
+    assert abar.shape == (1000,)
+    assert bool((abar[1:] < abar[:-1]).all())
+    assert abar[0] > 0.999 and abar[-1] < 1e-4
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_target_and_split_are_inverse(prediction):
+    diffusion = Diffusion(DiffusionConfig(prediction=prediction))
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    x_t = diffusion.add_noise(x0, noise, t)
+    got_x0, got_eps = diffusion.split(diffusion.target(x0, noise, t), x_t, t)
+    torch.testing.assert_close(got_x0, x0, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got_eps[:, :], noise, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_with_an_oracle_denoiser_lands_on_the_data(prediction, eta):
+    """A denoiser that knows x0 makes DDIM end exactly at x0, for every target and eta."""
+    diffusion = Diffusion(DiffusionConfig(prediction=prediction))
+    x0 = torch.randn(3, 4, dtype=torch.float64)
+    abar = diffusion.alphas_cumprod
+
+    def oracle(x_t, t):
+        a, b = abar[t].sqrt()[:, None], (1 - abar[t]).sqrt()[:, None]
+        eps = (x_t - a * x0) / b
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[prediction]
+
+    calls = []
+    out = diffusion.ddim_sample(oracle, torch.randn(3, 4, dtype=torch.float64), steps=10, eta=eta,
+                                step_noise=lambda i: torch.randn(3, 4, dtype=torch.float64), callback=calls.append)
+    torch.testing.assert_close(out, x0)
+    assert calls == list(range(1, 11))
+
+
+def test_ddim_timesteps_cover_the_schedule():
+    diffusion = Diffusion(DiffusionConfig())
+    assert diffusion.ddim_timesteps(25)[0] == 999 and diffusion.ddim_timesteps(25)[-1] == 0
+    assert len(diffusion.ddim_timesteps(25)) == 25
+    assert diffusion.ddim_timesteps(1) == [999]
+    with pytest.raises(HypernetError, match="steps"):
+        diffusion.ddim_timesteps(0)
+
+
+def test_bad_config_values_are_refused():
+    with pytest.raises(HypernetError, match="prediction"):
+        DiffusionConfig(prediction="score")
+    with pytest.raises(HypernetError, match="conditioning"):
+        PriorConfig(conditioning="film")
+    with pytest.raises(HypernetError, match="kind"):
+        AutoencoderConfig(kind="transformer")
+
+
+def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Zero-initialised output layers make every condition look alike; give all weights values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return module
+
+
+@pytest.mark.parametrize("conditioning", ["adanorm", "adalora"])
+def test_denoiser_output_depends_on_the_condition_and_null_means_dropped(conditioning):
+    prior = _randomised(Denoiser(16, 8, 1000, PriorConfig(width=32, blocks=2, conditioning=conditioning, time_dim=16)))
+    x, t = torch.randn(4, 16), torch.tensor([1, 100, 500, 999])
+    cond = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    assert not torch.allclose(prior(x, t, cond), prior(x, t, other))
+    dropped = prior(x, t, cond, drop=torch.tensor([True, False, True, False]))
+    unconditional = prior(x, t, None)
+    torch.testing.assert_close(dropped[[0, 2]], unconditional[[0, 2]])
+    torch.testing.assert_close(dropped[[1, 3]], prior(x, t, cond)[[1, 3]])
+
+
+def test_adalora_factors_have_the_target_spread_whatever_the_condition_scale():
+    block = _randomised(AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4))
+    for scale in (0.01, 100.0):
+        a, b = block.factors(block.cond_norm(torch.randn(3, 8) * scale)).view(-1, 2, 32, 4).unbind(1)
+        a, b = block._rescaled(a, 32 ** -0.5), block._rescaled(b, 4 ** -0.5)
+        torch.testing.assert_close(a.std(dim=(1, 2)), torch.full((3,), 32 ** -0.5), rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(b.std(dim=(1, 2)), torch.full((3,), 0.5), rtol=1e-3, atol=1e-5)
+
+
+def test_chunk_autoencoder_parameters_do_not_grow_with_the_layout():
+    cfg = AutoencoderConfig(kind="chunks", chunk=256, token_dim=4, hidden=32, blocks=1)
+    small, large = build_autoencoder(10_000, cfg), build_autoencoder(1_000_000, cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(small) == count(large)
+    assert large.latent_size == math.ceil(1_000_000 / 256) * 4
+    x = torch.randn(2, 10_000)
+    mean, logvar = small.encode(x)
+    assert mean.shape == logvar.shape == (2, small.latent_size)
+    assert small.decode(mean).shape == (2, 10_000)
+
+
+def test_sdxl_scale_hypernet_fits_the_parameter_budget():
+    """sdxl-attn-r4 with the `sdxl` training preset: the autoencoder stays under 50 M parameters."""
+    from hypernet.train import load_train_config
+    cfg = load_train_config("sdxl")
+    config = HypernetConfig(layout=preset("sdxl-attn-r4"), embedding_model="x", autoencoder=cfg.autoencoder,
+                            prior=cfg.prior, diffusion=cfg.diffusion)
+    with torch.device("meta"):
+        model = Hypernet(config)
+    assert model.parameter_counts()["autoencoder"] <= 50_000_000
+    assert model.latent_size == math.ceil(5_806_080 / cfg.autoencoder.chunk) * cfg.autoencoder.token_dim
+
+
+def test_delta_error_equals_the_dense_computation():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(3, SMALL.num_values, generator=gen)
+    b = torch.randn(3, SMALL.num_values, generator=gen)
+    dense = torch.zeros(3)
+    for (ua, da), (ub, db) in zip(module_views(a, SMALL).values(), module_views(b, SMALL).values()):
+        dense += (ua @ da - ub @ db).square().sum((1, 2))
+    torch.testing.assert_close(delta_sq_error(a, b, SMALL), dense, rtol=1e-4, atol=1e-3)
+    assert float(delta_sq_error(a, a, SMALL).abs().max()) < 1e-2 * float(dense.min())
