@@ -41,6 +41,7 @@ STATE_FORMAT = "lora-hypernet-train-state"
 STATE_VERSION = 1
 PHASES = ("autoencoder", "prior")
 GRAD_CLIP = 1.0
+FAN_IN_REFERENCE = 1024
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ PRESETS: dict[str, dict] = {
                  ae_steps=150, ae_batch=32, ae_lr=3e-3, prior_steps=150, prior_batch=64, prior_lr=1e-3,
                  warmup_steps=10, ema_decay=0.99, checkpoint_every=50),
     # Layouts of about 100 k values (the synthetic benchmark).
-    "default": dict(autoencoder=dict(hidden=256), prior=dict(width=512, blocks=4), ae_steps=1500, prior_steps=4000,
+    "default": dict(autoencoder=dict(hidden=256), prior=dict(width=512, blocks=4), ae_steps=1200, prior_steps=4000,
                     prior_batch=256),
     # SDXL layouts (millions of values): the chunked autoencoder.
     "sdxl": dict(autoencoder=dict(kind="chunks", chunk=4096, token_dim=4, hidden=512, blocks=2), ae_batch=8),
@@ -238,7 +239,12 @@ class Trainer:
     # --- phases --------------------------------------------------------------------------------
 
     def _optimizer(self, params, lr: float, state: TrainState) -> torch.optim.Optimizer:
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        # Adam moves every weight by about lr per step, so a layer reading D = 100 k inputs would
+        # move its outputs by about lr * D: it diverges at learning rates that suit the rest.
+        # Scaling such layers' rate by FAN_IN_REFERENCE / fan_in (as muP does) fixes that.
+        groups = [{"params": [p], "lr_scale": min(1.0, FAN_IN_REFERENCE / p.shape[1]) if p.dim() == 2 else 1.0}
+                  for p in params]
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.cfg.weight_decay)
         if state.optimizer_state is not None:
             optimizer.load_state_dict(state.optimizer_state)
             for values in optimizer.state.values():  # loaded state lands on the CPU
@@ -292,10 +298,10 @@ class Trainer:
                     loss = loss + cfg.autoencoder.delta_weight * delta
                 value = self._check_loss(loss, "autoencoder", step)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps)
+                    group["lr"] = learning_rate(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps) * group["lr_scale"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], GRAD_CLIP)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], GRAD_CLIP)
                 optimizer.step()
                 state.step += 1
                 state.losses["autoencoder_mse"] = float(mse.detach())
@@ -335,10 +341,10 @@ class Trainer:
                 loss = F.mse_loss(output, diffusion.target(x0, noise, t))
                 value = self._check_loss(loss, "prior", step)
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps)
+                    group["lr"] = learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps) * group["lr_scale"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], GRAD_CLIP)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], GRAD_CLIP)
                 optimizer.step()
                 # EMA with warmup: short runs still end with a useful average.
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))

@@ -106,19 +106,18 @@ class DecodeLoRA:
     DESCRIPTION = "Decodes a sampled latent into LoRA weights (kohya format)."
 
     def decode(self, hypernet: HypernetValue, lora_latent: LoraLatentValue):
-        from ..hypernet.lora_io import lora_to_state_dict
+        from ..hypernet.lora_io import lora_metadata, lora_to_state_dict
         from ..hypernet.sampling import decode_lora
+        from ..hypernet.sampling_cli import provenance
         if lora_latent.hypernet_sha256 != hypernet.sha256:
             raise HypernetError(f"This latent was sampled with hypernet '{lora_latent.hypernet_name}', not "
                                 f"'{hypernet.name}': connect the same Load Hypernet to Sample LoRA and Decode LoRA.")
         model = hypernet.hypernet
         comfy.model_management.load_models_gpu([hypernet.patcher])
         weights = decode_lora(model, lora_latent.latent.to(hypernet.patcher.load_device))
-        metadata = {
-            "hypernet_file": hypernet.name, "hypernet_sha256": hypernet.sha256, "seed": str(lora_latent.seed),
-            "steps": str(lora_latent.steps), "guidance": str(lora_latent.guidance), "eta": str(lora_latent.eta),
-            "embedding_model": lora_latent.embedding_model,
-        }
+        metadata = lora_metadata(weights, model.layout.base_model, provenance(
+            hypernet.name, hypernet.sha256, lora_latent.seed, lora_latent.steps, lora_latent.guidance, lora_latent.eta,
+            lora_latent.embedding_model))
         state = {k: v.detach().cpu().contiguous() for k, v in lora_to_state_dict(weights).items()}
         return (LoraValue(state, model.layout, metadata),)
 
