@@ -70,13 +70,16 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
     return {"hypernet": target}
 
 
-def example_prompt(name: str, object_info: dict) -> dict:
-    """The example workflow as an API prompt, with the tiny checkpoint loader swapped in."""
+def example_prompt(name: str, object_info: dict, image_size: int | None = None) -> dict:
+    """The example workflow as an API prompt, with the tiny checkpoint loader swapped in and,
+    if given, a smaller image size (tests only need the graph to run, not 1024 px pictures)."""
     workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
     prompt = workflow_to_prompt(workflow, object_info)
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
             node["class_type"] = "TinySDXLCheckpointLoader"
+        if image_size and node["class_type"] == "EmptyLatentImage":
+            node["inputs"].update(width=image_size, height=image_size)
     return prompt
 
 

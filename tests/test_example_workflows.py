@@ -13,6 +13,8 @@ import pytest
 
 import demo_assets
 
+TEST_IMAGE_SIZE = 256  # the shipped 1024 px run in `make demo`; here the graph matters, not the picture
+
 
 @pytest.fixture(scope="session")
 def installed(comfy_server, tmp_path_factory):
@@ -38,7 +40,7 @@ def test_every_workflow_has_a_thumbnail_and_uses_only_core_and_pack_nodes(pack):
 
 @pytest.mark.parametrize("name", demo_assets.example_workflow_names())
 def test_example_workflow_runs_and_writes_its_outputs(comfy_server, object_info, name):
-    prompt = demo_assets.example_prompt(name, object_info)
+    prompt = demo_assets.example_prompt(name, object_info, TEST_IMAGE_SIZE)
     entry, timings = comfy_server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
     ran = {node for node, _ in timings}
@@ -67,7 +69,7 @@ def _cached(entry) -> set:
 def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_server, object_info):
     import aiohttp
 
-    prompt = demo_assets.example_prompt("portrait_from_one_photo", object_info)
+    prompt = demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE)
     sample_id = next(k for k, v in prompt.items() if v["class_type"] == "LoraHypernetSample")
     prompt[sample_id]["inputs"]["steps"] = 1000
     prompt[sample_id]["inputs"]["seed"] = 12345  # not cached from the other tests
@@ -99,5 +101,5 @@ def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_s
     assert outcome == "execution_interrupted"
     assert len(progress) >= 3 and max(progress) < 1000, "Sample LoRA ran to the end despite Cancel"
     # The server still works: the same workflow with normal settings succeeds afterwards.
-    entry, _ = comfy_server.run_prompt(demo_assets.example_prompt("portrait_from_one_photo", object_info))
+    entry, _ = comfy_server.run_prompt(demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE))
     assert entry["status"]["status_str"] == "success"

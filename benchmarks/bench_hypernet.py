@@ -1,0 +1,204 @@
+"""Does the hypernetwork learn, and is it fast and small enough? Prints two tables.
+
+1. Synthetic collection (`synth`, layout synth-100k: 99,840 values; 2,000 training and 200
+   held-out identities): the `default` training preset, the autoencoder trained once, then the
+   prior trained for each conditioning (AdaNorm, ADALoRA) x prediction target (eps, x0, v),
+   each evaluated on the held-out identities with `hypernet.evaluate`.
+2. SDXL scale (sdxl-attn-r4, 5,806,080 values, `sdxl` preset, random weights): parameter
+   counts, peak memory of one training step with batch 8, and the time to sample 25 DDIM
+   steps and decode one LoRA (median of several runs).
+
+    .venv/bin/python benchmarks/bench_hypernet.py --work bench_work [--only synthetic|sdxl]
+
+Checkpoints and timings are cached in --work, so a second run only evaluates.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from hypernet.alignment import align, reference_factors  # noqa: E402
+from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.dataset import open_dataset  # noqa: E402
+from hypernet.dataset_builder import build_dataset  # noqa: E402
+from hypernet.evaluate import evaluate  # noqa: E402
+from hypernet.layout import preset  # noqa: E402
+from hypernet.synth import SynthSpec, write_synth  # noqa: E402
+from hypernet.train import Trainer, load_train_config  # noqa: E402
+from hypernet.vectorize import Normalizer  # noqa: E402
+
+VARIANTS = [(c, p) for c in ("adalora", "adanorm") for p in ("x0", "v", "eps")]
+
+
+def synthetic_dataset(work: Path, train: int, heldout: int) -> Path:
+    data = work / "data"
+    if not (data / "manifest.json").is_file():
+        write_synth(work / "collection", preset("synth-100k"), train + heldout, SynthSpec(seed=0))
+        build_dataset(work / "collection", data, heldout=heldout / (train + heldout))
+    return data
+
+
+def explained_variance(vectors: torch.Tensor, layout, components: int = 32) -> float:
+    z = Normalizer.fit(vectors, layout).normalize(vectors)
+    z = z - z.mean(0)
+    _, s, _ = torch.pca_lowrank(z, q=components, center=False)
+    return float(s.square().sum() / z.square().sum())
+
+
+def representation_table(data: Path) -> None:
+    dataset = open_dataset(data)
+    vectors = dataset.load("train")[0][:1000]
+    aligned = align(vectors, reference_factors(vectors, dataset.layout), dataset.layout)
+    print("\nVariance in the first 32 principal components (1,000 training LoRAs, normalised):")
+    print(f"  canonical SVD factors: {explained_variance(vectors, dataset.layout):.3f}")
+    print(f"  reference-aligned:     {explained_variance(aligned, dataset.layout):.3f}")
+
+
+def train_variants(data: Path, work: Path) -> dict:
+    timings_file = work / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    dataset = open_dataset(data)
+    base_cfg = load_train_config("default")
+    ae_file = work / "autoencoder.safetensors"
+    if not ae_file.is_file():
+        trainer = Trainer(dataset, base_cfg, torch.device("cpu"), ae_file)
+        started = time.perf_counter()
+        state = trainer.fresh_state()
+        trainer.train_autoencoder(state)
+        trainer.fit_latent_normalizer(state.model)
+        timings["autoencoder"] = time.perf_counter() - started
+        save_hypernet(state.model, ae_file)
+        timings_file.write_text(json.dumps(timings))
+    for conditioning, prediction in VARIANTS:
+        name = f"{conditioning}-{prediction}"
+        out = work / f"{name}.safetensors"
+        if out.is_file():
+            continue
+        cfg = dataclasses.replace(base_cfg, prior=dataclasses.replace(base_cfg.prior, conditioning=conditioning),
+                                  diffusion=dataclasses.replace(base_cfg.diffusion, prediction=prediction))
+        trainer = Trainer(dataset, cfg, torch.device("cpu"), out)
+        state = trainer.fresh_state()
+        trained_ae = load_hypernet(ae_file)
+        state.model.vae.load_state_dict(trained_ae.vae.state_dict())
+        state.model.norm.load_state_dict(trained_ae.norm.state_dict())
+        state.phase = "prior"
+        started = time.perf_counter()
+        trainer.train_prior(state)
+        state.model.prior.load_state_dict(state.ema)
+        timings[name] = time.perf_counter() - started
+        save_hypernet(state.model, out)
+        timings_file.write_text(json.dumps(timings))
+    return timings
+
+
+def synthetic_table(work: Path, train: int, heldout: int) -> None:
+    data = synthetic_dataset(work, train, heldout)
+    representation_table(data)
+    timings = train_variants(data, work)
+    dataset = open_dataset(data)
+    print(f"\nSynthetic collection: synth-100k ({dataset.layout.num_values:,} values), "
+          f"{len(dataset.ids('train'))} training / {len(dataset.ids('heldout'))} held-out identities, CPU "
+          f"({torch.get_num_threads()} threads). Autoencoder training: {timings['autoencoder'] / 60:.1f} min.")
+    header = ("prior", "train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
+              "mean top1", "nearest-emb top1", "nearest-emb cos", "ceiling top1")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for conditioning, prediction in VARIANTS:
+        name = f"{conditioning}-{prediction}"
+        result = evaluate(load_hypernet(work / f"{name}.safetensors"), dataset, seeds=2, steps=25, guidance=1.0,
+                          eta=0.0, progress=False)
+        total = (timings["autoencoder"] + timings[name]) / 60
+        row = (name, f"{total:.1f}", f"{result['recon']['rel_err']:.3f}", f"{result['sampled']['top1']:.3f}",
+               f"{result['sampled']['cosine']:.3f}", f"{result['sampled']['diversity']:.3f}",
+               f"{result['baselines']['mean']['top1']:.3f}", f"{result['baselines']['nearest_embedding']['top1']:.3f}",
+               f"{result['baselines']['nearest_embedding']['cosine']:.3f}", f"{result['ceiling']['top1']:.3f}")
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def sdxl_step_memory() -> None:
+    """Runs in a child process so its peak memory is its own."""
+    from hypernet.autoencoder import kl_divergence
+    from hypernet.model import Hypernet, HypernetConfig
+    cfg = load_train_config("sdxl")
+    layout = preset("sdxl-attn-r4")
+    model = Hypernet(HypernetConfig(layout=layout, embedding_model="x", autoencoder=cfg.autoencoder,
+                                    prior=cfg.prior, diffusion=cfg.diffusion))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    before = _peak_rss_gib()
+    x = torch.randn(cfg.ae_batch, layout.num_values)
+    started = time.perf_counter()
+    for _ in range(2):  # the second step has Adam's state allocated
+        mean, logvar = model.vae.encode(x)
+        recon = model.vae.decode(mean + (0.5 * logvar).exp() * torch.randn_like(mean))
+        loss = torch.nn.functional.mse_loss(recon, x) + 0.1 * kl_divergence(mean, logvar)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(json.dumps({"peak_gib": _peak_rss_gib(), "before_gib": before,
+                      "step_s": (time.perf_counter() - started) / 2}))
+
+
+def sdxl_table(runs: int) -> None:
+    from hypernet.model import Hypernet, HypernetConfig
+    from hypernet.sampling import decode_lora, sample_latents
+    cfg = load_train_config("sdxl")
+    layout = preset("sdxl-attn-r4")
+    torch.manual_seed(0)
+    model = Hypernet(HypernetConfig(layout=layout, embedding_model="x", autoencoder=cfg.autoencoder,
+                                    prior=cfg.prior, diffusion=cfg.diffusion)).eval()
+    counts = model.parameter_counts()
+    embedding = torch.nn.functional.normalize(torch.randn(512), dim=0)
+    times = []
+    for run in range(runs + 1):
+        started = time.perf_counter()
+        decode_lora(model, sample_latents(model, embedding, seed=run, steps=25, guidance=1.5))
+        times.append(time.perf_counter() - started)
+    child = subprocess.run([sys.executable, __file__, "--sdxl-step-memory"], capture_output=True, text=True, check=True)
+    memory = json.loads(child.stdout.strip().splitlines()[-1])
+    print(f"\nSDXL scale: sdxl-attn-r4 ({layout.num_values:,} values), `sdxl` preset, CPU ({torch.get_num_threads()} threads)")
+    print("| measure | value |\n|---|---|")
+    print(f"| autoencoder parameters ({cfg.autoencoder.kind}) | {counts['autoencoder']:,} |")
+    print(f"| prior parameters | {counts['prior']:,} |")
+    print(f"| latent size | {model.latent_size:,} |")
+    print(f"| training step, batch {cfg.ae_batch}: peak process memory | {memory['peak_gib']:.2f} GiB |")
+    print(f"| training step, batch {cfg.ae_batch}: time | {memory['step_s']:.2f} s |")
+    print(f"| sample 25 steps + decode one LoRA, median of {runs} | {statistics.median(times[1:]):.3f} s |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "bench_work")
+    parser.add_argument("--only", choices=("synthetic", "sdxl"))
+    parser.add_argument("--train", type=int, default=2000)
+    parser.add_argument("--heldout", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sdxl-step-memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sdxl_step_memory:
+        sdxl_step_memory()
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "sdxl"):
+        sdxl_table(args.runs)
+    if args.only in (None, "synthetic"):
+        synthetic_table(args.work, args.train, args.heldout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Hypernet nodes in-process: Load Hypernet, Sample LoRA, Decode LoRA, and their errors."""
+import importlib
+
+import pytest
+import torch
+
+from hypernet.train import train
+from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return importlib.import_module(f"{pack.__name__}.nodes.hypernet_nodes")
+
+
+@pytest.fixture(scope="module")
+def values(pack):
+    return importlib.import_module(f"{pack.__name__}.nodes.values")
+
+
+@pytest.fixture(scope="module")
+def errors(pack):
+    return importlib.import_module(f"{pack.__name__}.hypernet.errors")
+
+
+@pytest.fixture(scope="module")
+def hypernet_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lora_hypernets")
+    data = make_dataset(tmp_path_factory.mktemp("node_data"), identities=12)
+    train(data, folder / "small.safetensors", quick_config(), progress=False)
+    return folder
+
+
+@pytest.fixture
+def registered(comfy, nodes, hypernet_dir, monkeypatch):
+    import folder_paths
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "lora_hypernets", ([str(hypernet_dir)], {".safetensors"}))
+    folder_paths.filename_list_cache.clear()
+    yield hypernet_dir
+    folder_paths.filename_list_cache.clear()
+
+
+def face(values, model="synthetic-uniform-sphere-512", seed=0):
+    emb = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(seed)), dim=0)
+    return values.FaceEmbeddingValue(emb, emb[None], model, (0,))
+
+
+def test_load_lists_checkpoints_and_describes_them(nodes, registered):
+    assert "small.safetensors" in nodes.LoadHypernet.INPUT_TYPES()["required"]["hypernet_name"][0]
+    hypernet, info = nodes.LoadHypernet().load("small.safetensors")
+    assert "synthetic-uniform-sphere-512" in info and f"{SMALL_LAYOUT.num_values:,} values" in info
+    assert len(hypernet.sha256) == 64
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(nodes, errors, registered):
+    whole = (registered / "small.safetensors").read_bytes()
+    (registered / "broken.safetensors").write_bytes(whole[:1000])
+    try:
+        with pytest.raises(errors.HypernetError, match="truncated or corrupt"):
+            nodes.LoadHypernet().load("broken.safetensors")
+    finally:
+        (registered / "broken.safetensors").unlink()
+
+
+def test_sample_and_decode_make_the_same_lora_for_the_same_seed(nodes, values, registered):
+    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
+    sample = lambda seed: nodes.SampleLoRA().sample(hypernet, face(values), seed, 5, 1.5, 0.0)[0]  # noqa: E731
+    first, again, other = sample(11), sample(11), sample(12)
+    assert torch.equal(first.latent, again.latent) and not torch.equal(first.latent, other.latent)
+    (lora,) = nodes.DecodeLoRA().decode(hypernet, first)
+    assert lora.layout == hypernet.hypernet.layout
+    assert len(lora.state_dict) == 3 * len(SMALL_LAYOUT)
+    assert all(k.startswith("lora_unet_") for k in lora.state_dict)
+    assert lora.metadata["seed"] == "11" and lora.metadata["hypernet_file"] == "small.safetensors"
+    assert lora.metadata["ss_network_dim"] == "4" and lora.metadata["ss_base_model_version"]
+
+
+def test_face_from_another_face_model_is_refused(nodes, values, errors, registered):
+    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
+    with pytest.raises(errors.HypernetError, match="synthetic-uniform-sphere-512.*insightface/buffalo_l"):
+        nodes.SampleLoRA().sample(hypernet, face(values, "insightface/buffalo_l/w600k_r50.onnx"), 0, 5, 1.5, 0.0)
+
+
+def test_latent_from_another_hypernet_is_refused(nodes, values, errors, registered):
+    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
+    (latent,) = nodes.SampleLoRA().sample(hypernet, face(values), 0, 3, 1.0, 0.0)
+    import dataclasses
+    foreign = dataclasses.replace(latent, hypernet_sha256="0" * 64, hypernet_name="other.safetensors")
+    with pytest.raises(errors.HypernetError, match="other.safetensors"):
+        nodes.DecodeLoRA().decode(hypernet, foreign)
