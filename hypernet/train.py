@@ -91,7 +91,8 @@ PRESETS: dict[str, dict] = {
     "default": dict(autoencoder=dict(hidden=256), prior=dict(width=512, blocks=4), ae_steps=1200, prior_steps=4000,
                     prior_batch=256),
     # SDXL layouts (millions of values): the chunked autoencoder.
-    "sdxl": dict(autoencoder=dict(kind="chunks", chunk=4096, token_dim=4, hidden=512, blocks=2), ae_batch=8),
+    "sdxl": dict(autoencoder=dict(kind="chunks", chunk=4096, token_dim=4, hidden=512, blocks=2), ae_batch=8,
+                 prior=dict(width=512, blocks=4)),
 }
 
 

@@ -232,3 +232,41 @@ def test_cli_trains_samples_and_refuses_to_overwrite(data, tmp_path, capsys):
     assert main(args) != 0
     assert "--overwrite" in capsys.readouterr().err
     assert lora.read_bytes() == before
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def test_delta_metrics_match_dense_delta_w_and_rank_retrieval():
+    from hypernet.evaluate import compare, delta_gram
+    from hypernet.vectorize import module_views
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, SMALL_LAYOUT.num_values, generator=gen), torch.randn(3, SMALL_LAYOUT.num_values, generator=gen)
+    dense = lambda v: torch.cat([(u @ d).flatten(1) for u, d in module_views(v, SMALL_LAYOUT).values()], 1)  # noqa: E731
+    torch.testing.assert_close(delta_gram(a, b, SMALL_LAYOUT), (dense(a) @ dense(b).T).double(), rtol=1e-4, atol=1e-3)
+    perfect = compare(a, a, SMALL_LAYOUT)
+    assert perfect["top1"] == 1.0 and abs(perfect["cosine"] - 1) < 1e-6 and perfect["rel_err"] < 1e-3
+    swapped = compare(a[[1, 0, 3, 2]], a, SMALL_LAYOUT)
+    assert swapped["top1"] == 0.0
+
+
+def test_evaluate_cli_prints_one_json_object_with_the_promised_keys(data, trained, capsys):
+    assert main(["evaluate", "--ckpt", str(trained), "--data", str(data), "--json", "--seeds", "2", "--steps", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for path in ("recon.rel_err", "sampled.top1", "sampled.cosine", "sampled.diversity", "baselines.mean.top1",
+                 "baselines.nearest_embedding.top1", "ceiling.top1"):
+        value = result
+        for key in path.split("."):
+            value = value[key]
+        assert isinstance(value, float) and value == value, path
+    assert 0 <= result["sampled"]["top1"] <= 1 and result["count"]["heldout"] == 6
+    assert result["ceiling"]["top1"] >= result["baselines"]["mean"]["top1"]
+
+
+def test_evaluate_refuses_a_dataset_of_another_layout(trained, tmp_path):
+    from hypernet.layout import Layout, preset
+    other = make_dataset(tmp_path, identities=8, layout=Layout(preset("tiny-attn-r4").modules[6:10], "sdxl"))
+    assert main(["evaluate", "--ckpt", str(trained), "--data", str(other)]) == 1
+    from hypernet.evaluate import evaluate
+    from hypernet.dataset import open_dataset
+    with pytest.raises(HypernetError, match="layout"):
+        evaluate(load_hypernet(trained), open_dataset(other), progress=False)

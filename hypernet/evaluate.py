@@ -1,0 +1,146 @@
+"""`python -m hypernet evaluate`: how well a checkpoint does on held-out identities.
+
+All distances are measured on delta W = up @ down per module (concatenated over modules), so
+two factorisations of the same update count as equal. Inner products are summed from
+rank x rank products per module; no dense delta W is built for the whole set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from .autoencoder import delta_sq_error
+from .checkpoint import load_hypernet
+from .dataset import LoraDataset, l2_normalize, open_dataset
+from .errors import HypernetError
+from .layout import Layout
+from .model import Hypernet
+from .sampling import sample_latents
+from .vectorize import module_slices
+
+
+def delta_gram(a: torch.Tensor, b: torch.Tensor, layout: Layout, chunk: int = 64) -> torch.Tensor:
+    """[n, m] float64 Frobenius inner products of the delta W of rows of a [n, D] and b [m, D]:
+    <Ua Da, Ub Db> = sum((Ua^T Ub) * (Da Db^T)), rank x rank per module and pair."""
+    gram = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64)
+    for s in module_slices(layout):
+        ub = b[:, s.start:s.mid].reshape(-1, *s.up_shape).double()
+        db = b[:, s.mid:s.stop].reshape(-1, *s.down_shape).double()
+        for start in range(0, a.shape[0], chunk):
+            rows = a[start:start + chunk]
+            ua = rows[:, s.start:s.mid].reshape(-1, *s.up_shape).double()
+            da = rows[:, s.mid:s.stop].reshape(-1, *s.down_shape).double()
+            ups = torch.einsum("aor,bos->abrs", ua, ub)
+            downs = torch.einsum("ari,bsi->abrs", da, db)
+            gram[start:start + chunk] += (ups * downs).sum((2, 3))
+    return gram
+
+
+def mean_delta_products(train: torch.Tensor, true: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(<M, dW_b> for each row b of `true`, ||M||^2) for M the dense mean delta W of `train`."""
+    cross = torch.zeros(true.shape[0], dtype=torch.float64)
+    square = torch.zeros((), dtype=torch.float64)
+    for s in module_slices(layout):
+        mean = torch.zeros(s.up_shape[0], s.down_shape[1], dtype=torch.float64)
+        for rows in train.split(256):
+            mean += torch.einsum("nor,nri->oi", rows[:, s.start:s.mid].reshape(-1, *s.up_shape).double(),
+                                 rows[:, s.mid:s.stop].reshape(-1, *s.down_shape).double())
+        mean /= train.shape[0]
+        square += mean.square().sum()
+        cross += torch.einsum("oi,bor,bri->b", mean, true[:, s.start:s.mid].reshape(-1, *s.up_shape).double(),
+                              true[:, s.mid:s.stop].reshape(-1, *s.down_shape).double())
+    return cross, square
+
+
+def compare(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str, float]:
+    """top1 (is row i's nearest true row its own?), mean cosine and relative error, on delta W."""
+    cross = delta_gram(pred, true, layout)
+    pred_sq = delta_gram(pred, pred, layout).diagonal()
+    true_sq = delta_gram(true, true, layout).diagonal()
+    dist = pred_sq[:, None] + true_sq[None, :] - 2 * cross
+    own = torch.arange(len(pred))
+    cosine = cross.diagonal() / (pred_sq.sqrt() * true_sq.sqrt()).clamp_min(1e-30)
+    rel = dist.diagonal().clamp_min(0).sqrt() / true_sq.sqrt().clamp_min(1e-30)
+    return {"top1": float((dist.argmin(1) == own).double().mean()), "cosine": float(cosine.mean()),
+            "rel_err": float(rel.mean())}
+
+
+def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: int = 25, guidance: float = 1.0,
+             eta: float = 0.0, limit: int | None = None, progress: bool = True) -> dict:
+    if dataset.layout.fingerprint != model.layout.fingerprint:
+        raise HypernetError(f"the dataset's layout {dataset.layout.fingerprint} is not the checkpoint's "
+                            f"{model.layout.fingerprint}: evaluate on a dataset built for that layout")
+    if dataset.embedding_model != model.embedding_model:
+        raise HypernetError(f"the dataset holds '{dataset.embedding_model}' embeddings, the checkpoint needs "
+                            f"'{model.embedding_model}'")
+    true, emb, _ = dataset.load("heldout")
+    if len(true) == 0:
+        raise HypernetError(f"{dataset.path} has no held-out identities; build it with --heldout above 0")
+    true, emb = true[:limit], l2_normalize(emb[:limit])
+    train_vectors, train_emb, _ = dataset.load("train")
+    started = time.perf_counter()
+    layout = dataset.layout
+    recon = model.decode_latents(model.encode_vectors(true))
+    samples = []
+    for k in tqdm(range(seeds), desc="sampling", disable=not progress, file=sys.stderr):
+        samples.append(model.decode_latents(sample_latents(model, emb, seed=k, steps=steps, guidance=guidance, eta=eta)))
+    per_seed = [compare(s, true, layout) for s in samples]
+    true_sq = delta_gram(true, true, layout).diagonal()
+    diversity = []
+    for i in range(seeds):
+        for j in range(i + 1, seeds):
+            d = delta_sq_error(samples[i], samples[j], layout).double()
+            diversity.append((d.clamp_min(0).sqrt() / true_sq.sqrt()).mean())
+    nearest = train_vectors[(emb @ l2_normalize(train_emb).T).argmax(1)]
+    mean_cross, mean_sq = mean_delta_products(train_vectors, true, layout)
+    mean_dist = mean_sq + true_sq - 2 * mean_cross
+    mean_cos = mean_cross / (mean_sq.sqrt() * true_sq.sqrt())
+    # Every row gets the same prediction, so its nearest true row is the same for all: top1 = 1/n at most.
+    mean_top1 = float((mean_dist.argmin() == torch.arange(len(true))).double().mean())
+    recon_metrics = compare(recon, true, layout)
+    return {
+        "recon": {"rel_err": recon_metrics["rel_err"], "cosine": recon_metrics["cosine"]},
+        "sampled": {"top1": sum(m["top1"] for m in per_seed) / seeds, "cosine": sum(m["cosine"] for m in per_seed) / seeds,
+                    "rel_err": sum(m["rel_err"] for m in per_seed) / seeds,
+                    "diversity": float(sum(diversity) / len(diversity)) if diversity else 0.0},
+        "baselines": {"mean": {"top1": mean_top1, "cosine": float(mean_cos.mean())},
+                      "nearest_embedding": {k: v for k, v in compare(nearest, true, layout).items() if k != "rel_err"}},
+        "ceiling": {"top1": recon_metrics["top1"], "cosine": recon_metrics["cosine"]},
+        "count": {"heldout": len(true), "train": len(train_vectors)},
+        "settings": {"seeds": seeds, "steps": steps, "guidance": guidance, "eta": eta},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", required=True, help="hypernet checkpoint")
+    parser.add_argument("--data", required=True, help="dataset folder with held-out identities")
+    parser.add_argument("--seeds", type=int, default=2, help="samples per identity")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N held-out identities")
+    parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise HypernetError("--seeds must be at least 1")
+    result = evaluate(load_hypernet(args.ckpt), open_dataset(args.data), seeds=args.seeds, steps=args.steps,
+                      guidance=args.guidance, eta=args.eta, limit=args.limit, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{'measure':<34}{'top1':>8}{'cosine':>9}")
+    for label, values in (("sampled", result["sampled"]), ("baseline: mean training LoRA", result["baselines"]["mean"]),
+                          ("baseline: nearest embedding", result["baselines"]["nearest_embedding"]),
+                          ("ceiling: autoencoder reconstruction", result["ceiling"])):
+        print(f"{label:<34}{values['top1']:>8.3f}{values['cosine']:>9.3f}")
+    print(f"reconstruction relative error {result['recon']['rel_err']:.4f}; sample diversity "
+          f"{result['sampled']['diversity']:.4f}; {result['count']['heldout']} held-out identities")
+    return 0
