@@ -33,7 +33,6 @@ from hypernet.alignment import align, reference_factors  # noqa: E402
 from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
 from hypernet.dataset import open_dataset  # noqa: E402
 from hypernet.dataset_builder import build_dataset  # noqa: E402
-from hypernet.evaluate import evaluate  # noqa: E402
 from hypernet.layout import preset  # noqa: E402
 from hypernet.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.train import Trainer, load_train_config  # noqa: E402
@@ -104,6 +103,7 @@ def train_variants(data: Path, work: Path) -> dict:
 
 
 def synthetic_table(work: Path, train: int, heldout: int) -> None:
+    from hypernet.evaluate import evaluate
     data = synthetic_dataset(work, train, heldout)
     representation_table(data)
     timings = train_variants(data, work)
