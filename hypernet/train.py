@@ -255,6 +255,15 @@ class Trainer:
             state.optimizer_state = None
         return optimizer
 
+    @staticmethod
+    def _update(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], GRAD_CLIP)
+        optimizer.step()
+
     def _check_loss(self, loss: torch.Tensor, phase: str, step: int) -> float:
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -298,12 +307,7 @@ class Trainer:
                     delta = delta_sq_error(recon * std + mean, x, layout).mean() / delta_scale
                     loss = loss + cfg.autoencoder.delta_weight * delta
                 value = self._check_loss(loss, "autoencoder", step)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps) * group["lr_scale"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], GRAD_CLIP)
-                optimizer.step()
+                self._update(optimizer, loss, learning_rate(cfg.ae_lr, step, cfg.ae_steps, cfg.warmup_steps))
                 state.step += 1
                 state.losses["autoencoder_mse"] = float(mse.detach())
                 self._after_step(state, optimizer, bar, value)
@@ -341,12 +345,7 @@ class Trainer:
                 output = prior(diffusion.add_noise(x0, noise, t), t, cond[idx], drop)
                 loss = F.mse_loss(output, diffusion.target(x0, noise, t))
                 value = self._check_loss(loss, "prior", step)
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps) * group["lr_scale"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], GRAD_CLIP)
-                optimizer.step()
+                self._update(optimizer, loss, learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps))
                 # EMA with warmup: short runs still end with a useful average.
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
