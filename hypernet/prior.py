@@ -7,7 +7,9 @@ Two ways to feed the identity condition c (an L2-normalised face embedding) into
 - `adalora` (LoRA Diffusion's "ADALoRA", as in the first author's public experiments): the
   condition, after LayerNorm and a Linear layer, gives per-sample low-rank factors
   A(c), B(c) in R^{width x r}, rescaled to fixed standard deviations, and the block applies
-  h <- h + h A(c) B(c)^T. The timestep is added to h.
+  h <- h + h A(c) B(c)^T. The timestep, plus a linear embedding of the condition, is added to
+  h (ours: without that additive path the prior ignored the face on the synthetic benchmark,
+  held-out top-1 0.005 after 4,000 steps, while AdaNorm reached 0.2 after 1,500).
 
 Classifier-free guidance: while training a fraction of conditions is replaced by a learned
 null condition; `forward(..., cond=None)` uses it.
@@ -75,10 +77,11 @@ class AdaLoraBlock(nn.Module):
     def _rescaled(x: torch.Tensor, target: float) -> torch.Tensor:
         return x / (x.std(dim=(-2, -1), keepdim=True) + 1e-6) * target
 
-    def forward(self, h: torch.Tensor, time_emb: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        a, b = self.factors(self.cond_norm(cond)).view(-1, 2, self.width, self.rank).unbind(1)
+    def forward(self, h: torch.Tensor, time_emb: torch.Tensor, cond: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        raw, embedded = cond
+        a, b = self.factors(self.cond_norm(raw)).view(-1, 2, self.width, self.rank).unbind(1)
         a, b = self._rescaled(a, self.width ** -0.5), self._rescaled(b, self.rank ** -0.5)
-        x = self.norm(h + self.time(F.silu(time_emb)))
+        x = self.norm(h + self.time(F.silu(time_emb + embedded)))
         x = x + ((x.unsqueeze(1) @ a) @ b.transpose(1, 2)).squeeze(1)
         return h + self.fc2(F.silu(self.fc1(x)))
 
@@ -90,8 +93,8 @@ class Denoiser(nn.Module):
         self.latent_in = nn.Linear(latent_size, cfg.width)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_dim, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width))
         self.null_cond = nn.Parameter(torch.zeros(cond_dim))
+        self.cond_proj = nn.Linear(cond_dim, cfg.width)
         if cfg.conditioning == "adanorm":
-            self.cond_proj = nn.Linear(cond_dim, cfg.width)
             self.blocks = nn.ModuleList(AdaNormBlock(cfg.width, cfg.width) for _ in range(cfg.blocks))
         else:
             self.blocks = nn.ModuleList(AdaLoraBlock(cfg.width, cfg.width, cond_dim, cfg.adalora_rank)
@@ -113,9 +116,8 @@ class Denoiser(nn.Module):
         c = self.condition(cond, x.shape[0], drop)
         # Scale t to [0, 1000) whatever T is, so the sinusoid frequencies suit it.
         time_emb = self.time_mlp(sinusoid(t.float() * (1000.0 / self.timesteps), self.cfg.time_dim))
-        if self.cfg.conditioning == "adanorm":
-            c = self.cond_proj(c)
+        cond_emb = self.cond_proj(c)
         h = self.latent_in(x)
         for block in self.blocks:
-            h = block(h, time_emb, c)
+            h = block(h, time_emb, cond_emb if self.cfg.conditioning == "adanorm" else (c, cond_emb))
         return self.latent_out(F.silu(self.out_norm(h)))
