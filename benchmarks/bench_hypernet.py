@@ -41,10 +41,10 @@ from hypernet.vectorize import Normalizer  # noqa: E402
 VARIANTS = [(c, p) for c in ("adalora", "adanorm") for p in ("x0", "v", "eps")]
 
 
-def synthetic_dataset(work: Path, train: int, heldout: int) -> Path:
+def synthetic_dataset(work: Path, train: int, heldout: int, layout: str) -> Path:
     data = work / "data"
     if not (data / "manifest.json").is_file():
-        write_synth(work / "collection", preset("synth-100k"), train + heldout, SynthSpec(seed=0))
+        write_synth(work / "collection", preset(layout), train + heldout, SynthSpec(seed=0))
         build_dataset(work / "collection", data, heldout=heldout / (train + heldout))
     return data
 
@@ -52,7 +52,7 @@ def synthetic_dataset(work: Path, train: int, heldout: int) -> Path:
 def explained_variance(vectors: torch.Tensor, layout, components: int = 32) -> float:
     z = Normalizer.fit(vectors, layout).normalize(vectors)
     z = z - z.mean(0)
-    _, s, _ = torch.pca_lowrank(z, q=components, center=False)
+    _, s, _ = torch.pca_lowrank(z, q=min(components, *z.shape), center=False)
     return float(s.square().sum() / z.square().sum())
 
 
@@ -65,11 +65,13 @@ def representation_table(data: Path) -> None:
     print(f"  reference-aligned:     {explained_variance(aligned, dataset.layout):.3f}")
 
 
-def train_variants(data: Path, work: Path) -> dict:
+def train_variants(data: Path, work: Path, config: str, prior_steps: int | None) -> dict:
     timings_file = work / "timings.json"
     timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     dataset = open_dataset(data)
-    base_cfg = load_train_config("default")
+    base_cfg = load_train_config(config)
+    if prior_steps:
+        base_cfg = dataclasses.replace(base_cfg, prior_steps=prior_steps)
     ae_file = work / "autoencoder.safetensors"
     if not ae_file.is_file():
         trainer = Trainer(dataset, base_cfg, torch.device("cpu"), ae_file)
@@ -79,6 +81,7 @@ def train_variants(data: Path, work: Path) -> dict:
         trainer.fit_latent_normalizer(state.model)
         timings["autoencoder"] = time.perf_counter() - started
         save_hypernet(state.model, ae_file)
+        trainer.state_file.unlink(missing_ok=True)
         timings_file.write_text(json.dumps(timings))
     for conditioning, prediction in VARIANTS:
         name = f"{conditioning}-{prediction}"
@@ -98,17 +101,19 @@ def train_variants(data: Path, work: Path) -> dict:
         state.model.prior.load_state_dict(state.ema)
         timings[name] = time.perf_counter() - started
         save_hypernet(state.model, out)
+        trainer.state_file.unlink(missing_ok=True)
         timings_file.write_text(json.dumps(timings))
     return timings
 
 
-def synthetic_table(work: Path, train: int, heldout: int) -> None:
+def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: str, prior_steps: int | None,
+                    guidance: float) -> None:
     from hypernet.evaluate import evaluate
-    data = synthetic_dataset(work, train, heldout)
+    data = synthetic_dataset(work, train, heldout, layout)
     representation_table(data)
-    timings = train_variants(data, work)
+    timings = train_variants(data, work, config, prior_steps)
     dataset = open_dataset(data)
-    print(f"\nSynthetic collection: synth-100k ({dataset.layout.num_values:,} values), "
+    print(f"\nSynthetic collection: {layout} ({dataset.layout.num_values:,} values), "
           f"{len(dataset.ids('train'))} training / {len(dataset.ids('heldout'))} held-out identities, CPU "
           f"({torch.get_num_threads()} threads). Autoencoder training: {timings['autoencoder'] / 60:.1f} min.")
     header = ("prior", "train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
@@ -117,7 +122,7 @@ def synthetic_table(work: Path, train: int, heldout: int) -> None:
     print("|" + "---|" * len(header))
     for conditioning, prediction in VARIANTS:
         name = f"{conditioning}-{prediction}"
-        result = evaluate(load_hypernet(work / f"{name}.safetensors"), dataset, seeds=2, steps=25, guidance=1.0,
+        result = evaluate(load_hypernet(work / f"{name}.safetensors"), dataset, seeds=2, steps=25, guidance=guidance,
                           eta=0.0, progress=False)
         total = (timings["autoencoder"] + timings[name]) / 60
         row = (name, f"{total:.1f}", f"{result['recon']['rel_err']:.3f}", f"{result['sampled']['top1']:.3f}",
@@ -188,6 +193,10 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--layout", default="synth-100k", help="layout preset of the synthetic collection")
+    parser.add_argument("--config", default="default", help="training preset or JSON file")
+    parser.add_argument("--prior-steps", type=int, help="override the preset's prior steps for every variant")
+    parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale for the sampled LoRAs")
     parser.add_argument("--sdxl-step-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sdxl_step_memory:
@@ -197,7 +206,7 @@ def main() -> None:
     if args.only in (None, "sdxl"):
         sdxl_table(args.runs)
     if args.only in (None, "synthetic"):
-        synthetic_table(args.work, args.train, args.heldout)
+        synthetic_table(args.work, args.train, args.heldout, args.layout, args.config, args.prior_steps, args.guidance)
 
 
 if __name__ == "__main__":
