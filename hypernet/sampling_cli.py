@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-model", type=Path, help="insightface model folder (e.g. models/insightface/models/antelopev2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--eta", type=float, default=0.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, type=Path, help="LoRA file to write (kohya .safetensors)")
