@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from hypernet.alignment import align, reference_factors  # noqa: E402
 from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
@@ -65,16 +66,20 @@ def representation_table(data: Path) -> None:
     print(f"  reference-aligned:     {explained_variance(aligned, dataset.layout):.3f}")
 
 
-def train_variants(data: Path, work: Path, config: str, prior_steps: int | None) -> dict:
-    timings_file = work / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    dataset = open_dataset(data)
-    base_cfg = load_train_config(config)
+def _variant_config(config: str, prior_steps: int | None, conditioning: str | None = None, prediction: str | None = None):
+    cfg = load_train_config(config)
     if prior_steps:
-        base_cfg = dataclasses.replace(base_cfg, prior_steps=prior_steps)
+        cfg = dataclasses.replace(cfg, prior_steps=prior_steps)
+    if conditioning:
+        cfg = dataclasses.replace(cfg, prior=dataclasses.replace(cfg.prior, conditioning=conditioning),
+                                  diffusion=dataclasses.replace(cfg.diffusion, prediction=prediction))
+    return cfg
+
+
+def train_autoencoder_once(dataset, work: Path, cfg, timings: dict) -> Path:
     ae_file = work / "autoencoder.safetensors"
     if not ae_file.is_file():
-        trainer = Trainer(dataset, base_cfg, torch.device("cpu"), ae_file)
+        trainer = Trainer(dataset, cfg, torch.device("cpu"), ae_file)
         started = time.perf_counter()
         state = trainer.fresh_state()
         trainer.train_autoencoder(state)
@@ -82,28 +87,26 @@ def train_variants(data: Path, work: Path, config: str, prior_steps: int | None)
         timings["autoencoder"] = time.perf_counter() - started
         save_hypernet(state.model, ae_file)
         trainer.state_file.unlink(missing_ok=True)
-        timings_file.write_text(json.dumps(timings))
-    for conditioning, prediction in VARIANTS:
-        name = f"{conditioning}-{prediction}"
-        out = work / f"{name}.safetensors"
-        if out.is_file():
-            continue
-        cfg = dataclasses.replace(base_cfg, prior=dataclasses.replace(base_cfg.prior, conditioning=conditioning),
-                                  diffusion=dataclasses.replace(base_cfg.diffusion, prediction=prediction))
-        trainer = Trainer(dataset, cfg, torch.device("cpu"), out)
-        state = trainer.fresh_state()
-        trained_ae = load_hypernet(ae_file)
-        state.model.vae.load_state_dict(trained_ae.vae.state_dict())
-        state.model.norm.load_state_dict(trained_ae.norm.state_dict())
-        state.phase = "prior"
-        started = time.perf_counter()
-        trainer.train_prior(state)
-        state.model.prior.load_state_dict(state.ema)
-        timings[name] = time.perf_counter() - started
-        save_hypernet(state.model, out)
-        trainer.state_file.unlink(missing_ok=True)
-        timings_file.write_text(json.dumps(timings))
-    return timings
+    return ae_file
+
+
+def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timings: dict) -> Path:
+    """The prior of one variant on the shared autoencoder's latents (cached in --work)."""
+    out = work / f"{name}.safetensors"
+    if out.is_file():
+        return out
+    trainer = Trainer(dataset, cfg, torch.device("cpu"), out)
+    state = trainer.fresh_state()
+    trained = load_file(str(ae_file))
+    state.model.load_state_dict({k: v for k, v in trained.items() if k.startswith(("vae.", "norm."))}, strict=False)
+    state.phase = "prior"
+    started = time.perf_counter()
+    trainer.train_prior(state)
+    state.model.prior.load_state_dict(state.ema)
+    timings[name] = time.perf_counter() - started
+    save_hypernet(state.model, out)
+    trainer.state_file.unlink(missing_ok=True)
+    return out
 
 
 def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: str, prior_steps: int | None,
@@ -111,21 +114,26 @@ def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: s
     from hypernet.evaluate import evaluate
     data = synthetic_dataset(work, train, heldout, layout)
     representation_table(data)
-    timings = train_variants(data, work, config, prior_steps)
     dataset = open_dataset(data)
+    timings_file = work / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    ae_file = train_autoencoder_once(dataset, work, _variant_config(config, prior_steps), timings)
+    timings_file.write_text(json.dumps(timings))
     print(f"\nSynthetic collection: {layout} ({dataset.layout.num_values:,} values), "
           f"{len(dataset.ids('train'))} training / {len(dataset.ids('heldout'))} held-out identities, CPU "
-          f"({torch.get_num_threads()} threads). Autoencoder training: {timings['autoencoder'] / 60:.1f} min.")
-    header = ("prior", "train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
+          f"({torch.get_num_threads()} threads). Autoencoder training: {timings['autoencoder'] / 60:.1f} min. "
+          f"Sampling: 2 seeds, 25 DDIM steps, guidance {guidance}.")
+    header = ("prior", "prior train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
               "mean top1", "nearest-emb top1", "nearest-emb cos", "ceiling top1")
     print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("|" + "---|" * len(header), flush=True)
     for conditioning, prediction in VARIANTS:
         name = f"{conditioning}-{prediction}"
-        result = evaluate(load_hypernet(work / f"{name}.safetensors"), dataset, seeds=2, steps=25, guidance=guidance,
-                          eta=0.0, progress=False)
-        total = (timings["autoencoder"] + timings[name]) / 60
-        row = (name, f"{total:.1f}", f"{result['recon']['rel_err']:.3f}", f"{result['sampled']['top1']:.3f}",
+        cfg = _variant_config(config, prior_steps, conditioning, prediction)
+        ckpt = train_prior_variant(dataset, work, ae_file, cfg, name, timings)
+        timings_file.write_text(json.dumps(timings))
+        result = evaluate(load_hypernet(ckpt), dataset, seeds=2, steps=25, guidance=guidance, eta=0.0, progress=False)
+        row = (name, f"{timings[name] / 60:.1f}", f"{result['recon']['rel_err']:.3f}", f"{result['sampled']['top1']:.3f}",
                f"{result['sampled']['cosine']:.3f}", f"{result['sampled']['diversity']:.3f}",
                f"{result['baselines']['mean']['top1']:.3f}", f"{result['baselines']['nearest_embedding']['top1']:.3f}",
                f"{result['baselines']['nearest_embedding']['cosine']:.3f}", f"{result['ceiling']['top1']:.3f}")
