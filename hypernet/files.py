@@ -15,12 +15,20 @@ def _temp_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def _write(tensors: dict[str, torch.Tensor], tmp: Path, metadata: dict[str, str] | None) -> None:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    # The temporary file is private (0600); a saved LoRA or checkpoint gets the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write to a temporary file beside `path`, then rename over it: readers see old or new, never half."""
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _write(tensors, tmp, metadata)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -31,7 +39,7 @@ def save_safetensors_new(tensors: dict[str, torch.Tensor], path: str | os.PathLi
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _write(tensors, tmp, metadata)
         try:
             os.link(tmp, path)  # atomic, and fails instead of replacing an existing file
         except FileExistsError:

@@ -113,3 +113,18 @@ def test_mean_embedding_normalises_each_then_the_mean():
     assert torch.allclose(mean[:2], torch.tensor([2 ** -0.5, 2 ** -0.5]))
     with pytest.raises(HypernetError):
         mean_embedding(torch.zeros(512))
+
+
+def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
+    import os
+    import stat
+
+    from hypernet.files import save_safetensors_atomic, save_safetensors_new
+    umask = os.umask(0o022)
+    try:
+        save_safetensors_atomic({"x": torch.zeros(1)}, tmp_path / "a.safetensors")
+        assert save_safetensors_new({"x": torch.zeros(1)}, tmp_path / "b.safetensors")
+    finally:
+        os.umask(umask)
+    for name in ("a.safetensors", "b.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
