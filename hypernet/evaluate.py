@@ -41,6 +41,12 @@ def delta_gram(a: torch.Tensor, b: torch.Tensor, layout: Layout, chunk: int = 64
     return gram
 
 
+def delta_sq_norms(vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """[n] float64 squared norms of each row's delta W."""
+    vectors = vectors.double()
+    return delta_sq_error(vectors, torch.zeros_like(vectors), layout)
+
+
 def mean_delta_products(train: torch.Tensor, true: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """(<M, dW_b> for each row b of `true`, ||M||^2) for M the dense mean delta W of `train`."""
     cross = torch.zeros(true.shape[0], dtype=torch.float64)
@@ -60,8 +66,7 @@ def mean_delta_products(train: torch.Tensor, true: torch.Tensor, layout: Layout)
 def compare(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str, float]:
     """top1 (is row i's nearest true row its own?), mean cosine and relative error, on delta W."""
     cross = delta_gram(pred, true, layout)
-    pred_sq = delta_gram(pred, pred, layout).diagonal()
-    true_sq = delta_gram(true, true, layout).diagonal()
+    pred_sq, true_sq = delta_sq_norms(pred, layout), delta_sq_norms(true, layout)
     dist = pred_sq[:, None] + true_sq[None, :] - 2 * cross
     own = torch.arange(len(pred))
     cosine = cross.diagonal() / (pred_sq.sqrt() * true_sq.sqrt()).clamp_min(1e-30)
@@ -90,7 +95,7 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
     for k in tqdm(range(seeds), desc="sampling", disable=not progress, file=sys.stderr):
         samples.append(model.decode_latents(sample_latents(model, emb, seed=k, steps=steps, guidance=guidance, eta=eta)))
     per_seed = [compare(s, true, layout) for s in samples]
-    true_sq = delta_gram(true, true, layout).diagonal()
+    true_sq = delta_sq_norms(true, layout)
     diversity = []
     for i in range(seeds):
         for j in range(i + 1, seeds):
