@@ -1,4 +1,8 @@
-"""The sampler's shortcuts change speed only: the same numbers, bit for bit, as the plain path."""
+"""Shortcuts that buy speed change nothing else: the sampler gives the same numbers bit for bit
+as the plain path, and Apply LoRA's cached shape map answers like a fresh one."""
+import gc
+import importlib
+
 import pytest
 import torch
 
@@ -72,3 +76,20 @@ def test_all_finite_finds_every_kind_of_non_finite_value():
         broken = values.clone()
         broken[1234] = bad
         assert not _all_finite(broken), bad
+
+
+def test_apply_lora_shape_map_is_cached_per_base_model_without_keeping_it_alive(comfy, pack, tiny_sdxl):
+    import comfy_support
+    glue = importlib.import_module(f"{pack.__name__}.nodes.comfy_glue")
+    fresh = glue.unet_lora_shapes(tiny_sdxl)
+    assert tiny_sdxl.model in glue._unet_shapes
+    assert glue.unet_lora_shapes(tiny_sdxl.clone()) == fresh  # clones share the base model's entry
+    fresh["lora_te_added_by_a_caller"] = (1, 1)
+    assert "lora_te_added_by_a_caller" not in glue.unet_lora_shapes(tiny_sdxl)
+
+    other = comfy_support.tiny_sdxl_patcher(seed=1)
+    assert glue.unet_lora_shapes(other) == glue.unet_lora_shapes(tiny_sdxl)
+    cached = len(glue._unet_shapes)
+    del other
+    gc.collect()
+    assert len(glue._unet_shapes) == cached - 1, "the cache must not keep a freed model alive"
