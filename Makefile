@@ -1,7 +1,7 @@
 # The README's two quick-start commands are `make demo` and `make test`; both set up first.
 PY := .venv/bin/python
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,6 +11,11 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+# Speed and memory tables (minutes; not run by CI): prints them, draws benchmarks/scaling.png and
+# writes the tables into benchmarks/RESULTS.md.
+bench: setup
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .comfyui .cache demo_out

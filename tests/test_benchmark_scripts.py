@@ -1,7 +1,10 @@
 """The benchmark scripts still run (smallest settings; the numbers are not checked here)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -15,3 +18,45 @@ def test_hypernet_benchmark_runs_its_synthetic_table_on_a_tiny_setting(tmp_path)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ada")]
     assert len(rows) == 6, result.stdout
     assert "reference-aligned" in result.stdout
+
+
+def _run_all(tmp_path, *args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny ops: one thread is fastest, and steady on a busy CPU
+    return subprocess.run([sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--results", str(tmp_path / "RESULTS.md"),
+                           *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+# script -> text its table must contain
+SPEED_TABLES = {
+    "bench_personalize.py": "photo -> patched MODEL, excluding face",
+    "bench_apply.py": "ratio ours / stock",
+    "bench_memory.py": "free path 2, free_memory (node outputs dropped): hypernet freed",
+    "bench_train.py": "| autoencoder |",
+    "bench_scaling.py": "sample 25 steps",
+}
+
+
+@pytest.mark.parametrize("script", list(SPEED_TABLES))
+def test_speed_benchmark_runs_at_its_smallest_setting_and_writes_its_results_section(tmp_path, script):
+    (tmp_path / "RESULTS.md").write_text("# Measured results\n\nKept as it is.\n")
+    result = _run_all(tmp_path, "--only", script)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert SPEED_TABLES[script] in result.stdout
+    written = (tmp_path / "RESULTS.md").read_text()
+    assert written.startswith("# Measured results\n\nKept as it is.\n")
+    assert SPEED_TABLES[script] in written and "Machine: " in written and "Command: `" in written
+    if script == "bench_scaling.py":
+        assert (tmp_path / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "![Latency vs layout size and steps](scaling.png)" in written
+
+
+def test_results_section_is_replaced_in_place_and_the_rest_of_the_file_kept():
+    sys.path.insert(0, str(BENCHMARKS))
+    import run_all
+    original = "# Results\n\n## Issue 4\n\ntable\n"
+    once = run_all.replace_section(original, "## Speed\n\nfirst")
+    assert once.startswith(original) and "first" in once
+    twice = run_all.replace_section(once + "\n## Later section\n", "## Speed\n\nsecond")
+    assert "first" not in twice and "second" in twice
+    assert twice.startswith(original) and twice.rstrip().endswith("## Later section")
+    assert twice.count(run_all.BEGIN) == 1 and twice.count(run_all.END) == 1

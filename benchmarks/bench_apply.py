@@ -1,0 +1,202 @@
+"""Apply overhead: our in-memory LORA (Apply LoRA) vs the same LoRA loaded from a .safetensors
+file by ComfyUI's stock LoraLoaderModelOnly, side by side in one process.
+
+"Apply" in ComfyUI has two parts, and both are timed for both paths:
+
+1. the node: ours checks the layout against the MODEL, then `comfy.sd.load_lora_for_models`
+   (clone + add_patches: lazy, no arithmetic); the stock node reads the file
+   (`comfy.utils.load_torch_file`), then calls the same function;
+2. the patch arithmetic, when the KSampler loads the MODEL: `ModelPatcher.patch_weight_to_device`
+   -> `comfy.lora.calculate_weight` for every patched weight.
+
+Both nodes are timed cold (a fresh LoraLoader object, which reads the file; our shape cache
+emptied) and warm (the same LoraLoader object, which keeps the file's tensors, as ComfyUI keeps
+node objects; our shape cache filled): warm is what a second face on the same MODEL costs.
+Node + patch run once per process (a fresh one each time), so the peak memory, the process's
+resident high-water mark during node + patch above what it held before, is that path's own. The MODEL is ComfyUI's real SDXL UNet on the meta device with real fp16 attention
+weights (see _bench.base_model), or the tests' tiny UNet for --layout tiny-attn-r4.
+
+    .venv/bin/python benchmarks/bench_apply.py [--layout sdxl-attn-r4] [--runs 10] [--patch-runs 1]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import _bench  # noqa: F401  (first: ComfyUI before the pack)
+from _bench import PeakRss, Stats, Timer
+
+import torch  # noqa: E402
+
+BASES = {"tiny-attn-r4": "tiny", "sdxl-attn-r4": "sdxl", "sdxl-qv-r1": "sdxl"}
+TARGET_RATIO = 1.1
+OURS, STOCK = "ours: Apply LoRA (in-memory LORA)", "stock: LoraLoaderModelOnly (.safetensors)"
+
+
+def random_lora(layout_name: str, seed: int = 0):
+    """A kohya LORA value of the layout with random factors (the arithmetic does not care)."""
+    layout = _bench.pack_module("hypernet.layout").preset(layout_name)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for m in layout:
+        state[f"{m.name}.lora_up.weight"] = torch.randn(m.out_features, m.rank, generator=gen) * 0.01
+        state[f"{m.name}.lora_down.weight"] = torch.randn(m.rank, m.in_features, generator=gen) * 0.01
+        state[f"{m.name}.alpha"] = torch.tensor(float(m.rank))
+    return _bench.pack_module("nodes.values").LoraValue(state, layout, {"generator": "bench_apply"})
+
+
+def _paths(lora, base, lora_name: str):
+    import nodes as comfy_nodes  # ComfyUI's built-in nodes (LoraLoaderModelOnly)
+    lora_nodes = _bench.pack_module("nodes.lora_nodes")
+    glue = _bench.pack_module("nodes.comfy_glue")
+    stock_node = comfy_nodes.LoraLoaderModelOnly()
+
+    def ours(cold: bool):
+        if cold:
+            glue._unet_shapes.clear()
+        return lora_nodes.ApplyLoRA().apply(base, lora, 1.0)[0]
+
+    def stock(cold: bool):
+        node = comfy_nodes.LoraLoaderModelOnly() if cold else stock_node
+        return node.load_lora_model_only(base, lora_name, 1.0)[0]
+
+    return {OURS: ours, STOCK: stock}
+
+
+def _prepare(layout: str, folder: Path):
+    from safetensors.torch import save_file
+    base = _bench.base_model(BASES[layout])
+    lora = random_lora(layout)
+    save_file(lora.state_dict, str(folder / "lora.safetensors"), metadata=lora.metadata)
+    _bench.register_folder("loras", folder)
+    return base, lora
+
+
+def same_patches(a, b) -> bool:
+    """Whether two patched MODELs carry the same patches: keys, strengths and LoRA tensors."""
+    def same(x, y) -> bool:
+        if torch.is_tensor(x) or torch.is_tensor(y):
+            return torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape and torch.equal(x, y)
+        if isinstance(x, (tuple, list)):
+            return isinstance(y, (tuple, list)) and len(x) == len(y) and all(same(i, j) for i, j in zip(x, y))
+        if hasattr(x, "weights"):  # a comfy.weight_adapter adapter
+            return type(x) is type(y) and same(x.weights, y.weights)
+        return x == y
+
+    return a.patches.keys() == b.patches.keys() and all(same(a.patches[k], b.patches[k]) for k in a.patches)
+
+
+def child(layout: str, path: str, folder: Path) -> None:
+    """One cold node + patch in a fresh process, so its peak memory is this path's alone."""
+    base, lora = _prepare(layout, folder)
+    apply = _paths(lora, base, "lora.safetensors")[path]
+    gc.collect()
+    with PeakRss() as memory:
+        with Timer() as node:
+            patched = apply(True)
+        with Timer() as arithmetic:
+            keys = _bench.patch_weights(patched)
+    print(json.dumps({"node": node.seconds, "patch": arithmetic.seconds, "peak": memory.extra, "keys": keys,
+                      "real_values": _bench.real_attention_values(base),
+                      "dtype": str(next(v.dtype for k, v in base.model.state_dict().items()
+                                        if _bench.ATTENTION_WEIGHT.match(k)))}))
+
+
+def run_child(layout: str, path: str, folder: Path) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--layout", layout, "--child", path, "--child-dir", str(folder)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the {path} child failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", default="sdxl-attn-r4", choices=list(BASES))
+    parser.add_argument("--runs", type=int, default=10, help="timed node runs per path and mode, after a warm-up")
+    parser.add_argument("--patch-runs", type=int, default=1, help="node + patch runs per path, each in a fresh process")
+    parser.add_argument("--child", choices=(OURS, STOCK), help=argparse.SUPPRESS)
+    parser.add_argument("--child-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.layout, args.child, args.child_dir)
+        return
+    command = _bench.command_line()
+
+    with tempfile.TemporaryDirectory(prefix="bench_apply_") as tmp:
+        folder = Path(tmp)
+        base, lora = _prepare(args.layout, folder)
+        file_mib = (folder / "lora.safetensors").stat().st_size / 2**20
+        paths = _paths(lora, base, "lora.safetensors")
+
+        def in_turn(run: int) -> list[str]:
+            """Both paths interleaved, so both see the same machine load, and in turns first."""
+            return [OURS, STOCK] if run % 2 else [STOCK, OURS]
+
+        node_times: dict[tuple[str, str], list[float]] = {}
+        for run in range(args.runs + 1):
+            for mode in ("cold", "warm"):
+                for name in in_turn(run):
+                    with Timer() as t:
+                        patched = paths[name](mode == "cold")
+                    if run > 0:  # run 0 warms up
+                        node_times.setdefault((name, mode), []).append(t.seconds)
+                    del patched
+        identical = same_patches(paths[OURS](True), paths[STOCK](True))
+        del paths, base
+        gc.collect()
+        children: dict[str, list[dict]] = {OURS: [], STOCK: []}
+        for run in range(args.patch_runs):
+            for name in in_turn(run):
+                children[name].append(run_child(args.layout, name, folder))
+
+    def stats(name: str, key: str) -> Stats:
+        return Stats(tuple(c[key] for c in children[name]))
+
+    def node_stats(name: str, mode: str) -> Stats:
+        return Stats(tuple(node_times[(name, mode)]))
+
+    first = children[OURS][0]
+    _bench.heading(f"Apply overhead at {args.layout}: our in-memory LORA vs the stock LoraLoader from a file "
+                   f"(seconds, median (min-max))", command)
+    print(f"LoRA: {len(lora.layout)} modules, {lora.layout.num_values:,} values, file {file_mib:.1f} MiB. "
+          f"Weights patched: {first['keys']}, {first['real_values']:,} real values ({first['dtype']}). "
+          f"Both paths give {'identical' if identical else '**different**'} patches (same keys, factors, alpha and "
+          f"strength), so ComfyUI does the same arithmetic for both. Node + patch runs each in a fresh process, so "
+          f"the peak memory is that path's own.\n")
+    # Identical patches (checked above) make identical arithmetic: its time differs between the
+    # paths by machine noise only, so the total uses the median over both paths' runs.
+    patch_all = Stats(tuple(c["patch"] for name in (OURS, STOCK) for c in children[name]))
+    ratio = {
+        "cold": node_stats(OURS, "cold").median / node_stats(STOCK, "cold").median,
+        "warm": node_stats(OURS, "warm").median / node_stats(STOCK, "warm").median,
+        "patch": stats(OURS, "patch").median / stats(STOCK, "patch").median,
+        "total": (node_stats(OURS, "cold").median + patch_all.median)
+        / (node_stats(STOCK, "cold").median + patch_all.median),
+        "peak": stats(OURS, "peak").median / stats(STOCK, "peak").median,
+    }
+    rows = []
+    for name in (OURS, STOCK):
+        total = node_stats(name, "cold").median + patch_all.median
+        rows.append((name, node_stats(name, "cold").fmt(), node_stats(name, "warm").fmt(), stats(name, "patch").fmt(),
+                     f"{total:.3f}", stats(name, "peak").fmt(digits=0)))
+    rows.append(("**ratio ours / stock (medians)**", f"**{ratio['cold']:.2f}x**", f"**{ratio['warm']:.2f}x**",
+                 f"{ratio['patch']:.2f}x", f"**{ratio['total']:.2f}x**", f"**{ratio['peak']:.2f}x**"))
+    _bench.table(("path", f"node, cold ({args.runs} runs)", f"node, warm ({args.runs} runs)",
+                  f"patch arithmetic ({args.patch_runs} runs)", "node (cold) + patch (medians; patch over both paths)",
+                  "peak +RSS MiB, node + patch"),
+                 rows)
+    worst = max(ratio["total"], ratio["peak"])
+    verdict = "met" if worst <= TARGET_RATIO and identical else "missed"
+    print(f"Target: apply overhead <= {TARGET_RATIO}x the stock LoraLoader path: time (node + patch) "
+          f"{ratio['total']:.2f}x, peak memory {ratio['peak']:.2f}x; **{verdict}**. The node alone: "
+          f"{ratio['cold']:.2f}x cold, {ratio['warm']:.2f}x warm.\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

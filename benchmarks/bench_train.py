@@ -1,0 +1,101 @@
+"""Training throughput: samples per second of the autoencoder and the prior phases.
+
+The real `hypernet.train.Trainer` runs its own steps (forward, loss, backward, gradient
+clipping, AdamW, EMA for the prior) with the training preset's batch sizes, on random LoRA
+vectors of the layout (speed does not depend on the values). The first step of each phase is
+not counted (allocations, warm-up); the rest are timed between consecutive steps.
+On the CPU always; on the GPU too when torch sees one.
+
+    .venv/bin/python benchmarks/bench_train.py [--layout sdxl-attn-r4] [--preset sdxl] [--ae-steps 3] [--prior-steps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import _bench
+from _bench import Stats
+
+import torch  # noqa: E402
+
+from hypernet.layout import load_layout  # noqa: E402
+from hypernet.train import Trainer, load_train_config  # noqa: E402
+
+
+class RandomDataset:
+    """What the Trainer reads of a dataset, filled with random vectors and face embeddings."""
+
+    embedding_model = "random-embeddings"
+    embedding_dim = 512
+
+    def __init__(self, layout, identities: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.layout = layout
+        self.path = Path(f"<{identities} random LoRAs of {layout.fingerprint}>")
+        self._ids = [f"id-{i:05d}" for i in range(identities)]
+        self._vectors = torch.randn(identities, layout.num_values, generator=gen) * 0.01
+        self._embeddings = torch.randn(identities, self.embedding_dim, generator=gen)
+
+    def ids(self, split: str) -> list[str]:
+        return list(self._ids)
+
+    def load(self, split: str):
+        return self._vectors, self._embeddings, list(self._ids)
+
+
+def throughput(dataset, cfg, device: torch.device, work: Path) -> dict[str, Stats]:
+    stamps: dict[str, list[float]] = {}
+    trainer = Trainer(dataset, cfg, device, work / "throughput.safetensors", progress=False,
+                      on_step=lambda phase, step: stamps.setdefault(phase, []).append(time.perf_counter()))
+    trainer.run(resume=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {phase: Stats(tuple(b - a for a, b in zip(times, times[1:]))) for phase, times in stamps.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", default="sdxl-attn-r4")
+    parser.add_argument("--preset", default="sdxl", help="training preset (batch sizes and architecture)")
+    parser.add_argument("--ae-steps", type=int, default=3, help="timed autoencoder steps (one more runs first)")
+    parser.add_argument("--prior-steps", type=int, default=5, help="timed prior steps (one more runs first)")
+    parser.add_argument("--identities", type=int, default=32, help="random LoRAs to draw batches from")
+    args = parser.parse_args()
+    command = _bench.command_line()
+    import tempfile
+
+    layout = load_layout(args.layout)
+    # Checkpoints only at the end: saving is not what is measured here.
+    cfg = dataclasses.replace(load_train_config(args.preset), ae_steps=args.ae_steps + 1,
+                              prior_steps=args.prior_steps + 1, checkpoint_every=10**9)
+    dataset = RandomDataset(layout, args.identities)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        for device in devices:
+            results[device.type] = throughput(dataset, cfg, device, Path(tmp))
+
+    _bench.heading(f"Training throughput at {args.layout} ({layout.num_values:,} values), preset `{args.preset}` "
+                   "(samples/s, median (min-max) over steps)", command)
+    print(f"Autoencoder: {cfg.autoencoder.kind}, batch {cfg.ae_batch}, {args.ae_steps} timed steps; prior: "
+          f"{cfg.prior.conditioning}, width {cfg.prior.width}, batch {cfg.prior_batch}, {args.prior_steps} timed steps.\n")
+    gpu = _bench.gpu_name()
+    header = ("phase", f"CPU ({torch.get_num_threads()} threads): samples/s", "CPU: s/step",
+              f"GPU ({gpu})" if gpu else "GPU")
+    rows = []
+    for phase, batch in (("autoencoder", cfg.ae_batch), ("prior", cfg.prior_batch)):
+        cpu = results["cpu"][phase]
+        rate = Stats(tuple(batch / s for s in cpu.values))
+        if "cuda" in results:
+            g = results["cuda"][phase]
+            gpu_cell = f"{Stats(tuple(batch / s for s in g.values)).fmt(digits=1)} samples/s"
+        else:
+            gpu_cell = "not measured: no GPU lent"
+        rows.append((phase, rate.fmt(digits=1), cpu.fmt(), gpu_cell))
+    _bench.table(header, rows)
+
+
+if __name__ == "__main__":
+    main()
