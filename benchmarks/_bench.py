@@ -125,7 +125,7 @@ def machine() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     gpu = gpu_name() or "no GPU"
     return (f"{cpu_model()}, {os.cpu_count()} logical cores, {memory_gib():.0f} GiB RAM, {gpu}; "
-            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; load average {load}; "
+            f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}; load average {load}; "
             f"commit {git_commit()}")
 
 

@@ -50,7 +50,6 @@ def main() -> None:
     hypernet_nodes = _bench.pack_module("nodes.hypernet_nodes")
     face_nodes = _bench.pack_module("nodes.face_nodes")
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         work = Path(tmp)
         gc.collect()

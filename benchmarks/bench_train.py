@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +65,6 @@ def main() -> None:
     parser.add_argument("--identities", type=int, default=32, help="random LoRAs to draw batches from")
     args = parser.parse_args()
     command = _bench.command_line()
-    import tempfile
 
     layout = load_layout(args.layout)
     # Checkpoints only at the end: saving is not what is measured here.
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"Autoencoder: {cfg.autoencoder.kind}, batch {cfg.ae_batch}, {args.ae_steps} timed steps; prior: "
           f"{cfg.prior.conditioning}, width {cfg.prior.width}, batch {cfg.prior_batch}, {args.prior_steps} timed steps.\n")
     gpu = _bench.gpu_name()
-    header = ("phase", f"CPU ({torch.get_num_threads()} threads): samples/s", "CPU: s/step",
+    header = ("phase", f"CPU ({torch.get_num_threads()} torch threads): samples/s", "CPU: s/step",
               f"GPU ({gpu})" if gpu else "GPU")
     rows = []
     for phase, batch in (("autoencoder", cfg.ae_batch), ("prior", cfg.prior_batch)):

@@ -85,6 +85,8 @@ def main() -> int:
     args = parser.parse_args()
     command = "make bench" if not (args.quick or args.only) else " ".join(
         [".venv/bin/python benchmarks/run_all.py", *sys.argv[1:]])
+    if os.environ.get("OMP_NUM_THREADS"):  # it changes every number: part of the command
+        command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     started = time.perf_counter()
     reports, failed, png = {}, [], None
