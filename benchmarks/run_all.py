@@ -95,7 +95,7 @@ def main() -> int:
         script_args = list(quick if args.quick else full)
         if script == "bench_scaling.py":
             target = HERE / "scaling.png" if not args.quick else args.results.parent / "scaling.png"
-            script_args += ["--png", str(target)]
+            script_args += ["--png", os.path.relpath(target, ROOT)]  # the scripts run in ROOT
             png = os.path.relpath(target, args.results.parent)
         print(f"\n==> {script} {' '.join(script_args)}", flush=True)
         code, output = run_script(script, script_args)
