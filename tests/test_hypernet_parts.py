@@ -136,3 +136,20 @@ def test_delta_error_equals_the_dense_computation():
         dense += (ua @ da - ub @ db).square().sum((1, 2))
     torch.testing.assert_close(delta_sq_error(a, b, SMALL), dense, rtol=1e-4, atol=1e-3)
     assert float(delta_sq_error(a, a, SMALL).abs().max()) < 1e-2 * float(dense.min())
+
+
+def test_reference_factors_are_the_best_rank_r_fit_of_the_mean_delta_and_align_keeps_delta_w():
+    from hypernet.alignment import align, reference_factors
+    gen = torch.Generator().manual_seed(3)
+    vectors = torch.randn(70, SMALL.num_values, generator=gen)
+    reference = reference_factors(vectors, SMALL, chunk_rows=16)  # several chunks
+    aligned = align(vectors, reference, SMALL)
+    for name, (up, down) in module_views(reference[None], SMALL).items():
+        ups, downs = module_views(vectors, SMALL)[name]
+        mean_delta = (ups.double() @ downs.double()).mean(0)
+        u, s, vh = torch.linalg.svd(mean_delta)
+        r = up.shape[-1]
+        best = (u[:, :r] * s[:r]) @ vh[:r]
+        torch.testing.assert_close((up[0] @ down[0]).double(), best, rtol=1e-4, atol=1e-5)
+        a_up, a_down = module_views(aligned, SMALL)[name]
+        torch.testing.assert_close(a_up @ a_down, ups @ downs, rtol=1e-4, atol=1e-4)
