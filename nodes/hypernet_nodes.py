@@ -84,8 +84,11 @@ class SampleLoRA:
     CATEGORY = CATEGORY
     DESCRIPTION = "Samples LoRA weights (as a latent) for this face from the diffusion hypernetwork."
 
-    def sample(self, hypernet: HypernetValue, seed: int, steps: int, guidance: float, eta: float,
-               face_embedding: FaceEmbeddingValue | None = None, global_features: GlobalFeaturesValue | None = None):
+    # face_embedding keeps its place (it was required before global features existed), so
+    # positional callers still work; ComfyUI passes everything by name.
+    def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
+               steps: int = 25, guidance: float = 3.0, eta: float = 0.0,
+               global_features: GlobalFeaturesValue | None = None):
         from ..hypernet.sampling import sample_latents
         model = hypernet.hypernet
         _check_condition_inputs(hypernet, face_embedding, global_features)
