@@ -15,6 +15,7 @@ from torch import nn
 from .alignment import align
 from .autoencoder import AutoencoderConfig, build_autoencoder
 from .condition import build_fusion, check_condition, fuse, needs_global
+from .dataset import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
 from .errors import HypernetError
 from .layout import Layout
@@ -49,12 +50,10 @@ class HypernetConfig:
         if not 1 <= self.global_dim <= 65536:
             raise HypernetError(f"condition {self.condition!r} needs global_dim between 1 and 65536, "
                                 f"not {self.global_dim}")
-        encoder = self.global_encoder
-        if (not isinstance(encoder, dict) or set(encoder) != {"name", "dim", "fingerprint"}
-                or not isinstance(encoder["name"], str) or not isinstance(encoder["fingerprint"], str)
-                or encoder["dim"] != self.global_dim):
-            raise HypernetError(f"condition {self.condition!r} needs global_encoder = {{name, dim, fingerprint}} "
-                                f"with dim {self.global_dim}, not {encoder!r}")
+        encoder = check_encoder_info(self.global_encoder, f"condition {self.condition!r}")
+        if encoder["dim"] != self.global_dim:
+            raise HypernetError(f"global_encoder {encoder['name']} gives {encoder['dim']} values but global_dim "
+                                f"is {self.global_dim}")
 
     def to_dict(self) -> dict:
         data = {"layout": self.layout.to_dict(), "embedding_model": self.embedding_model,
