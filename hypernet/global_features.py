@@ -219,6 +219,48 @@ def build_vision_tower(arch: str) -> tuple[torch.nn.Module, dict]:
     return visual, config
 
 
+def vision_spec(config: dict) -> dict:
+    """What decides a CLIP ViT's features besides its weights, from an open_clip config; the
+    ComfyUI side builds the same dict from a CLIP_VISION model (nodes/comfy_glue.py)."""
+    vision = config.get("vision_cfg", {})
+    width = int(vision.get("width", 768))
+    image_size = vision.get("image_size", 224)
+    return {"width": width, "layers": int(vision.get("layers", 12)), "heads": width // int(vision.get("head_width", 64)),
+            "mlp_width": int(width * float(vision.get("mlp_ratio", 4.0))), "patch_size": int(vision.get("patch_size", 16)),
+            "image_size": int(image_size if isinstance(image_size, int) else image_size[0]),
+            "dim": int(config["embed_dim"]), "quick_gelu": bool(config.get("quick_gelu", False)),
+            "mean": _rounded(vision.get("image_mean") or OPENAI_MEAN), "std": _rounded(vision.get("image_std") or OPENAI_STD)}
+
+
+def _rounded(values) -> tuple[float, ...]:
+    return tuple(round(float(v), 5) for v in values)
+
+
+def architectures_matching(spec: dict) -> list[str]:
+    """The open_clip architectures (shortest name first) whose image tower is `spec`: how a CLIP
+    vision model loaded by ComfyUI, which carries no architecture name, gets one."""
+    import open_clip
+
+    spec = dict(spec, mean=_rounded(spec["mean"]), std=_rounded(spec["std"]))
+    names = []
+    for name in open_clip.list_models():
+        config = open_clip.get_model_config(name)
+        if config is None or comfyui_incompatibility(config) is not None:
+            continue
+        try:
+            if vision_spec(config) == spec:
+                names.append(name)
+        except (KeyError, TypeError, ValueError):  # configs of other model families
+            continue
+    return sorted(names, key=lambda n: (len(n), n))
+
+
+def describe_spec(spec: dict) -> str:
+    act = "quick_gelu" if spec["quick_gelu"] else "gelu"
+    return (f"CLIP ViT width {spec['width']}, {spec['layers']} layers, patch {spec['patch_size']}, "
+            f"{spec['image_size']} px, {spec['dim']}-d, {act}")
+
+
 # ---------------------------------------------------------------- images
 
 def preprocess_images(images: torch.Tensor, size: int, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
