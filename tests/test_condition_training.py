@@ -223,3 +223,36 @@ def test_global_only_condition_trains_and_samples_without_a_face(global_data, tm
     result = evaluate(load_hypernet(out), open_dataset(global_data), seeds=1, steps=3, progress=False)
     assert result["condition"] == "global"
 
+
+
+def test_sample_cli_encodes_the_reference_photos_with_the_checkpoint_image_encoder(tmp_path, capsys):
+    """`sample --face PHOTO --global-encoder FILE --global-arch NAME` for a global-only hypernet,
+    with the tiny open_clip ViT of global_support; weights of another seed are refused."""
+    from PIL import Image
+
+    from global_support import TINY_ARCH, TINY_DIM, register_tiny_arch, tiny_encoder_info, write_open_clip_file
+    from hypernet.autoencoder import AutoencoderConfig
+    from hypernet.checkpoint import save_hypernet
+    from hypernet.model import Hypernet, HypernetConfig
+    from hypernet.prior import PriorConfig
+
+    register_tiny_arch()
+    torch.manual_seed(0)
+    model = Hypernet(HypernetConfig(layout=SMALL_LAYOUT, embedding_model="face", condition="global",
+                                    global_dim=TINY_DIM, global_encoder=tiny_encoder_info(0),
+                                    autoencoder=AutoencoderConfig(latent_dim=8, hidden=16, blocks=1),
+                                    prior=PriorConfig(width=16, blocks=1, time_dim=8)))
+    ckpt = tmp_path / "global.safetensors"
+    save_hypernet(model, ckpt)
+    photo = tmp_path / "person.png"
+    Image.fromarray((torch.rand(80, 72, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()).save(photo)
+    same, other = write_open_clip_file(tmp_path / "clip.safetensors", 0), write_open_clip_file(tmp_path / "o.safetensors", 1)
+    out = tmp_path / "lora.safetensors"
+    args = ["sample", "--ckpt", str(ckpt), "--steps", "2", "--out", str(out), "--face", str(photo),
+            "--global-arch", TINY_ARCH]
+    assert main(args + ["--global-encoder", str(other)]) == 1
+    assert "different weights" in capsys.readouterr().err and not out.exists()
+    assert main(args) == 1
+    assert "needs global image features" in capsys.readouterr().err
+    assert main(args + ["--global-encoder", str(same)]) == 0
+    assert sorted(read_lora(out)) == sorted(SMALL_LAYOUT.names)
