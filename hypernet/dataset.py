@@ -5,12 +5,14 @@ A dataset is a directory:
     manifest.json
     shard-00000.safetensors   tensors `vectors` float32 [n, D] (canonical flat LoRAs, not normalised)
     shard-00001.safetensors           `embeddings` float32 [n, E] (L2-normalised)
-    ...
+    ...                               `global_embeddings` float32 [n, G] (L2-normalised; only in
+                                      datasets with global image features)
 
 manifest.json:
 
     {"format": "lora-hypernet-dataset", "version": 1,
      "layout": Layout.to_dict(), "embedding_model": str, "embedding_dim": E,
+     "global_encoder": {"name", "dim": G, "fingerprint"}   (only with global image features),
      "identities": [{"id", "split": "train" | "heldout", "shard": "shard-00000.safetensors", "row",
                      "lora_file", "lora_sha256", "sources": [{"file", "sha256"}]}],
      "skipped": [{"id", "reason"}]}
@@ -33,6 +35,7 @@ from safetensors import safe_open
 
 from .errors import HypernetError
 from .files import save_safetensors_atomic
+from .global_features import EncoderInfo
 from .layout import Layout
 
 FORMAT = "lora-hypernet-dataset"
@@ -44,18 +47,22 @@ DEFAULT_SHARD_BYTES = 512 * 2**20
 
 @dataclass
 class DatasetRecord:
-    """One identity to write. `tensors()` returns (vector [D], embedding [E]); it is called once,
+    """One identity to write. `tensors()` returns (vector [D], embedding [E]) or, in a dataset
+    with global image features, (vector, embedding, global_embedding [G]); it is called once,
     when the row is written, so callers can keep rows on disk until then."""
 
     id: str
-    tensors: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    tensors: Callable[[], tuple[torch.Tensor, ...]]
     lora_file: str = ""
     lora_sha256: str = ""
     sources: list[dict] = field(default_factory=list)
 
     @classmethod
-    def in_memory(cls, id: str, vector: torch.Tensor, embedding: torch.Tensor, **info) -> "DatasetRecord":
-        return cls(id, lambda: (vector, embedding), **info)
+    def in_memory(cls, id: str, vector: torch.Tensor, embedding: torch.Tensor,
+                  global_embedding: torch.Tensor | None = None, **info) -> "DatasetRecord":
+        if global_embedding is None:
+            return cls(id, lambda: (vector, embedding), **info)
+        return cls(id, lambda: (vector, embedding, global_embedding), **info)
 
 
 def split_identities(ids: Sequence[str], heldout_fraction: float, seed: int) -> dict[str, str]:
@@ -75,17 +82,30 @@ def split_identities(ids: Sequence[str], heldout_fraction: float, seed: int) -> 
     return {i: "heldout" if i in heldout else "train" for i in ids}
 
 
+def check_encoder_info(encoder, where: str) -> dict:
+    """A global image encoder's identity {"name": str, "dim": int, "fingerprint": str}, checked."""
+    try:
+        return EncoderInfo.from_dict(encoder).to_dict()
+    except HypernetError as exc:
+        raise HypernetError(f"{where}: {exc}") from exc
+
+
 def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str, records: Sequence[DatasetRecord],
                   heldout_fraction: float = 0.1, seed: int = 0, skipped: Sequence[dict] = (),
-                  max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
+                  max_shard_bytes: int = DEFAULT_SHARD_BYTES, global_encoder: dict | None = None) -> Path:
     """Write shards, then the manifest: a reader sees a complete dataset or none.
 
+    With `global_encoder` (the identity of the image encoder that made them) every record must
+    give global image features too; without it, none may.
     Rewriting a dataset directory removes its old manifest first and, at the end, the shards the
     new manifest does not use.
     """
     path = Path(path)
     if not records:
         raise HypernetError(f"no identities to write into dataset {path}")
+    if global_encoder is not None:
+        global_encoder = check_encoder_info(global_encoder, f"dataset {path}")
+    global_dim = global_encoder["dim"] if global_encoder is not None else 0
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)
     records = sorted(records, key=lambda r: r.id)
@@ -94,13 +114,21 @@ def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str,
     embedding_dim = None
     entries, shard_names = [], []
 
-    def row_of(rec: DatasetRecord) -> tuple[torch.Tensor, torch.Tensor]:
-        vector, embedding = (t.detach().float().reshape(-1) for t in rec.tensors())
+    def row_of(rec: DatasetRecord) -> tuple[torch.Tensor, ...]:
+        tensors = tuple(t.detach().float().reshape(-1) for t in rec.tensors())
+        if len(tensors) != (3 if global_dim else 2):
+            raise HypernetError(f"identity {rec.id}: " + ("no global image features, but the dataset has them "
+                                                          f"({global_encoder['name']})" if global_dim else
+                                                          "global image features were given without their encoder"))
+        vector, embedding = tensors[:2]
         if vector.numel() != dim:
             raise HypernetError(f"identity {rec.id}: vector has {vector.numel()} values, layout needs {dim}")
         if embedding_dim is not None and embedding.numel() != embedding_dim:
             raise HypernetError(f"identity {rec.id}: embedding has {embedding.numel()} values, others {embedding_dim}")
-        return vector, embedding
+        if global_dim and tensors[2].numel() != global_dim:
+            raise HypernetError(f"identity {rec.id}: global features have {tensors[2].numel()} values, the encoder "
+                                f"{global_encoder['name']} gives {global_dim}")
+        return tensors
 
     for split in SPLITS:
         rows = [r for r in records if splits[r.id] == split]
@@ -108,20 +136,24 @@ def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str,
         while start < len(rows):
             first = row_of(rows[start])
             embedding_dim = embedding_dim or first[1].numel()
-            chunk = rows[start:start + max(1, max_shard_bytes // (4 * (dim + embedding_dim)))]
+            chunk = rows[start:start + max(1, max_shard_bytes // (4 * (dim + embedding_dim + global_dim)))]
             # rows go straight into the shard tensors: one shard in memory, not two
-            vectors, embeddings = torch.empty(len(chunk), dim), torch.empty(len(chunk), embedding_dim)
+            shard = {"vectors": torch.empty(len(chunk), dim), "embeddings": torch.empty(len(chunk), embedding_dim)}
+            if global_dim:
+                shard["global_embeddings"] = torch.empty(len(chunk), global_dim)
             for i, rec in enumerate(chunk):
-                vectors[i], embeddings[i] = first if i == 0 else row_of(rec)
+                for tensor, row in zip(shard.values(), first if i == 0 else row_of(rec)):
+                    tensor[i] = row
             name = f"shard-{len(shard_names):05d}.safetensors"
-            save_safetensors_atomic({"vectors": vectors, "embeddings": embeddings}, path / name,
-                                    {"format": FORMAT, "split": split})
+            save_safetensors_atomic(shard, path / name, {"format": FORMAT, "split": split})
             entries += [{"id": rec.id, "split": split, "shard": name, "row": row, "lora_file": rec.lora_file,
                          "lora_sha256": rec.lora_sha256, "sources": list(rec.sources)} for row, rec in enumerate(chunk)]
             shard_names.append(name)
             start += len(chunk)
     manifest = {"format": FORMAT, "version": VERSION, "layout": layout.to_dict(), "embedding_model": embedding_model,
                 "embedding_dim": embedding_dim, "identities": entries, "skipped": list(skipped)}
+    if global_encoder is not None:
+        manifest["global_encoder"] = global_encoder
     tmp = path / f".{MANIFEST}.partial"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, path / MANIFEST)
@@ -142,6 +174,13 @@ class LoraDataset:
         self.embedding_dim: int = int(manifest["embedding_dim"])
         self.identities: list[dict] = manifest["identities"]
         self.skipped: list[dict] = manifest.get("skipped", [])
+        encoder = manifest.get("global_encoder")
+        # the identity of the image encoder behind `global_embeddings`; None: the dataset has none
+        self.global_encoder: dict | None = None if encoder is None else check_encoder_info(encoder, str(path))
+
+    @property
+    def global_dim(self) -> int:
+        return self.global_encoder["dim"] if self.global_encoder is not None else 0
 
     def ids(self, split: str) -> list[str]:
         _check_split(split)
@@ -149,23 +188,34 @@ class LoraDataset:
 
     def load(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(vectors [N, D], embeddings [N, E], ids) of one split, in manifest order."""
+        vectors, embeddings = self._rows(split, {"vectors": self.layout.num_values, "embeddings": self.embedding_dim})
+        return vectors, embeddings, self.ids(split)
+
+    def load_global(self, split: str) -> torch.Tensor:
+        """Global image features [N, G] of one split, in the order of `load`."""
+        if self.global_encoder is None:
+            raise HypernetError(f"{self.path} has no global image features; rebuild it from identity folders with "
+                                "global.safetensors files or with --global-encoder FILE --global-arch NAME")
+        return self._rows(split, {"global_embeddings": self.global_dim})[0]
+
+    def _rows(self, split: str, widths: dict[str, int]) -> list[torch.Tensor]:
         entries = [e for e in self.identities if e["split"] == _check_split(split)]
-        vectors = torch.empty(len(entries), self.layout.num_values)
-        embeddings = torch.empty(len(entries), self.embedding_dim)
+        out = [torch.empty(len(entries), width) for width in widths.values()]
         by_shard: dict[str, list[tuple[int, int]]] = {}
         for i, e in enumerate(entries):
             by_shard.setdefault(e["shard"], []).append((i, int(e["row"])))
         for shard, rows in by_shard.items():
             with safe_open(str(self.path / shard), framework="pt") as f:
-                shard_vectors, shard_embeddings = f.get_tensor("vectors"), f.get_tensor("embeddings")
+                tensors = [f.get_tensor(key) for key in widths]
             for i, row in rows:
-                vectors[i] = shard_vectors[row]
-                embeddings[i] = shard_embeddings[row]
-        return vectors, embeddings, [e["id"] for e in entries]
+                for target, source in zip(out, tensors):
+                    target[i] = source[row]
+        return out
 
     def __repr__(self) -> str:
         return (f"LoraDataset({self.path}, {len(self.ids('train'))} train, {len(self.ids('heldout'))} held out, "
-                f"D={self.layout.num_values}, E={self.embedding_dim})")
+                f"D={self.layout.num_values}, E={self.embedding_dim}"
+                + (f", global {self.global_encoder['name']} G={self.global_dim})" if self.global_encoder else ")"))
 
 
 def _check_split(split: str) -> str:
@@ -194,6 +244,8 @@ def open_dataset(path: str | os.PathLike) -> LoraDataset:
             raise HypernetError(f"{manifest_path} lacks {key!r}; rebuild the dataset")
     try:
         dataset = LoraDataset(path, manifest)
+    except HypernetError as exc:
+        raise HypernetError(f"{manifest_path}: invalid manifest ({exc}); rebuild the dataset") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise HypernetError(f"{manifest_path}: invalid manifest ({exc}); rebuild the dataset") from exc
     _check_rows(dataset, manifest_path)
@@ -210,6 +262,8 @@ def _check_rows(dataset: LoraDataset, manifest_path: Path) -> None:
             raise HypernetError(f"{manifest_path}: identity {e.get('id')!r} has no valid split/shard/row")
         rows_by_shard.setdefault(e["shard"], set()).add(e["row"])
     want = {"vectors": dataset.layout.num_values, "embeddings": dataset.embedding_dim}
+    if dataset.global_encoder is not None:
+        want["global_embeddings"] = dataset.global_dim
     for shard, rows in rows_by_shard.items():
         shard_path = dataset.path / shard
         if Path(shard).name != shard or not shard_path.is_file():

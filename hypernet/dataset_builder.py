@@ -9,10 +9,20 @@ Input format (a public contract; `python -m hypernet synth` writes it too):
         embedding.safetensors        instead of photos: tensor `embedding`, float32 [512] or
                                      [k, 512] (k photos' embeddings). Optional metadata
                                      `embedding_model` names the model that made it.
+        global.safetensors           optional global image features (DiffLoRA's CLIP image
+                                     features): tensor `embedding`, float32 [G] or [k, G];
+                                     metadata `embedding_model` names the encoder and optional
+                                     `encoder_fingerprint` its weights (absent: "synthetic").
 
 Files directly in SRC and folders whose names start with "." are ignored. When a folder has
 both, embedding.safetensors wins and its photos are not read. Several embeddings of one
 identity (photos or rows) are each L2-normalised, averaged and normalised again.
+
+Global image features go into the dataset in one of two ways, for every identity or none:
+with `--global-encoder FILE --global-arch NAME` they are computed from each identity's photos
+with that open_clip image encoder (hypernet.global_features); without it, they are read from
+global.safetensors when every identity folder has one (a mix is an error). The manifest records
+the encoder's identity (name, dim, fingerprint), which training and sampling check.
 
 Each LoRA's UNet modules (text-encoder modules are dropped: the hypernet patches the MODEL
 only) are canonicalised and flattened to the dataset layout: `--layout` (preset or JSON file),
@@ -20,9 +30,9 @@ or else the layout of the first usable LoRA, in identity order, with alpha = ran
 that cannot be used (no LoRA, two LoRAs, an unreadable photo, no face, a LoRA of another
 layout, NaN weights, ...) are reported, listed in the manifest's "skipped", and left out.
 
-Resuming: each identity's vector and embedding is cached in OUT/.work/<id>.safetensors with a
-key over its source files' SHA-256, the layout and the embedding model; a re-run reuses the
-caches whose key still matches, and then writes the shards and manifest anew.
+Resuming: each identity's vector and embeddings are cached in OUT/.work/<id>.safetensors with a
+key over its source files' SHA-256, the layout, the embedding model and the global encoder; a
+re-run reuses the caches whose key still matches, and then writes the shards and manifest anew.
 """
 from __future__ import annotations
 
@@ -43,12 +53,15 @@ from tqdm import tqdm
 from .dataset import DatasetRecord, mean_embedding, write_dataset
 from .errors import HypernetError
 from .files import save_safetensors_atomic
+from .global_features import SYNTHETIC_FINGERPRINT, EncoderInfo
 from .layout import Layout, load_layout
 from .lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
 from .vectorize import flatten
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 EMBEDDING_FILE = "embedding.safetensors"
+GLOBAL_FILE = "global.safetensors"
+NOT_LORAS = {EMBEDDING_FILE, GLOBAL_FILE}
 EMBEDDING_DIM = 512
 WORK_DIR = ".work"
 UNSPECIFIED_MODEL = "unspecified"
@@ -66,6 +79,18 @@ class FaceEmbedderLike(Protocol):
 EmbedderSource = Union[FaceEmbedderLike, Callable[[], FaceEmbedderLike], None]
 
 
+class GlobalEncoderLike(Protocol):
+    """What the builder needs from an image encoder (hypernet.global_features.GlobalImageEncoder)."""
+
+    info: EncoderInfo
+
+    def encode_file(self, path: Path) -> torch.Tensor:
+        """L2-normalised global features [G] of one photo; HypernetError if it cannot be read."""
+
+
+GlobalEncoderSource = Union[GlobalEncoderLike, Callable[[], GlobalEncoderLike], None]
+
+
 @dataclass
 class IdentityFolder:
     id: str
@@ -73,6 +98,7 @@ class IdentityFolder:
     loras: list[Path]
     photos: list[Path]
     embedding_file: Path | None
+    global_file: Path | None = None
 
     @property
     def needs_face_model(self) -> bool:
@@ -87,11 +113,14 @@ class BuildResult:
     kept: list[str]
     reused: int
     skipped: list[dict] = field(default_factory=list)
+    global_encoder: dict | None = None
 
     def summary(self) -> str:
         lines = [f"kept {len(self.kept)} identities ({self.reused} from the cache of an earlier run), "
                  f"skipped {len(self.skipped)}; layout {self.layout.fingerprint}: {len(self.layout)} modules, "
-                 f"{self.layout.num_values:,} values; embeddings: {self.embedding_model}"]
+                 f"{self.layout.num_values:,} values; embeddings: {self.embedding_model}"
+                 + (f"; global features: {EncoderInfo.from_dict(self.global_encoder).describe()}"
+                    if self.global_encoder else "")]
         for reason, count in Counter(s["kind"] for s in self.skipped).most_common():
             lines.append(f"  skipped {count}: {reason}")
         return "\n".join(lines)
@@ -103,12 +132,13 @@ def scan_source(src: Path) -> list[IdentityFolder]:
     folders = []
     for path in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(p for p in path.iterdir() if p.is_file())
-        embedding = path / EMBEDDING_FILE
+        embedding, global_file = path / EMBEDDING_FILE, path / GLOBAL_FILE
         folders.append(IdentityFolder(
             path.name, path,
-            loras=[f for f in files if f.suffix == ".safetensors" and f.name != EMBEDDING_FILE],
+            loras=[f for f in files if f.suffix == ".safetensors" and f.name not in NOT_LORAS],
             photos=[f for f in files if f.suffix.lower() in PHOTO_SUFFIXES],
-            embedding_file=embedding if embedding.is_file() else None))
+            embedding_file=embedding if embedding.is_file() else None,
+            global_file=global_file if global_file.is_file() else None))
     if not folders:
         raise HypernetError(f"{src} holds no identity folders (one folder per person with a LoRA and photos)")
     return folders
@@ -130,32 +160,50 @@ class _Skip(Exception):
         self.kind = kind
 
 
-def _embedding_file_model(path: Path) -> str | None:
+def _file_metadata(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("embedding_model")
+            return f.metadata() or {}
     except Exception:  # an unreadable file is reported when the identity is processed
+        return {}
+
+
+def _embedding_file_model(path: Path) -> str | None:
+    return _file_metadata(path).get("embedding_model")
+
+
+def _global_file_info(path: Path) -> EncoderInfo | None:
+    """The encoder a global.safetensors names; None when the file cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shape = f.get_slice("embedding").get_shape() if "embedding" in f.keys() else []
+    except Exception:  # reported when the identity is processed
         return None
+    if not shape:
+        return None
+    return EncoderInfo(meta.get("embedding_model") or UNSPECIFIED_MODEL, int(shape[-1]),
+                       meta.get("encoder_fingerprint") or SYNTHETIC_FINGERPRINT)
 
 
-def _read_embedding_file(path: Path) -> torch.Tensor:
+def _read_embedding_file(path: Path, dim: int = EMBEDDING_DIM, kind: str = "bad embedding file") -> torch.Tensor:
     try:
         with safe_open(str(path), framework="pt") as f:
             if "embedding" not in f.keys():
-                raise _Skip("bad embedding file", f"{path} has no tensor named 'embedding'")
+                raise _Skip(kind, f"{path} has no tensor named 'embedding'")
             emb = f.get_tensor("embedding").float()
     except _Skip:
         raise
     except Exception as exc:  # safetensors' own error types
-        raise _Skip("bad embedding file", f"{path} cannot be read: {exc}") from exc
-    if emb.dim() not in (1, 2) or emb.shape[-1] != EMBEDDING_DIM or emb.numel() == 0:
-        raise _Skip("bad embedding file", f"{path}: 'embedding' has shape {list(emb.shape)}, not [512] or [k, 512]")
+        raise _Skip(kind, f"{path} cannot be read: {exc}") from exc
+    if emb.dim() not in (1, 2) or emb.shape[-1] != dim or emb.numel() == 0:
+        raise _Skip(kind, f"{path}: 'embedding' has shape {list(emb.shape)}, not [{dim}] or [k, {dim}]")
     if not torch.isfinite(emb).all():
-        raise _Skip("bad embedding file", f"{path}: 'embedding' has NaN or Inf values")
+        raise _Skip(kind, f"{path}: 'embedding' has NaN or Inf values")
     try:
         return mean_embedding(emb)
     except HypernetError as exc:
-        raise _Skip("bad embedding file", f"{path}: {exc}") from exc
+        raise _Skip(kind, f"{path}: {exc}") from exc
 
 
 def _embed_photos(folder: IdentityFolder, embedder: FaceEmbedderLike) -> torch.Tensor:
@@ -168,16 +216,76 @@ def _embed_photos(folder: IdentityFolder, embedder: FaceEmbedderLike) -> torch.T
     return mean_embedding(torch.stack(rows))
 
 
+def _encode_global_photos(folder: IdentityFolder, encoder: GlobalEncoderLike) -> torch.Tensor:
+    """One row per photo, then their normalised mean, like the face embeddings."""
+    rows = []
+    for i, photo in enumerate(folder.photos, 1):
+        try:
+            rows.append(torch.as_tensor(encoder.encode_file(photo)).float().reshape(-1))
+        except (ValueError, OSError) as exc:  # HypernetError is a ValueError: unreadable image
+            raise _Skip("unreadable photo", f"photo {i} of {len(folder.photos)} ({photo.name}): {exc}") from exc
+    return mean_embedding(torch.stack(rows))
+
+
+@dataclass
+class _GlobalPlan:
+    """Where each identity's global features come from: photos through `encoder`, or files."""
+
+    info: EncoderInfo
+    encoder: GlobalEncoderLike | None = None
+
+    def sources(self, folder: IdentityFolder) -> list[Path]:
+        return [folder.global_file] if self.encoder is None else folder.photos
+
+    def features(self, folder: IdentityFolder) -> torch.Tensor:
+        if self.encoder is not None:
+            if not folder.photos:
+                raise _Skip("no photos for global features", "global image features are computed from photos, "
+                            f"and the folder has none (only {EMBEDDING_FILE})")
+            return _encode_global_photos(folder, self.encoder)
+        named = _global_file_info(folder.global_file)
+        if named is not None and named != self.info:
+            raise _Skip("global features from another encoder", f"{GLOBAL_FILE} was made by {named.describe()}, "
+                        f"this dataset's global features by {self.info.describe()}")
+        return _read_embedding_file(folder.global_file, self.info.dim, "bad global features file")
+
+
+def _global_plan(folders: list[IdentityFolder], encoder: GlobalEncoderSource) -> _GlobalPlan | None:
+    if encoder is not None:
+        encoder = encoder if hasattr(encoder, "encode_file") else encoder()
+        return _GlobalPlan(EncoderInfo.from_dict(encoder.info), encoder)
+    having = [f for f in folders if f.global_file]
+    if not having:
+        return None
+    if len(having) != len(folders):
+        lacking = [f.id for f in folders if not f.global_file]
+        raise HypernetError(f"{len(having)} of {len(folders)} identity folders hold {GLOBAL_FILE}, but "
+                            f"{', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''} do not: global features "
+                            "must exist for every identity or none (or pass --global-encoder FILE --global-arch NAME "
+                            "to compute them from the photos)")
+    named = [i for i in (_global_file_info(f.global_file) for f in having) if i is not None]
+    if not named:
+        raise HypernetError(f"no {GLOBAL_FILE} in {folders[0].path.parent} can be read")
+    return _GlobalPlan(Counter(named).most_common(1)[0][0])
+
+
 class _Builder:
-    def __init__(self, src: Path, work: Path, layout: Layout | None, embedder: FaceEmbedderLike | None, model_name: str):
+    def __init__(self, src: Path, work: Path, layout: Layout | None, embedder: FaceEmbedderLike | None, model_name: str,
+                 global_plan: _GlobalPlan | None = None):
         self.src, self.work, self.layout, self.embedder, self.model_name = src, work, layout, embedder, model_name
+        self.global_plan = global_plan
 
     def sources(self, folder: IdentityFolder) -> list[dict]:
         files = folder.loras + ([folder.embedding_file] if folder.embedding_file else folder.photos)
+        if self.global_plan is not None:
+            files += [f for f in self.global_plan.sources(folder) if f not in files]
         return [{"file": f.relative_to(self.src).as_posix(), "sha256": sha256_file(f)} for f in files]
 
     def cache_key(self, sources: list[dict]) -> str:
-        return hashlib.sha256(json.dumps([sources, self.layout.to_dict(), self.model_name]).encode()).hexdigest()
+        parts = [sources, self.layout.to_dict(), self.model_name]
+        if self.global_plan is not None:  # face-only keys stay as they were: old caches are reused
+            parts.append(self.global_plan.info.to_dict())
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def process(self, folder: IdentityFolder) -> tuple[DatasetRecord, bool]:
         """The identity's record and whether its cache was reused; _Skip when it cannot be used."""
@@ -201,8 +309,9 @@ class _Builder:
             self.layout = _canonical_layout(layout_from_lora(weights, guess_base_model(weights)))
         key = self.cache_key(sources)
         cache = self.work / f"{folder.id}.safetensors"
+        has_global = self.global_plan is not None
         if _cache_key(cache) == key:
-            return self._record(folder.id, cache, lora_file, lora_sha, sources), True
+            return self._record(folder.id, cache, lora_file, lora_sha, sources, has_global), True
         if weights is None:
             weights = self._read(folder.loras[0])
         try:
@@ -211,8 +320,11 @@ class _Builder:
             raise _Skip("LoRA of another layout", str(exc)) from exc
         embedding = (_read_embedding_file(folder.embedding_file) if folder.embedding_file
                      else _embed_photos(folder, self.embedder))
-        save_safetensors_atomic({"vector": vector, "embedding": embedding}, cache, {"key": key})
-        return self._record(folder.id, cache, lora_file, lora_sha, sources), False
+        tensors = {"vector": vector, "embedding": embedding}
+        if has_global:
+            tensors["global_embedding"] = self.global_plan.features(folder)
+        save_safetensors_atomic(tensors, cache, {"key": key})
+        return self._record(folder.id, cache, lora_file, lora_sha, sources, has_global), False
 
     @staticmethod
     def _read(path: Path) -> LoraWeights:
@@ -225,10 +337,13 @@ class _Builder:
         return weights
 
     @staticmethod
-    def _record(id: str, cache: Path, lora_file: str, lora_sha: str, sources: list[dict]) -> DatasetRecord:
-        def tensors():
+    def _record(id: str, cache: Path, lora_file: str, lora_sha: str, sources: list[dict],
+                has_global: bool = False) -> DatasetRecord:
+        names = ("vector", "embedding") + (("global_embedding",) if has_global else ())
+
+        def tensors():  # (vector, embedding) or (vector, embedding, global_embedding)
             with safe_open(str(cache), framework="pt") as f:
-                return f.get_tensor("vector"), f.get_tensor("embedding")
+                return tuple(f.get_tensor(n) for n in names)
         return DatasetRecord(id, tensors, lora_file, lora_sha, sources)
 
 
@@ -259,21 +374,24 @@ def _resolve_embedder(folders: list[IdentityFolder], face_embedder: EmbedderSour
 
 def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Layout | None = None,
                   heldout: float = 0.1, seed: int = 0, face_embedder: EmbedderSource = None,
-                  progress: bool = True) -> BuildResult:
+                  global_encoder: GlobalEncoderSource = None, progress: bool = True) -> BuildResult:
     """Build (or update) the dataset in `out` from identity folders in `src`.
 
     `face_embedder` is an embedder or a zero-argument factory; it is used (and a factory called)
-    only when some folder has photos and no embedding.safetensors.
+    only when some folder has photos and no embedding.safetensors. `global_encoder` (an image
+    encoder or a factory) computes global features from every identity's photos; without it
+    they are read from global.safetensors files when every folder has one.
     """
     src, out = Path(src), Path(out)
     folders = scan_source(src)
+    plan = _global_plan(folders, global_encoder)
     embedder = _resolve_embedder(folders, face_embedder)
     if embedder is not None:
         model_name = embedder.name
     else:
         named = [_embedding_file_model(f.embedding_file) for f in folders if f.embedding_file]
         model_name = next((n for n in named if n), UNSPECIFIED_MODEL)
-    builder = _Builder(src, out / WORK_DIR, layout, embedder, model_name)
+    builder = _Builder(src, out / WORK_DIR, layout, embedder, model_name, plan)
     builder.work.mkdir(parents=True, exist_ok=True)
     records, skipped, reused = [], [], 0
     for folder in tqdm(folders, desc="identities", unit="identity", disable=not progress):
@@ -294,8 +412,11 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Lay
     if heldout > 0 and len(records) < 2:
         raise HypernetError(f"only {len(records)} usable identity in {src}: a held-out split needs at least 2 "
                             "(add identities or pass --heldout 0)")
-    write_dataset(out, builder.layout, model_name, records, heldout, seed, skipped)
-    return BuildResult(out, builder.layout, model_name, [r.id for r in records], reused, skipped)
+    global_info = plan.info.to_dict() if plan is not None else None
+    # A face-only dataset is written exactly as before (no global_encoder argument at all).
+    extra = {"global_encoder": global_info} if global_info is not None else {}
+    write_dataset(out, builder.layout, model_name, records, heldout, seed, skipped, **extra)
+    return BuildResult(out, builder.layout, model_name, [r.id for r in records], reused, skipped, global_info)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -305,6 +426,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=float, default=0.1, help="fraction of identities held out for evaluation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
     parser.add_argument("--face-model", type=Path, help="insightface model folder, needed when folders hold photos")
+    parser.add_argument("--global-encoder", type=Path, metavar="FILE",
+                        help="CLIP image encoder weights (.safetensors, open_clip or ComfyUI clip_vision layout): "
+                             "compute global image features from each identity's photos (needs --global-arch)")
+    parser.add_argument("--global-arch", metavar="NAME", help="open_clip architecture of --global-encoder, e.g. ViT-H-14")
+    parser.add_argument("--global-device", default="cpu", help="torch device for the image encoder (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -314,8 +440,17 @@ def run(args: argparse.Namespace) -> int:
         from .face import ArcFaceEmbedder
         return ArcFaceEmbedder(args.face_model)
 
+    if (args.global_encoder is None) != (args.global_arch is None):
+        raise HypernetError("--global-encoder FILE and --global-arch NAME go together (the file alone does not say "
+                            "which open_clip architecture it holds)")
+
+    def clip_encoder():
+        from .global_features import GlobalImageEncoder
+        return GlobalImageEncoder.load(args.global_encoder, args.global_arch, device=args.global_device)
+
     result = build_dataset(args.src, args.out, layout=layout, heldout=args.heldout, seed=args.seed,
-                           face_embedder=arcface if args.face_model else None)
+                           face_embedder=arcface if args.face_model else None,
+                           global_encoder=clip_encoder if args.global_encoder else None)
     print(result.summary())
     print(f"dataset written to {result.path}")
     return 0

@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from .autoencoder import delta_sq_error
 from .checkpoint import load_hypernet
+from .condition import needs_face, needs_global
 from .dataset import LoraDataset, l2_normalize, open_dataset
 from .errors import HypernetError
+from .global_features import check_encoder
 from .layout import Layout
 from .model import Hypernet
 from .sampling import sample_latents
@@ -83,17 +85,27 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
     if dataset.embedding_model != model.embedding_model:
         raise HypernetError(f"the dataset holds '{dataset.embedding_model}' embeddings, the checkpoint needs "
                             f"'{model.embedding_model}'")
+    condition = model.condition
+    if needs_global(condition):
+        if dataset.global_encoder is None:
+            raise HypernetError(f"the checkpoint is conditioned on '{condition}' (global image features of "
+                                f"{model.config.global_encoder['name']}), but {dataset.path} has no global features")
+        check_encoder(model.config.global_encoder, dataset.global_encoder)
     true, emb, _ = dataset.load("heldout")
     if len(true) == 0:
         raise HypernetError(f"{dataset.path} has no held-out identities; build it with --heldout above 0")
     true, emb = true[:limit], l2_normalize(emb[:limit])
+    glob = l2_normalize(dataset.load_global("heldout")[:limit]) if needs_global(condition) else None
     train_vectors, train_emb, _ = dataset.load("train")
     started = time.perf_counter()
     layout = dataset.layout
     recon = model.decode_latents(model.encode_vectors(true))
     samples = []
+    face_input = emb if needs_face(condition) else None
     for k in tqdm(range(seeds), desc="sampling", disable=not progress, file=sys.stderr):
-        samples.append(model.decode_latents(sample_latents(model, emb, seed=k, steps=steps, guidance=guidance, eta=eta)))
+        latents = sample_latents(model, face_input, seed=k, steps=steps, guidance=guidance, eta=eta,
+                                 global_features=glob)
+        samples.append(model.decode_latents(latents))
     per_seed = [compare(s, true, layout) for s in samples]
     true_sq = delta_sq_norms(true, layout)
     diversity = []
@@ -109,6 +121,7 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
     mean_top1 = float((mean_dist.argmin() == torch.arange(len(true))).double().mean())
     recon_metrics = compare(recon, true, layout)
     return {
+        "condition": condition,
         "recon": {"rel_err": recon_metrics["rel_err"], "cosine": recon_metrics["cosine"]},
         "sampled": {"top1": sum(m["top1"] for m in per_seed) / seeds, "cosine": sum(m["cosine"] for m in per_seed) / seeds,
                     "rel_err": sum(m["rel_err"] for m in per_seed) / seeds,
@@ -147,5 +160,6 @@ def run(args: argparse.Namespace) -> int:
                           ("ceiling: autoencoder reconstruction", result["ceiling"])):
         print(f"{label:<34}{values['top1']:>8.3f}{values['cosine']:>9.3f}")
     print(f"reconstruction relative error {result['recon']['rel_err']:.4f}; sample diversity "
-          f"{result['sampled']['diversity']:.4f}; {result['count']['heldout']} held-out identities")
+          f"{result['sampled']['diversity']:.4f}; {result['count']['heldout']} held-out identities; "
+          f"condition {result['condition']}")
     return 0

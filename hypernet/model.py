@@ -14,10 +14,12 @@ from torch import nn
 
 from .alignment import align
 from .autoencoder import AutoencoderConfig, build_autoencoder
+from .condition import build_fusion, check_condition, fuse, needs_global
+from .dataset import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
 from .errors import HypernetError
 from .layout import Layout
-from .prior import Denoiser, PriorConfig
+from .prior import PriorConfig, build_denoiser
 from .vectorize import Normalizer
 
 
@@ -29,30 +31,54 @@ class HypernetConfig:
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    condition: str = "face"  # the door to DiffLoRA's gated face + CLIP condition stays open here
+    # "face" (LoRA Diffusion), "global" or "face+global" (DiffLoRA's gated fusion, condition.py).
+    condition: str = "face"
+    global_dim: int = 0  # size of the global image features; 0 when the condition has none
+    # Identity of the image encoder that made the global features: {"name", "dim", "fingerprint"}
+    # (global_features.EncoderInfo.to_dict()); features of another encoder are refused.
+    global_encoder: dict | None = None
+
+    def __post_init__(self):
+        check_condition(self.condition)
+        if not 1 <= self.embedding_dim <= 65536:
+            raise HypernetError(f"embedding_dim {self.embedding_dim} is out of range")
+        if not needs_global(self.condition):
+            if self.global_dim or self.global_encoder is not None:
+                raise HypernetError(f"condition {self.condition!r} takes no global features, but the config "
+                                    f"has global_dim {self.global_dim} and encoder {self.global_encoder}")
+            return
+        if not 1 <= self.global_dim <= 65536:
+            raise HypernetError(f"condition {self.condition!r} needs global_dim between 1 and 65536, "
+                                f"not {self.global_dim}")
+        encoder = check_encoder_info(self.global_encoder, f"condition {self.condition!r}")
+        if encoder["dim"] != self.global_dim:
+            raise HypernetError(f"global_encoder {encoder['name']} gives {encoder['dim']} values but global_dim "
+                                f"is {self.global_dim}")
 
     def to_dict(self) -> dict:
-        return {"layout": self.layout.to_dict(), "embedding_model": self.embedding_model,
+        data = {"layout": self.layout.to_dict(), "embedding_model": self.embedding_model,
                 "embedding_dim": self.embedding_dim, "condition": self.condition,
-                "autoencoder": asdict(self.autoencoder), "prior": asdict(self.prior),
+                "autoencoder": asdict(self.autoencoder), "prior": self.prior.to_dict(),
                 "diffusion": asdict(self.diffusion)}
+        # Face-only configs are written exactly as before global features existed.
+        if needs_global(self.condition):
+            data.update(global_dim=self.global_dim, global_encoder=dict(self.global_encoder))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "HypernetConfig":
         try:
-            cfg = cls(layout=Layout.from_dict(data["layout"]), embedding_model=str(data["embedding_model"]),
-                      embedding_dim=int(data["embedding_dim"]), condition=str(data.get("condition", "face")),
-                      autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
-                      diffusion=DiffusionConfig(**data["diffusion"]))
+            encoder = data.get("global_encoder")
+            return cls(layout=Layout.from_dict(data["layout"]), embedding_model=str(data["embedding_model"]),
+                       embedding_dim=int(data["embedding_dim"]), condition=str(data.get("condition", "face")),
+                       global_dim=int(data.get("global_dim", 0)),
+                       global_encoder=dict(encoder) if isinstance(encoder, dict) else encoder,
+                       autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
+                       diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise HypernetError(f"invalid hypernet config ({type(exc).__name__}: {exc})") from exc
-        if cfg.condition != "face":
-            raise HypernetError(f"condition {cfg.condition!r} is not supported by this version (only 'face')")
-        if not 1 <= cfg.embedding_dim <= 65536:
-            raise HypernetError(f"embedding_dim {cfg.embedding_dim} is out of range")
-        return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -65,7 +91,10 @@ class Hypernet(nn.Module):
         num_values = config.layout.num_values
         self.vae = build_autoencoder(num_values, config.autoencoder)
         self.latent_size = self.vae.latent_size
-        self.prior = Denoiser(self.latent_size, config.embedding_dim, config.diffusion.timesteps, config.prior)
+        # The condition vector the prior reads has the face embedding's size in every mode.
+        fusion = build_fusion(config.condition, config.embedding_dim, config.global_dim, config.embedding_dim)
+        self.prior = build_denoiser(self.latent_size, config.embedding_dim, config.diffusion.timesteps, config.prior,
+                                    fusion)
         self.diffusion = Diffusion(config.diffusion)
         # Normalisers are buffers: they travel with the module and live in the checkpoint under norm.
         self.norm = nn.Module()
@@ -81,6 +110,14 @@ class Hypernet(nn.Module):
     @property
     def embedding_model(self) -> str:
         return self.config.embedding_model
+
+    @property
+    def condition(self) -> str:
+        return self.config.condition
+
+    def condition_vectors(self, face: torch.Tensor | None, global_: torch.Tensor | None) -> torch.Tensor:
+        """Checked, L2-normalised input rows -> the condition rows the prior reads (fused if needed)."""
+        return fuse(self.prior.fusion, face, global_)
 
     @property
     def normalizer(self) -> Normalizer:
@@ -140,6 +177,9 @@ class Hypernet(nn.Module):
                 f"layout: {len(cfg.layout)} modules, rank {ranks}, {cfg.layout.num_values:,} values "
                 f"({cfg.layout.fingerprint})\n"
                 f"face model: {cfg.embedding_model}\n"
+                f"condition: {cfg.condition}"
+                + (f" (global features: {cfg.global_encoder['name']}, {cfg.global_dim} values)\n"
+                   if cfg.global_encoder else "\n") +
                 f"autoencoder: {cfg.autoencoder.kind}, latent {self.latent_size}, {counts['autoencoder']:,} parameters\n"
-                f"prior: {cfg.prior.conditioning}, {cfg.diffusion.prediction}-prediction, "
+                f"prior: {cfg.prior.kind} {cfg.prior.conditioning}, {cfg.diffusion.prediction}-prediction, "
                 f"{counts['prior']:,} parameters")

@@ -13,10 +13,15 @@ Two ways to feed the identity condition c (an L2-normalised face embedding) into
 
 Classifier-free guidance: while training a fraction of conditions is replaced by a learned
 null condition; `forward(..., cond=None)` uses it.
+
+`cond` is the condition vector the blocks see: the face embedding itself for condition
+"face", the output of the denoiser's `fusion` module (condition.py) for "global" and
+"face+global". The null condition replaces that fused vector. `PriorConfig.kind` picks this
+residual MLP ("mlp") or the token transformer of prior_transformer.py ("transformer").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +31,10 @@ from .autoencoder import sinusoid
 from .errors import HypernetError
 
 CONDITIONINGS = ("adanorm", "adalora")
+KINDS = ("mlp", "transformer")
+# Fields only the transformer reads; they are written only when they differ from their defaults,
+# so the config JSON of an MLP hypernet is exactly what it was before the transformer existed.
+TRANSFORMER_FIELDS = ("kind", "tokens", "token_width", "depth", "heads")
 
 
 @dataclass(frozen=True)
@@ -36,14 +45,35 @@ class PriorConfig:
     adalora_rank: int = 4
     time_dim: int = 256
     cond_dropout: float = 0.1
+    kind: str = "mlp"
+    # transformer only: the latent is cut into `tokens` tokens (zero-padded to a multiple),
+    # each embedded to `token_width`; `depth` blocks with `heads` attention heads.
+    tokens: int = 16
+    token_width: int = 128
+    depth: int = 4
+    heads: int = 4
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
             raise HypernetError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
+        if self.kind not in KINDS:
+            raise HypernetError(f"prior kind must be one of {KINDS}, not {self.kind!r}")
         if self.width < 2 or self.blocks < 1 or self.adalora_rank < 1 or self.time_dim < 2:
             raise HypernetError("prior width, blocks, adalora_rank and time_dim must be positive")
+        if self.tokens < 1 or self.depth < 1 or self.heads < 1 or self.token_width < 2:
+            raise HypernetError("prior tokens, token_width, depth and heads must be positive")
+        if self.token_width % self.heads:
+            raise HypernetError(f"prior token_width {self.token_width} must be a multiple of heads {self.heads}")
         if not 0 <= self.cond_dropout < 1:
             raise HypernetError("cond_dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        defaults = PriorConfig.__dataclass_fields__
+        for key in TRANSFORMER_FIELDS:
+            if data[key] == defaults[key].default:
+                del data[key]
+        return data
 
 
 class AdaNormBlock(nn.Module):
@@ -95,7 +125,8 @@ class AdaLoraBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    def __init__(self, latent_size: int, cond_dim: int, timesteps: int, cfg: PriorConfig):
+    def __init__(self, latent_size: int, cond_dim: int, timesteps: int, cfg: PriorConfig,
+                 fusion: nn.Module | None = None):
         super().__init__()
         self.cfg, self.timesteps = cfg, timesteps
         self.latent_in = nn.Linear(latent_size, cfg.width)
@@ -111,6 +142,7 @@ class Denoiser(nn.Module):
         self.latent_out = nn.Linear(cfg.width, latent_size)
         nn.init.zeros_(self.latent_out.weight)
         nn.init.zeros_(self.latent_out.bias)
+        self.fusion = fusion  # built last: a face-only prior draws the same initial weights as before
 
     def condition(self, cond: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The condition rows the blocks see: the null condition where `cond` is None or `drop` is set."""
@@ -143,3 +175,12 @@ class PreparedCondition:
     """Per block, what Denoiser.prepare computed from the condition rows."""
 
     blocks: tuple
+
+
+def build_denoiser(latent_size: int, cond_dim: int, timesteps: int, cfg: PriorConfig,
+                   fusion: nn.Module | None = None) -> nn.Module:
+    """The prior the config asks for; both kinds share `forward(x, t, cond, drop)`."""
+    if cfg.kind == "transformer":
+        from .prior_transformer import TransformerDenoiser
+        return TransformerDenoiser(latent_size, cond_dim, timesteps, cfg, fusion)
+    return Denoiser(latent_size, cond_dim, timesteps, cfg, fusion)

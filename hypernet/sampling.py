@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .condition import needs_face, needs_global
 from .dataset import l2_normalize
 from .errors import HypernetError
 from .lora_io import LoraWeights
@@ -45,19 +46,65 @@ def condition_rows(embeddings, dim: int) -> torch.Tensor:
     return l2_normalize(x)
 
 
+def global_rows(features, dim: int, encoder: dict | None) -> torch.Tensor:
+    """Global image features as float [n, dim] rows, each L2-normalised."""
+    x = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features).float()
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2 or x.shape[1] != dim:
+        name = (encoder or {}).get("name", "?")
+        raise HypernetError(f"global image features must have {dim} values each (the hypernet was trained on "
+                            f"features of the image encoder '{name}'), got shape {tuple(x.shape)}: were they made "
+                            "by another encoder?")
+    return l2_normalize(x)
+
+
+def condition_inputs(model: Hypernet, embeddings, global_features) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(face rows, global rows) for the checkpoint's condition; each None where it takes none.
+
+    An input the checkpoint does not use is an error, not silently ignored: a face embedding
+    wired into a hypernet that reads only global features would otherwise change nothing."""
+    cfg = model.config
+    wants_face, wants_global = needs_face(cfg.condition), needs_global(cfg.condition)
+    needs = " and ".join(name for name, wanted in (("a face embedding", wants_face),
+                                                  ("global image features", wants_global)) if wanted)
+    if wants_face and embeddings is None:
+        raise HypernetError(f"this hypernet is conditioned on '{cfg.condition}' and needs {needs}; "
+                            "no face embedding was given")
+    if wants_global and global_features is None:
+        raise HypernetError(f"this hypernet is conditioned on '{cfg.condition}' and needs {needs} (from the image "
+                            f"encoder '{cfg.global_encoder['name']}'); no global features were given")
+    if not wants_face and embeddings is not None:
+        raise HypernetError(f"this hypernet is conditioned on '{cfg.condition}' and needs {needs} only; "
+                            "a face embedding was given: remove it")
+    if not wants_global and global_features is not None:
+        raise HypernetError(f"this hypernet is conditioned on '{cfg.condition}' and needs {needs} only; "
+                            "global image features were given: remove them")
+    face = condition_rows(embeddings, cfg.embedding_dim) if wants_face else None
+    global_ = global_rows(global_features, cfg.global_dim, cfg.global_encoder) if wants_global else None
+    if face is not None and global_ is not None and face.shape[0] != global_.shape[0]:
+        raise HypernetError(f"{face.shape[0]} face embeddings but {global_.shape[0]} rows of global features: "
+                            "give one of each per identity")
+    return face, global_
+
+
 @torch.no_grad()
 def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = 25, guidance: float = 1.0,
                    eta: float = 0.0, callback: Callable[[int], None] | None = None,
-                   device: str | torch.device | None = None) -> torch.Tensor:
+                   device: str | torch.device | None = None, global_features=None) -> torch.Tensor:
     """Latents [n, m] for n identities by DDIM with classifier-free guidance.
 
+    `embeddings` are face embeddings and `global_features` global image features, one row per
+    identity; the checkpoint's condition says which of the two it needs (condition_inputs).
     guidance 1 samples the conditional prior, 0 the unconditional one, > 1 pushes towards the
-    face. `callback(done_steps)` runs after each step (the nodes use it for progress and
+    condition. `callback(done_steps)` runs after each step (the nodes use it for progress and
     cancel)."""
     if guidance < 0:
         raise HypernetError(f"guidance must not be negative, not {guidance}")
     device = torch.device(device) if device is not None else model.norm.mean.device
-    cond = condition_rows(embeddings, model.config.embedding_dim).to(device)
+    face, global_ = condition_inputs(model, embeddings, global_features)
+    cond = model.condition_vectors(face if face is None else face.to(device),
+                                   global_ if global_ is None else global_.to(device))
     n, m = cond.shape[0], model.latent_size
     noise = torch.stack([torch.randn(m, generator=_generator(seed, i, "start")) for i in range(n)]).to(device)
     step_generators = [_generator(seed, i, "steps") for i in range(n)]

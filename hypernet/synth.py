@@ -13,6 +13,16 @@ in trained SDXL LoRAs. The files are real kohya files in the builder's input for
                                        matrix and a random alpha, so readers must canonicalise
     OUT/id-00000/embedding.safetensors tensor `embedding` float32 [512], L2-normalised; metadata
                                        `embedding_model` (--embedding-model, a label only)
+    OUT/id-00000/global.safetensors    only with --global-dim G: tensor `embedding` float32 [G],
+                                       L2-normalised, standing in for global image features (CLIP);
+                                       metadata `embedding_model` (--global-model, a label only)
+
+Global vectors (--global-dim G) are drawn uniformly on the unit sphere in G-d, independently of
+the face embeddings. With `--depends face` (the default) the LoRAs ignore them: the collection
+is the same as without --global-dim, plus the global files. With `--depends face+global` the
+manifold has `manifold_dim` coordinates from the face and `manifold_dim` from the global vector
+(a second fixed projection), and the features of both feed the random linear map, so each
+source explains about half of the LoRA's variation around the base.
 
 What it is not: real identity LoRAs or real face embeddings. It shows whether the pipeline can
 learn a smooth embedding -> LoRA map and recover it on held-out identities; numbers measured on
@@ -44,6 +54,8 @@ from .vectorize import module_slices, unflatten
 
 EMBEDDING_DIM = 512
 EMBEDDING_MODEL = "synthetic-uniform-sphere-512"
+GLOBAL_MODEL = "synthetic-global-sphere"
+DEPENDS = ("face", "face+global")
 DELTA_SCALE = 1e-3  # typical size of a delta W entry
 GROUP_BYTES = 256 * 2**20
 
@@ -65,9 +77,14 @@ def synth_embeddings(count: int, seed: int) -> torch.Tensor:
     return l2_normalize(torch.randn(count, EMBEDDING_DIM, generator=_generator(seed, "embeddings")))
 
 
-def manifold_features(embeddings: torch.Tensor, spec: SynthSpec) -> torch.Tensor:
+def synth_global_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
+    """[count, dim] uniform on the unit sphere, independent of the face embeddings."""
+    return l2_normalize(torch.randn(count, dim, generator=_generator(seed, "global-embeddings")))
+
+
+def manifold_features(embeddings: torch.Tensor, spec: SynthSpec, purpose: str = "projection") -> torch.Tensor:
     """[n, 2 * manifold_dim] smooth features of the embeddings' manifold coordinates."""
-    projection = torch.randn(EMBEDDING_DIM, spec.manifold_dim, generator=_generator(spec.seed, "projection"))
+    projection = torch.randn(embeddings.shape[1], spec.manifold_dim, generator=_generator(spec.seed, purpose))
     z = embeddings.float() @ projection  # each coordinate ~ N(0, 1) for unit embeddings
     return torch.cat([torch.sin(z), torch.cos(z)], dim=1)
 
@@ -109,22 +126,33 @@ def mix_factors(weights: LoraWeights, gen: torch.Generator) -> LoraWeights:
 
 
 def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = SynthSpec(),
-                progress: bool = True, embedding_model: str = EMBEDDING_MODEL) -> list[Path]:
+                progress: bool = True, embedding_model: str = EMBEDDING_MODEL, global_dim: int = 0,
+                depends: str = "face", global_model: str = GLOBAL_MODEL) -> list[Path]:
     """Write `count` identity folders under `out`; returns their paths.
 
     `embedding_model` labels the embeddings (a face model's name lets a hypernet trained on
-    them be used with that model's Face Embed output, e.g. in demos).
+    them be used with that model's Face Embed output, e.g. in demos). `global_dim` > 0 adds
+    global vectors labelled `global_model`; `depends` says whether the LoRAs depend on them.
     """
     if count < 1:
         raise HypernetError(f"--identities must be at least 1, not {count}")
     if spec.manifold_dim < 1 or spec.noise < 0:
         raise HypernetError("--manifold-dim must be at least 1 and --noise not negative")
+    if global_dim < 0 or depends not in DEPENDS:
+        raise HypernetError(f"--global-dim must not be negative and --depends one of {DEPENDS}, not {depends!r}")
+    if depends == "face+global" and global_dim == 0:
+        raise HypernetError("--depends face+global needs global vectors: give --global-dim")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "synth.json").write_text(json.dumps({"layout": layout.to_dict(), "identities": count,
-                                                "embedding_model": embedding_model, **asdict(spec)}, indent=1))
+    info = {"layout": layout.to_dict(), "identities": count, "embedding_model": embedding_model, **asdict(spec)}
+    if global_dim:  # collections without global vectors are described exactly as before
+        info.update(global_dim=global_dim, global_model=global_model, depends=depends)
+    (out / "synth.json").write_text(json.dumps(info, indent=1))
     embeddings = synth_embeddings(count, spec.seed)
     features = manifold_features(embeddings, spec)
+    global_vectors = synth_global_vectors(count, global_dim, spec.seed) if global_dim else None
+    if depends == "face+global":
+        features = torch.cat([features, manifold_features(global_vectors, spec, "global-projection")], dim=1)
     group = max(1, GROUP_BYTES // (4 * layout.num_values))
     folders = []
     with tqdm(total=count, desc="synth LoRAs", unit="identity", disable=not progress) as bar:
@@ -141,6 +169,9 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
                                      "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
                 save_safetensors_atomic({"embedding": embeddings[i].clone()}, folder / "embedding.safetensors",
                                         {"embedding_model": embedding_model})
+                if global_vectors is not None:
+                    save_safetensors_atomic({"embedding": global_vectors[i].clone()}, folder / "global.safetensors",
+                                            {"embedding_model": global_model})
                 folders.append(folder)
                 bar.update()
     return folders
@@ -155,12 +186,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=0.05, help="per-identity noise relative to the factor scale")
     parser.add_argument("--embedding-model", default=EMBEDDING_MODEL,
                         help="name recorded as the embeddings' model (default: %(default)s)")
+    parser.add_argument("--global-dim", type=int, default=0,
+                        help="also write global vectors of this size (stand-ins for CLIP image features; default: none)")
+    parser.add_argument("--depends", choices=DEPENDS, default="face",
+                        help="what the LoRAs depend on (default: %(default)s; face+global needs --global-dim)")
+    parser.add_argument("--global-model", default=GLOBAL_MODEL,
+                        help="name recorded as the global vectors' encoder (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     layout = load_layout(args.layout)
     folders = write_synth(args.out, layout, args.identities, SynthSpec(args.seed, args.manifold_dim, args.noise),
-                          embedding_model=args.embedding_model)
-    print(f"wrote {len(folders)} synthetic identities ({len(layout)} modules, {layout.num_values:,} values each) "
-          f"to {args.out}")
+                          embedding_model=args.embedding_model, global_dim=args.global_dim, depends=args.depends,
+                          global_model=args.global_model)
+    extra = f", global vectors of {args.global_dim} values, LoRAs depend on {args.depends}" if args.global_dim else ""
+    print(f"wrote {len(folders)} synthetic identities ({len(layout)} modules, {layout.num_values:,} values each"
+          f"{extra}) to {args.out}")
     return 0

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from .alignment import align, reference_factors
 from .autoencoder import AutoencoderConfig, delta_sq_error, kl_divergence
 from .checkpoint import read_header, save_hypernet
+from .condition import CONDITIONS, check_condition, needs_global
 from .dataset import LoraDataset, l2_normalize, open_dataset
 from .diffusion import DiffusionConfig
 from .errors import HypernetError
@@ -61,8 +62,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     checkpoint_every: int = 500
+    condition: str = "face"  # "face", "global" or "face+global" (condition.py)
 
     def __post_init__(self):
+        check_condition(self.condition)
         for name in ("ae_steps", "prior_steps", "ae_batch", "prior_batch", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"train config: {name} must be at least 1")
@@ -136,10 +139,28 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def data_fingerprint(dataset: LoraDataset) -> str:
+def data_fingerprint(dataset: LoraDataset, condition: str = "face") -> str:
     ids = dataset.ids("train")
-    text = json.dumps([dataset.layout.fingerprint, dataset.embedding_model, ids])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = [dataset.layout.fingerprint, dataset.embedding_model, ids]
+    if needs_global(condition):  # face-only runs keep the fingerprint they always had
+        parts.append(dataset.global_encoder)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def global_inputs(dataset: LoraDataset, condition: str, split: str) -> torch.Tensor | None:
+    """The split's global image features when `condition` needs them, else None; a clear error
+    when the dataset has none or they are broken."""
+    if not needs_global(condition):
+        return None
+    if dataset.global_encoder is None:
+        raise HypernetError(f"condition {condition!r} needs global image features, but {dataset.path} has none: "
+                            "rebuild it from identity folders with global.safetensors files, or with "
+                            "--global-encoder FILE --global-arch NAME (or train with condition 'face')")
+    features = dataset.load_global(split)
+    if not bool(torch.isfinite(features).all()):
+        raise HypernetError(f"{dataset.path}: the {split} global image features contain NaN or infinite values; "
+                            "rebuild the dataset")
+    return l2_normalize(features)
 
 
 def state_path(out: Path) -> Path:
@@ -172,10 +193,16 @@ class Trainer:
         self.reference = reference_factors(vectors, dataset.layout)
         self.vectors = align(vectors, self.reference, dataset.layout)  # aligned once: each row's alignment is fixed
         self.embeddings = l2_normalize(embeddings)
+        # The checkpoint records the dataset's encoder identity; sampling and evaluation refuse
+        # features of any other encoder.
+        self.global_features = global_inputs(dataset, cfg.condition, "train")
+        uses_global = self.global_features is not None
         self.hconfig = HypernetConfig(layout=dataset.layout, embedding_model=dataset.embedding_model,
                                       embedding_dim=dataset.embedding_dim, autoencoder=cfg.autoencoder,
-                                      prior=cfg.prior, diffusion=cfg.diffusion)
-        self.fingerprint = data_fingerprint(dataset)
+                                      prior=cfg.prior, diffusion=cfg.diffusion, condition=cfg.condition,
+                                      global_dim=dataset.global_dim if uses_global else 0,
+                                      global_encoder=dataset.global_encoder if uses_global else None)
+        self.fingerprint = data_fingerprint(dataset, cfg.condition)
         self.state_file = state_path(out)
         self.saved_step: tuple[str, int] | None = None
 
@@ -327,7 +354,8 @@ class Trainer:
     def train_prior(self, state: TrainState) -> None:
         cfg, model = self.cfg, state.model
         latents = self.fit_latent_normalizer(model).to(self.device)
-        cond = self.embeddings.to(self.device)
+        face = self.embeddings.to(self.device)
+        global_ = self.global_features.to(self.device) if self.global_features is not None else None
         prior = model.prior.train()
         if not state.ema:
             state.ema = {k: v.detach().clone() for k, v in prior.state_dict().items()}
@@ -342,7 +370,9 @@ class Trainer:
                 noise = torch.randn(cfg.prior_batch, model.latent_size, generator=gen).to(self.device)
                 drop = (torch.rand(cfg.prior_batch, generator=gen) < cfg.prior.cond_dropout).to(self.device)
                 x0 = latents[idx]
-                output = prior(diffusion.add_noise(x0, noise, t), t, cond[idx], drop)
+                # fused inside the step: the fusion module learns with the denoiser (for "face" it is the embedding)
+                cond = model.condition_vectors(face[idx], None if global_ is None else global_[idx])
+                output = prior(diffusion.add_noise(x0, noise, t), t, cond, drop)
                 loss = F.mse_loss(output, diffusion.target(x0, noise, t))
                 value = self._check_loss(loss, "prior", step)
                 self._update(optimizer, loss, learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps))
@@ -414,6 +444,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--condition", choices=CONDITIONS,
+                        help="override the config's condition: face (default), global or face+global; the "
+                             "last two need a dataset with global image features")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -422,6 +455,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config)
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
+    if args.condition is not None:
+        cfg = dataclasses.replace(cfg, condition=args.condition)
     started = time.perf_counter()
     model = train(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device,
                   progress=not args.quiet)

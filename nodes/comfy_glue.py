@@ -1,4 +1,4 @@
-"""What the nodes need from ComfyUI, in one place: key maps, shapes, progress, cancel."""
+"""What the nodes need from ComfyUI, in one place: key maps, shapes, progress, cancel, CLIP vision."""
 from __future__ import annotations
 
 import weakref
@@ -6,6 +6,7 @@ import weakref
 import comfy.lora
 import comfy.model_management
 import comfy.utils
+import torch
 
 
 # Per base model (every clone of a MODEL shares it): building the map walks the whole UNet
@@ -41,3 +42,31 @@ def progress_callback(total: int):
         bar.update_absolute(done, total)
 
     return step
+
+
+def clip_vision_spec(clip_vision) -> tuple[dict, torch.Tensor]:
+    """What decides a CLIP_VISION model's features besides its weights, in the form of
+    hypernet.global_features.vision_spec, read off ComfyUI's ClipVisionModel; and the
+    projection weight oriented [width, dim] as open_clip stores it."""
+    import comfy.clip_model
+
+    from ..hypernet.errors import HypernetError
+
+    model = getattr(clip_vision, "model", None)
+    vision = getattr(model, "vision_model", None)
+    projection = getattr(model, "visual_projection", None)
+    if (vision is None or getattr(vision.embeddings, "class_embedding", None) is None
+            or not isinstance(projection, torch.nn.Module)):
+        raise HypernetError("Encode Global Image Features needs a CLIP ViT image encoder with a projection (such as "
+                            "CLIP-ViT-H-14 in models/clip_vision); SigLIP and DINOv2 models give other features.")
+    layer = vision.encoder.layers[0]
+    activation = next((name for name, fn in comfy.clip_model.ACTIVATIONS.items() if fn is layer.mlp.activation), None)
+    if activation not in ("gelu", "quick_gelu"):
+        raise HypernetError(f"this CLIP vision model uses the activation {activation!r}, which no open_clip CLIP ViT "
+                            "has; global features need a CLIP ViT such as CLIP-ViT-H-14")
+    spec = {"width": vision.embeddings.patch_embedding.out_channels, "layers": len(vision.encoder.layers),
+            "heads": layer.self_attn.heads, "mlp_width": layer.mlp.fc1.out_features,
+            "patch_size": vision.embeddings.patch_embedding.kernel_size[0], "image_size": int(clip_vision.image_size),
+            "dim": projection.weight.shape[0], "quick_gelu": activation == "quick_gelu",
+            "mean": tuple(clip_vision.image_mean), "std": tuple(clip_vision.image_std)}
+    return spec, projection.weight.detach().t()

@@ -9,7 +9,7 @@ import folder_paths
 
 from ..hypernet.errors import HypernetError
 from .comfy_glue import progress_callback
-from .values import FaceEmbeddingValue, HypernetValue, LoraLatentValue, LoraValue
+from .values import FaceEmbeddingValue, GlobalFeaturesValue, HypernetValue, LoraLatentValue, LoraValue
 
 CATEGORY = "LoRA Synthesis"
 FOLDER = "lora_hypernets"
@@ -64,7 +64,6 @@ class SampleLoRA:
     def INPUT_TYPES(cls):
         return {"required": {
             "hypernet": ("HYPERNET",),
-            "face_embedding": ("FACE_EMBEDDING",),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Same seed, same inputs: the same LoRA, bit for bit, on the same device type."}),
             "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "DDIM steps of the prior; 25 is plenty."}),
@@ -72,6 +71,12 @@ class SampleLoRA:
                                    "tooltip": "Identity strength: 1 samples the conditional prior, higher follows the face more (3-6 measured best), 0 ignores it."}),
             "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "0 is deterministic DDIM; higher adds fresh noise per step (more variety)."}),
+        }, "optional": {
+            # Optional links, not widgets: saved face-only workflows keep their widget order.
+            "face_embedding": ("FACE_EMBEDDING", {"tooltip": "From Face Embed; needed unless the hypernet reads only "
+                                                             "global image features (Load Hypernet's info says which)."}),
+            "global_features": ("GLOBAL_FEATURES", {"tooltip": "From Encode Global Image Features; needed when the "
+                                                               "hypernet is conditioned on global image features."}),
         }}
 
     RETURN_TYPES = ("LORA_LATENT",)
@@ -79,19 +84,55 @@ class SampleLoRA:
     CATEGORY = CATEGORY
     DESCRIPTION = "Samples LoRA weights (as a latent) for this face from the diffusion hypernetwork."
 
-    def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue, seed: int, steps: int,
-               guidance: float, eta: float):
+    # face_embedding keeps its place (it was required before global features existed), so
+    # positional callers still work; ComfyUI passes everything by name.
+    def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
+               steps: int = 25, guidance: float = 3.0, eta: float = 0.0,
+               global_features: GlobalFeaturesValue | None = None):
         from ..hypernet.sampling import sample_latents
         model = hypernet.hypernet
-        if face_embedding.model_name != model.embedding_model:
-            raise HypernetError(
-                f"This hypernet was trained on face embeddings from '{model.embedding_model}', but Face Embed used "
-                f"'{face_embedding.model_name}'. Load that face model in Load Face Analyzer.")
+        _check_condition_inputs(hypernet, face_embedding, global_features)
         comfy.model_management.load_models_gpu([hypernet.patcher])
-        latent = sample_latents(model, face_embedding.embedding, seed=seed, steps=steps, guidance=guidance, eta=eta,
+        latent = sample_latents(model, face_embedding.embedding if face_embedding is not None else None,
+                                global_features=global_features.features if global_features is not None else None,
+                                seed=seed, steps=steps, guidance=guidance, eta=eta,
                                 callback=progress_callback(steps), device=hypernet.patcher.load_device)
+        # Provenance names what made the condition; face-only keeps its face model name alone.
+        made_by = [v for v in (face_embedding and face_embedding.model_name,
+                               global_features and global_features.encoder["name"]) if v]
         return (LoraLatentValue(latent.cpu(), seed, steps, guidance, eta, hypernet.name, hypernet.sha256,
-                                face_embedding.model_name),)
+                                " + ".join(made_by)),)
+
+
+def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | None,
+                            global_features: GlobalFeaturesValue | None) -> None:
+    """Name the socket to connect or disconnect when the wiring does not fit the hypernet's
+    condition, and refuse features from another face model or image encoder."""
+    from ..hypernet.condition import needs_face, needs_global
+    from ..hypernet.global_features import check_encoder
+    model = hypernet.hypernet
+    condition, wants_face, wants_global = model.condition, needs_face(model.condition), needs_global(model.condition)
+    encoder = model.config.global_encoder
+    about = f"Hypernet '{hypernet.name}' is conditioned on '{condition}'"
+    if wants_face and face is None:
+        raise HypernetError(f"{about}: connect a Face Embed output to Sample LoRA's face_embedding input.")
+    if wants_global and global_features is None:
+        raise HypernetError(f"{about}: connect Encode Global Image Features (from Load CLIP Vision with the "
+                            f"{encoder['name']} image encoder) to Sample LoRA's global_features input.")
+    if face is not None and not wants_face:
+        raise HypernetError(f"{about} and reads no face embedding: disconnect Sample LoRA's face_embedding input.")
+    if global_features is not None and not wants_global:
+        raise HypernetError(f"{about} and reads no global image features: disconnect Sample LoRA's global_features "
+                            "input (or load a hypernet trained with them).")
+    if face is not None and face.model_name != model.embedding_model:
+        raise HypernetError(
+            f"This hypernet was trained on face embeddings from '{model.embedding_model}', but Face Embed used "
+            f"'{face.model_name}'. Load that face model in Load Face Analyzer.")
+    if global_features is not None:
+        actual = dict(global_features.encoder)
+        if encoder["name"] in global_features.architectures:  # ComfyUI's model has no name of its own
+            actual["name"] = encoder["name"]
+        check_encoder(encoder, actual)
 
 
 class DecodeLoRA:

@@ -1,4 +1,5 @@
-"""The values our custom types carry between nodes (FACE_EMBEDDING, HYPERNET, LORA_LATENT, LORA).
+"""The values our custom types carry between nodes (FACE_EMBEDDING, GLOBAL_FEATURES, HYPERNET,
+LORA_LATENT, LORA).
 
 Plain frozen records: no math here. Each says where it came from, so that a saved LoRA's
 metadata and error messages can name the face model, the hypernet file and the seed.
@@ -22,6 +23,18 @@ class FaceEmbeddingValue:
     model_name: str  # which face model made it; the hypernet must have been trained on the same
     used_images: tuple[int, ...] = ()  # indices (0-based) of the photos that contributed
     skipped_images: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class GlobalFeaturesValue:
+    """Global image features of one identity (DiffLoRA's CLIP image condition): like the face
+    embedding, the normalised mean of the per-photo features."""
+
+    features: torch.Tensor  # [G], L2-normalised
+    per_image: torch.Tensor  # [k, G], L2-normalised, one row per photo
+    encoder: dict  # hypernet.global_features.EncoderInfo.to_dict(): name, dim, fingerprint
+    # every open_clip architecture with this image tower (ComfyUI's model carries no name)
+    architectures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""Global image features in the graph: DiffLoRA's CLIP image condition from a CLIP_VISION model.
+
+The node takes the CLIP vision model the way ComfyUI users already have it: the stock Load
+CLIP Vision node's output (e.g. the ViT-H/14 that IPAdapter users keep in models/clip_vision).
+It runs ComfyUI's own `encode_image` and uses its projected output `image_embeds`; the dataset
+builder computes the same features with open_clip (hypernet.global_features), which
+tests/test_global_features.py checks with the same random weights loaded both ways.
+"""
+from __future__ import annotations
+
+import torch
+
+from .comfy_glue import clip_vision_spec
+from .values import GlobalFeaturesValue
+
+CATEGORY = "LoRA Synthesis"
+
+
+class EncodeGlobalImageFeatures:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "A CLIP ViT image encoder from Load CLIP Vision; the one the "
+                                                       "hypernet's dataset was built with (e.g. CLIP-ViT-H-14)."}),
+            "images": ("IMAGE", {"tooltip": "One or more reference photos of the same person (a batch)."}),
+        }}
+
+    RETURN_TYPES = ("GLOBAL_FEATURES",)
+    RETURN_NAMES = ("global_features",)
+    OUTPUT_TOOLTIPS = ("The photos' CLIP image features (mean of the photos), for Sample LoRA.",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Encodes whole reference photos with a CLIP image encoder (centre crop) for hypernets conditioned "
+                   "on global image features (DiffLoRA); several photos average into one identity.")
+
+    def encode(self, clip_vision, images: torch.Tensor):
+        from ..hypernet.dataset import mean_embedding
+        from ..hypernet.global_features import (EncoderInfo, architectures_matching, describe_spec,
+                                                l2_normalize_rows, projection_fingerprint)
+        spec, projection = clip_vision_spec(clip_vision)
+        rows = clip_vision.encode_image(images, crop=True)["image_embeds"]
+        per_image = l2_normalize_rows(rows.detach().float().cpu())
+        names = tuple(architectures_matching(spec))
+        # Without a matching open_clip architecture the description stands in for the name, so
+        # Sample LoRA's error says what this model is.
+        info = EncoderInfo(names[0] if names else describe_spec(spec), int(spec["dim"]), projection_fingerprint(projection))
+        return (GlobalFeaturesValue(mean_embedding(per_image), per_image, info.to_dict(), names),)
+
+
+NODES = {
+    "LoraHypernetEncodeGlobalFeatures": (EncodeGlobalImageFeatures, "Encode Global Image Features"),
+}

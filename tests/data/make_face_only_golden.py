@@ -1,0 +1,111 @@
+"""Writes tests/data/face_only_golden.safetensors: what a face-only hypernet gave before the
+global-feature condition existed (run once with the code of main at 5180c60, before issue 7).
+
+For two tiny face-only models (ADALoRA and AdaNorm blocks) it records the exact config JSON
+main wrote into checkpoints, a digest of the state dict (names, shapes, bytes) and the latents
+and decoded vectors sampled for fixed faces and seeds after a save/load round trip.
+tests/test_condition_compat.py rebuilds the same models with the current code and demands
+the same config JSON, the same digest and bit-identical samples.
+
+    .venv/bin/python tests/data/make_face_only_golden.py
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.model import Hypernet, HypernetConfig  # noqa: E402
+from hypernet.sampling import sample_latents  # noqa: E402
+
+GOLDEN = Path(__file__).with_name("face_only_golden.safetensors")
+# (name, config dict overrides) of the models recorded; the layout is tests' SMALL_LAYOUT.
+VARIANTS = {
+    "adalora": dict(prior=dict(width=32, blocks=2, conditioning="adalora", adalora_rank=2, time_dim=16)),
+    "adanorm": dict(prior=dict(width=32, blocks=2, conditioning="adanorm", adalora_rank=4, time_dim=16)),
+}
+SETTINGS = [(1.0, 0.0), (3.0, 0.0), (2.0, 0.5)]  # (guidance, eta)
+
+
+def base_config_dict(variant: str) -> dict:
+    from hypernet_support import SMALL_LAYOUT
+    return {"layout": SMALL_LAYOUT.to_dict(), "embedding_model": "golden-face-model", "embedding_dim": 512,
+            "condition": "face",
+            "autoencoder": {"kind": "mlp", "latent_dim": 16, "hidden": 24, "blocks": 1, "chunk": 4096,
+                            "token_dim": 8, "kl_weight": 0.1, "delta_weight": 0.0},
+            "prior": {"cond_dropout": 0.1, **VARIANTS[variant]["prior"]},
+            "diffusion": {"timesteps": 1000, "prediction": "x0", "schedule": "cosine"}}
+
+
+def fill_weights(model: torch.nn.Module) -> None:
+    """Deterministic weights that do not depend on module construction order: one seeded
+    generator per tensor name (std buffers kept positive)."""
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            gen = torch.Generator().manual_seed(int(hashlib.sha256(name.encode()).hexdigest()[:15], 16))
+            values = torch.randn(tensor.shape, generator=gen) * 0.2
+            tensor.copy_(values.abs() + 0.5 if name.endswith("std") else values)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{list(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def faces() -> torch.Tensor:
+    return torch.randn(3, 512, generator=torch.Generator().manual_seed(1234))
+
+
+def build(variant: str, folder: Path) -> Hypernet:
+    """The variant's model written with save_hypernet and read back with load_hypernet."""
+    model = Hypernet(HypernetConfig.from_dict(base_config_dict(variant)))
+    fill_weights(model)
+    path = folder / f"{variant}.safetensors"
+    save_hypernet(model, path)
+    return load_hypernet(path)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+
+
+def samples(model: Hypernet) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Sampled latents (kept whole: a few KB) and digests of their decoded LoRA vectors."""
+    latents, vectors = {}, {}
+    for guidance, eta in SETTINGS:
+        key = f"g{guidance}_e{eta}"
+        latents[key] = sample_latents(model, faces(), seed=7, steps=8, guidance=guidance, eta=eta)
+        vectors[key] = tensor_digest(model.decode_latents(latents[key]))
+    return latents, vectors
+
+
+def main() -> None:
+    tensors, metadata = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            model = build(variant, Path(tmp))
+            metadata[f"{variant}.config_json"] = model.config.to_json()
+            metadata[f"{variant}.state_digest"] = state_digest(model)
+            latents, vectors = samples(model)
+            tensors.update({f"{variant}.latents_{k}": v.contiguous() for k, v in latents.items()})
+            metadata.update({f"{variant}.vectors_{k}": v for k, v in vectors.items()})
+    metadata["made_with"] = "main 5180c60 (before issue 7)"
+    save_file(tensors, str(GOLDEN), metadata)
+    print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes): {json.dumps(sorted(tensors))}")
+
+
+if __name__ == "__main__":
+    main()
