@@ -35,6 +35,7 @@ from safetensors import safe_open
 
 from .errors import HypernetError
 from .files import save_safetensors_atomic
+from .global_features import EncoderInfo
 from .layout import Layout
 
 FORMAT = "lora-hypernet-dataset"
@@ -83,12 +84,10 @@ def split_identities(ids: Sequence[str], heldout_fraction: float, seed: int) -> 
 
 def check_encoder_info(encoder, where: str) -> dict:
     """A global image encoder's identity {"name": str, "dim": int, "fingerprint": str}, checked."""
-    if (not isinstance(encoder, dict) or set(encoder) != {"name", "dim", "fingerprint"}
-            or not isinstance(encoder["name"], str) or not isinstance(encoder["fingerprint"], str)
-            or not isinstance(encoder["dim"], int) or isinstance(encoder["dim"], bool) or encoder["dim"] < 1):
-        raise HypernetError(f"{where}: the global encoder must be {{name: str, dim: int >= 1, fingerprint: str}}, "
-                            f"not {encoder!r}")
-    return dict(encoder)
+    try:
+        return EncoderInfo.from_dict(encoder).to_dict()
+    except HypernetError as exc:
+        raise HypernetError(f"{where}: {exc}") from exc
 
 
 def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str, records: Sequence[DatasetRecord],

@@ -19,6 +19,7 @@ from .checkpoint import load_hypernet
 from .condition import needs_face, needs_global
 from .dataset import LoraDataset, l2_normalize, open_dataset
 from .errors import HypernetError
+from .global_features import check_encoder
 from .layout import Layout
 from .model import Hypernet
 from .sampling import sample_latents
@@ -76,16 +77,6 @@ def compare(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str,
             "rel_err": float(rel.mean())}
 
 
-def check_encoder(expected: dict, actual: dict | None, where) -> None:
-    """The dataset's global features must come from the encoder the checkpoint was trained on."""
-    if actual is None:
-        raise HypernetError(f"the checkpoint is conditioned on global image features of '{expected['name']}', "
-                            f"but {where} has none")
-    if actual != expected:
-        raise HypernetError(f"the checkpoint was trained on global image features of {expected}, but {where} holds "
-                            f"features of {actual}: evaluate on a dataset built with the same image encoder")
-
-
 def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: int = 25, guidance: float = 1.0,
              eta: float = 0.0, limit: int | None = None, progress: bool = True) -> dict:
     if dataset.layout.fingerprint != model.layout.fingerprint:
@@ -96,7 +87,10 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
                             f"'{model.embedding_model}'")
     condition = model.condition
     if needs_global(condition):
-        check_encoder(model.config.global_encoder, dataset.global_encoder, dataset.path)
+        if dataset.global_encoder is None:
+            raise HypernetError(f"the checkpoint is conditioned on '{condition}' (global image features of "
+                                f"{model.config.global_encoder['name']}), but {dataset.path} has no global features")
+        check_encoder(model.config.global_encoder, dataset.global_encoder)
     true, emb, _ = dataset.load("heldout")
     if len(true) == 0:
         raise HypernetError(f"{dataset.path} has no held-out identities; build it with --heldout above 0")

@@ -32,8 +32,8 @@ from .errors import HypernetError
 
 CONDITIONINGS = ("adanorm", "adalora")
 KINDS = ("mlp", "transformer")
-# Fields only the transformer reads; configs of MLP priors are written without them, so the
-# config JSON of a face-only MLP hypernet is exactly what it was before the transformer existed.
+# Fields only the transformer reads; they are written only when they differ from their defaults,
+# so the config JSON of an MLP hypernet is exactly what it was before the transformer existed.
 TRANSFORMER_FIELDS = ("kind", "tokens", "token_width", "depth", "heads")
 
 
@@ -69,8 +69,9 @@ class PriorConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        if self.kind == "mlp":
-            for key in TRANSFORMER_FIELDS:
+        defaults = PriorConfig.__dataclass_fields__
+        for key in TRANSFORMER_FIELDS:
+            if data[key] == defaults[key].default:
                 del data[key]
         return data
 
