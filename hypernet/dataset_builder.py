@@ -20,8 +20,9 @@ identity (photos or rows) are each L2-normalised, averaged and normalised again.
 
 Global image features go into the dataset in one of two ways, for every identity or none:
 with `--global-encoder FILE --global-arch NAME` they are computed from each identity's photos
-with that open_clip image encoder (hypernet.global_features); without it, they are read from
-global.safetensors when every identity folder has one (a mix is an error). The manifest records
+with that open_clip image encoder (hypernet.global_features; global.safetensors files are then
+not read); without it, they are read from global.safetensors when every identity folder has
+one (a mix is an error). The manifest records
 the encoder's identity (name, dim, fingerprint), which training and sampling check.
 
 Each LoRA's UNet modules (text-encoder modules are dropped: the hypernet patches the MODEL
@@ -160,16 +161,12 @@ class _Skip(Exception):
         self.kind = kind
 
 
-def _file_metadata(path: Path) -> dict:
+def _embedding_file_model(path: Path) -> str | None:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
+            return (f.metadata() or {}).get("embedding_model")
     except Exception:  # an unreadable file is reported when the identity is processed
-        return {}
-
-
-def _embedding_file_model(path: Path) -> str | None:
-    return _file_metadata(path).get("embedding_model")
+        return None
 
 
 def _global_file_info(path: Path) -> EncoderInfo | None:
@@ -180,7 +177,7 @@ def _global_file_info(path: Path) -> EncoderInfo | None:
             shape = f.get_slice("embedding").get_shape() if "embedding" in f.keys() else []
     except Exception:  # reported when the identity is processed
         return None
-    if not shape:
+    if not shape or shape[-1] < 1:
         return None
     return EncoderInfo(meta.get("embedding_model") or UNSPECIFIED_MODEL, int(shape[-1]),
                        meta.get("encoder_fingerprint") or SYNTHETIC_FINGERPRINT)

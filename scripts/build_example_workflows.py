@@ -20,6 +20,10 @@ from comfy_support import ComfyServer  # noqa: E402
 OUT = REPO / "example_workflows"
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
 HYPERNET = "lora_hypernet_sdxl.safetensors"
+# DiffLoRA-style: conditioned on the face and on CLIP image features (ViT-H/14, as IPAdapter uses)
+HYPERNET_FACE_GLOBAL = "lora_hypernet_sdxl_face_global.safetensors"
+CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+GUIDANCE = 3.0
 FACE_MODEL = "antelopev2"
 PHOTO_A = "reference_astronaut.jpg"
 PHOTO_B = "reference_cameraman.jpg"
@@ -97,11 +101,13 @@ def face_branch(g: Graph, photo: str, y: int, analyzer: dict) -> dict:
     return embed
 
 
-def sample_and_decode(g: Graph, face: dict, x: int) -> dict:
-    hyper = g.add("LoraHypernetLoad", (x, 0), [HYPERNET])
-    sample = g.add("LoraHypernetSample", (x, 140), [0, "fixed", 25, 1.5, 0.0], size=(320, 180))
+def sample_and_decode(g: Graph, face: dict, x: int, global_features: dict | None = None) -> dict:
+    hyper = g.add("LoraHypernetLoad", (x, 0), [HYPERNET_FACE_GLOBAL if global_features else HYPERNET])
+    sample = g.add("LoraHypernetSample", (x, 140), [0, "fixed", 25, GUIDANCE, 0.0], size=(320, 180))
     g.link(hyper, "hypernet", sample, "hypernet")
     g.link(face, "face_embedding", sample, "face_embedding")
+    if global_features:
+        g.link(global_features, "global_features", sample, "global_features")
     decode = g.add("LoraHypernetDecode", (x, 360), [], size=(320, 70))
     g.link(hyper, "hypernet", decode, "hypernet")
     g.link(sample, "LORA_LATENT", decode, "lora_latent")
@@ -133,6 +139,21 @@ def identity_mix(info: dict) -> Graph:
     return g
 
 
+def face_and_global(info: dict) -> Graph:
+    """DiffLoRA's condition: the face (ArcFace) and global CLIP image features of the same photo."""
+    g = Graph(info)
+    analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
+    face = face_branch(g, PHOTO_A, 0, analyzer)
+    image = next(n for n in g.nodes if n["type"] == "LoadImage")
+    clip_vision = g.add("CLIPVisionLoader", (0, 400), [CLIP_VISION], size=(320, 80))
+    encode = g.add("LoraHypernetEncodeGlobalFeatures", (380, 400), [], size=(360, 70))
+    g.link(clip_vision, "CLIP_VISION", encode, "clip_vision")
+    g.link(image, "IMAGE", encode, "images")
+    decode = sample_and_decode(g, face, 760, global_features=encode)
+    sdxl_tail(g, decode, 1140)
+    return g
+
+
 def thumbnail(workflow: dict, info: dict, path: Path, width: int = 768) -> None:
     """A drawing of the graph itself: nodes as boxes with titles, links as lines."""
     nodes = workflow["nodes"]
@@ -147,7 +168,8 @@ def thumbnail(workflow: dict, info: dict, path: Path, width: int = 768) -> None:
     at = lambda x, y: ((x - x0) * scale, (y - y0) * scale)  # noqa: E731
     by_id = {n["id"]: n for n in nodes}
     colours = {"MODEL": (180, 160, 255), "CLIP": (255, 220, 100), "VAE": (255, 100, 100), "IMAGE": (100, 200, 255),
-               "LORA": (120, 230, 140), "FACE_EMBEDDING": (255, 150, 60)}
+               "LORA": (120, 230, 140), "FACE_EMBEDDING": (255, 150, 60), "CLIP_VISION": (170, 220, 200),
+               "GLOBAL_FEATURES": (240, 120, 200)}
     for _, src, _, dst, _, typ in workflow["links"]:
         a, b = by_id[src], by_id[dst]
         start = at(a["pos"][0] + a["size"][0], a["pos"][1] + 30)
@@ -174,6 +196,7 @@ def main() -> int:
         "portrait_from_one_photo": portrait(info, save_lora=False),
         "portrait_and_save_lora": portrait(info, save_lora=True),
         "identity_mix": identity_mix(info),
+        "portrait_face_and_global_features": face_and_global(info),
     }
     for name, graph in graphs.items():
         workflow = graph.to_json()

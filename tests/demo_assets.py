@@ -1,7 +1,12 @@
 """Stand-ins for what cannot exist on a test machine, shared by `make demo` and the
 end-to-end tests: generated face models, a tiny hypernet trained on a synthetic collection,
 reference photos marked so the generated detector finds a face, and the example workflows
-as API prompts with the checkpoint loader swapped for the tiny SDXL-architecture one."""
+as API prompts with the checkpoint loader swapped for the tiny SDXL-architecture one.
+
+For the face + global example: a tiny CLIP ViT in models/clip_vision under the ViT-H file name
+the workflow names (tests/global_support.py; the test pack teaches the stock loader its size),
+and a face+global hypernet trained on a synthetic collection whose global vectors claim to
+come from that encoder (its name and weight fingerprint), so the encoder check passes."""
 from __future__ import annotations
 
 import json
@@ -13,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import global_support
 from comfy_support import REPO
 from face_models import draw_face, write_face_models
 from workflow_api import workflow_to_prompt
@@ -20,6 +26,8 @@ from workflow_api import workflow_to_prompt
 WORKFLOWS = REPO / "example_workflows"
 FACE_MODEL = "antelopev2"
 HYPERNET_FILE = "lora_hypernet_sdxl.safetensors"
+HYPERNET_FACE_GLOBAL_FILE = "lora_hypernet_sdxl_face_global.safetensors"
+CLIP_VISION_FILE = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"  # the name the workflow uses
 # Where each shipped photo's face is (x, y, side in pixels) and which synthetic identity the
 # generated detector and recogniser will see there.
 PHOTO_FACES = {"reference_astronaut.jpg": (168, 50, 100, 1), "reference_cameraman.jpg": (225, 55, 80, 2)}
@@ -53,21 +61,57 @@ def train_tiny_hypernet(work: Path, embedding_model: str, identities: int = 96) 
     return ckpt
 
 
-def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | None = None) -> dict:
-    """Fill a ComfyUI base directory: face models, the hypernet, marked reference photos."""
+def stamp_global_files(collection: Path, encoder: dict) -> None:
+    """Label a synthetic collection's global vectors as features of `encoder` (name and weight
+    fingerprint), as if they had been computed with it."""
+    from safetensors.torch import load_file, save_file
+    for path in sorted(collection.glob("*/global.safetensors")):
+        save_file(load_file(str(path)), str(path), {"embedding_model": encoder["name"],
+                                                   "encoder_fingerprint": encoder["fingerprint"]})
+
+
+def train_face_global_hypernet(work: Path, embedding_model: str, encoder: dict, identities: int = 96) -> Path:
+    """Like train_tiny_hypernet, with global vectors the LoRAs depend on and condition face+global."""
+    work.mkdir(parents=True, exist_ok=True)
+    python_m("synth", "--layout", TINY_LAYOUT, "--identities", str(identities), "--out", str(work / "collection"),
+             "--embedding-model", embedding_model, "--seed", "0", "--global-dim", str(encoder["dim"]),
+             "--depends", "face+global", "--global-model", encoder["name"])
+    stamp_global_files(work / "collection", encoder)
+    python_m("dataset", "--src", str(work / "collection"), "--out", str(work / "dataset"))
+    ckpt = work / HYPERNET_FACE_GLOBAL_FILE
+    python_m("train", "--data", str(work / "dataset"), "--out", str(ckpt), "--config", "tiny", "--seed", "0",
+             "--condition", "face+global")
+    return ckpt
+
+
+def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | None = None,
+                   face_global_ckpt: Path | None = None, with_global: bool = False) -> dict:
+    """Fill a ComfyUI base directory: face models, the hypernet, marked reference photos; with
+    `with_global` also the tiny CLIP vision file and the face+global hypernet."""
     models = base / "models"
     face_dir = models / "insightface" / "models" / FACE_MODEL
     write_face_models(face_dir)
+    work = work or base / "hypernet_training"
     if hypernet_ckpt is None:
-        hypernet_ckpt = train_tiny_hypernet(work or base / "hypernet_training", face_model_name(face_dir))
+        hypernet_ckpt = train_tiny_hypernet(work, face_model_name(face_dir))
     target = models / "lora_hypernets" / HYPERNET_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(hypernet_ckpt, target)
+    installed = {"hypernet": target}
+    if with_global:
+        clip_dir = models / "clip_vision"
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        global_support.write_comfy_file(clip_dir / CLIP_VISION_FILE)
+        if face_global_ckpt is None:
+            face_global_ckpt = train_face_global_hypernet(work / "face_global", face_model_name(face_dir),
+                                                          global_support.tiny_encoder_info())
+        installed["hypernet_face_global"] = models / "lora_hypernets" / HYPERNET_FACE_GLOBAL_FILE
+        shutil.copyfile(face_global_ckpt, installed["hypernet_face_global"])
     (base / "input").mkdir(parents=True, exist_ok=True)
     for name, (x, y, side, identity) in PHOTO_FACES.items():
         photo = np.array(Image.open(WORKFLOWS / name).convert("RGB"))
         Image.fromarray(draw_face(photo, x, y, side, identity)).save(base / "input" / name)
-    return {"hypernet": target}
+    return installed
 
 
 def example_prompt(name: str, object_info: dict, image_size: int | None = None) -> dict:

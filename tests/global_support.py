@@ -90,6 +90,13 @@ def write_comfy_file(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def is_tiny_clip_vision(sd: dict) -> bool:
+    """Whether a state dict in ComfyUI's (transformers') layout is this tiny ViT."""
+    patch = sd.get("vision_model.embeddings.patch_embedding.weight")
+    return patch is not None and patch.shape[0] == COMFY_CONFIG["hidden_size"] \
+        and f"vision_model.encoder.layers.{COMFY_CONFIG['num_hidden_layers'] - 1}.layer_norm1.weight" in sd
+
+
 def comfy_clip_vision(path: Path):
     """ComfyUI's ClipVisionModel for the tiny config, with the file's weights loaded by ComfyUI."""
     import comfy.clip_vision

@@ -1,6 +1,11 @@
 """Test-only ComfyUI nodes: a stand-in for CheckpointLoaderSimple that gives the tiny
 SDXL-architecture MODEL with a CLIP and VAE of matching shapes, since no real SDXL checkpoint
-can exist on the test machines. Linked into the test server's custom_nodes folder."""
+can exist on the test machines. Linked into the test server's custom_nodes folder.
+
+It also teaches the stock CLIPVisionLoader the tiny CLIP ViT of tests/global_support.py:
+ComfyUI picks a CLIP vision config only for ViT-L/H/G sizes, so for this one size the config
+lookup falls back to the tiny config; loading, key conversion and encoding stay ComfyUI's own.
+The tiny architecture is registered with open_clip too, as real ones ship with it."""
 import hashlib
 import sys
 from pathlib import Path
@@ -8,7 +13,23 @@ from pathlib import Path
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
+import comfy.clip_vision  # noqa: E402
 import comfy_support  # noqa: E402
+import global_support  # noqa: E402
+
+global_support.register_tiny_arch()
+_stock_load_clipvision_from_sd = comfy.clip_vision.load_clipvision_from_sd
+
+
+def _load_clipvision_from_sd(sd, prefix="", convert_keys=False):
+    clip = _stock_load_clipvision_from_sd(sd, prefix, convert_keys)
+    if clip is None and global_support.is_tiny_clip_vision(sd):
+        clip = comfy.clip_vision.ClipVisionModel(global_support.comfy_config_file())
+        clip.load_sd(sd)
+    return clip
+
+
+comfy.clip_vision.load_clipvision_from_sd = _load_clipvision_from_sd
 
 
 class TinyClip:
