@@ -16,7 +16,7 @@ Node + patch run once per process (a fresh one each time), so the peak memory, t
 resident high-water mark during node + patch above what it held before, is that path's own. The MODEL is ComfyUI's real SDXL UNet on the meta device with real fp16 attention
 weights (see _bench.base_model), or the tests' tiny UNet for --layout tiny-attn-r4.
 
-    .venv/bin/python benchmarks/bench_apply.py [--layout sdxl-attn-r4] [--runs 10] [--patch-runs 1]
+    .venv/bin/python benchmarks/bench_apply.py [--layout sdxl-attn-r4] [--runs 10] [--patch-runs 3]
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sdxl-attn-r4", choices=list(BASES))
     parser.add_argument("--runs", type=int, default=10, help="timed node runs per path and mode, after a warm-up")
-    parser.add_argument("--patch-runs", type=int, default=1, help="node + patch runs per path, each in a fresh process")
+    parser.add_argument("--patch-runs", type=int, default=3, help="node + patch runs per path, each in a fresh process")
     parser.add_argument("--child", choices=(OURS, STOCK), help=argparse.SUPPRESS)
     parser.add_argument("--child-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
