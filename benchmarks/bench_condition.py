@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
 from hypernet.dataset import open_dataset  # noqa: E402
@@ -35,6 +34,8 @@ from hypernet.evaluate import evaluate  # noqa: E402
 from hypernet.layout import Layout, preset  # noqa: E402
 from hypernet.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.train import Trainer, TrainConfig, load_train_config  # noqa: E402
+
+from bench_hypernet import train_prior_variant  # noqa: E402  (benchmarks/ is on the path when run as a script)
 
 SCENARIOS = ("face+global", "face")  # what the collection's LoRAs depend on
 VARIANTS = ("face/mlp", "face+global/mlp", "face+global/transformer")  # condition/prior kind
@@ -98,24 +99,6 @@ def autoencoder_once(dataset, work: Path, cfg: TrainConfig, timings: dict, key: 
     return out
 
 
-def prior_variant(dataset, work: Path, ae_file: Path, cfg: TrainConfig, timings: dict, key: str) -> Path:
-    out = work / f"{key}.safetensors"
-    if not out.is_file():
-        trainer = Trainer(dataset, cfg, torch.device("cpu"), out, progress=False)
-        state = trainer.fresh_state()
-        trained = load_file(str(ae_file))
-        state.model.load_state_dict({k: v for k, v in trained.items() if k.startswith(("vae.", "norm."))},
-                                    strict=False)
-        state.phase = "prior"
-        started = time.perf_counter()
-        trainer.train_prior(state)
-        state.model.prior.load_state_dict(state.ema)
-        timings[key] = time.perf_counter() - started
-        save_hypernet(state.model, out)
-        trainer.state_file.unlink(missing_ok=True)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "bench_work" / "condition")
@@ -155,7 +138,8 @@ def main() -> None:
         for variant in args.variants.split(","):
             condition, kind = variant.split("/")
             key = f"{depends}-{condition}-{kind}"
-            ckpt = prior_variant(dataset, args.work, ae_file, train_config(args, condition, kind), timings, key)
+            ckpt = train_prior_variant(dataset, args.work, ae_file, train_config(args, condition, kind), key, timings,
+                                       progress=False)
             timings_file.write_text(json.dumps(timings))
             result = evaluate(load_hypernet(ckpt), dataset, seeds=args.seeds, steps=args.steps,
                               guidance=args.guidance, progress=False)

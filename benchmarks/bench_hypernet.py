@@ -90,12 +90,13 @@ def train_autoencoder_once(dataset, work: Path, cfg, timings: dict) -> Path:
     return ae_file
 
 
-def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timings: dict) -> Path:
+def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timings: dict,
+                        progress: bool = True) -> Path:
     """The prior of one variant on the shared autoencoder's latents (cached in --work)."""
     out = work / f"{name}.safetensors"
     if out.is_file():
         return out
-    trainer = Trainer(dataset, cfg, torch.device("cpu"), out)
+    trainer = Trainer(dataset, cfg, torch.device("cpu"), out, progress=progress)
     state = trainer.fresh_state()
     trained = load_file(str(ae_file))
     state.model.load_state_dict({k: v for k, v in trained.items() if k.startswith(("vae.", "norm."))}, strict=False)
