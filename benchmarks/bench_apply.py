@@ -13,7 +13,15 @@ Both nodes are timed cold (a fresh LoraLoader object, which reads the file; our 
 emptied) and warm (the same LoraLoader object, which keeps the file's tensors, as ComfyUI keeps
 node objects; our shape cache filled): warm is what a second face on the same MODEL costs.
 Node + patch run once per process (a fresh one each time), so the peak memory, the process's
-resident high-water mark during node + patch above what it held before, is that path's own. The MODEL is ComfyUI's real SDXL UNet on the meta device with real fp16 attention
+resident high-water mark during node + patch above what it held before, is that path's own.
+
+Peak memory is measured twice. With glibc's default allocator, the high-water mark also counts
+freed blocks the heap has not handed back yet; which ones depends on the order of earlier
+allocations, so single runs of the same path varied 1.0-1.5x. The memory the path itself needs is
+measured in separate children with a fixed mmap threshold (MALLOC_MMAP_THRESHOLD_=65536): every
+large tensor then gets its own mapping, returned when freed, so the mark follows the live bytes
+and repeats to within a MiB. That run's arithmetic is slower (a page fault per fresh mapping), so
+times always come from the default-allocator children. The MODEL is ComfyUI's real SDXL UNet on the meta device with real fp16 attention
 weights (see _bench.base_model), or the tests' tiny UNet for --layout tiny-attn-r4.
 
     .venv/bin/python benchmarks/bench_apply.py [--layout sdxl-attn-r4] [--runs 10] [--patch-runs 3]
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +44,8 @@ import torch  # noqa: E402
 
 BASES = {"tiny-attn-r4": "tiny", "sdxl-attn-r4": "sdxl", "sdxl-qv-r1": "sdxl"}
 TARGET_RATIO = 1.1
+# glibc: allocations above 64 KiB get their own mapping, unmapped on free (see the docstring)
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 OURS, STOCK = "ours: Apply LoRA (in-memory LORA)", "stock: LoraLoaderModelOnly (.safetensors)"
 
 
@@ -107,9 +118,10 @@ def child(layout: str, path: str, folder: Path) -> None:
                                         if _bench.ATTENTION_WEIGHT.match(k)))}))
 
 
-def run_child(layout: str, path: str, folder: Path) -> dict:
+def run_child(layout: str, path: str, folder: Path, live_memory: bool = False) -> dict:
+    env = {**os.environ, **(LIVE_MEMORY_ENV if live_memory else {})}
     result = subprocess.run([sys.executable, __file__, "--layout", layout, "--child", path, "--child-dir", str(folder)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"the {path} child failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -119,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sdxl-attn-r4", choices=list(BASES))
     parser.add_argument("--runs", type=int, default=10, help="timed node runs per path and mode, after a warm-up")
-    parser.add_argument("--patch-runs", type=int, default=3, help="node + patch runs per path, each in a fresh process")
+    parser.add_argument("--patch-runs", type=int, default=3, help="node + patch runs per path and allocator mode, each in a fresh process")
     parser.add_argument("--child", choices=(OURS, STOCK), help=argparse.SUPPRESS)
     parser.add_argument("--child-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,12 +163,14 @@ def main() -> None:
         del paths, base
         gc.collect()
         children: dict[str, list[dict]] = {OURS: [], STOCK: []}
+        live: dict[str, list[dict]] = {OURS: [], STOCK: []}
         for run in range(args.patch_runs):
             for name in in_turn(run):
                 children[name].append(run_child(args.layout, name, folder))
+                live[name].append(run_child(args.layout, name, folder, live_memory=True))
 
-    def stats(name: str, key: str) -> Stats:
-        return Stats(tuple(c[key] for c in children[name]))
+    def stats(name: str, key: str, runs=children) -> Stats:
+        return Stats(tuple(c[key] for c in runs[name]))
 
     def node_stats(name: str, mode: str) -> Stats:
         return Stats(tuple(node_times[(name, mode)]))
@@ -179,22 +193,25 @@ def main() -> None:
         "total": (node_stats(OURS, "cold").median + patch_all.median)
         / (node_stats(STOCK, "cold").median + patch_all.median),
         "peak": stats(OURS, "peak").median / stats(STOCK, "peak").median,
+        "live": stats(OURS, "peak", live).median / stats(STOCK, "peak", live).median,
     }
     rows = []
     for name in (OURS, STOCK):
         total = node_stats(name, "cold").median + patch_all.median
         rows.append((name, node_stats(name, "cold").fmt(), node_stats(name, "warm").fmt(), stats(name, "patch").fmt(),
-                     f"{total:.3f}", stats(name, "peak").fmt(digits=0)))
+                     f"{total:.3f}", stats(name, "peak", live).fmt(digits=0), stats(name, "peak").fmt(digits=0)))
     rows.append(("**ratio ours / stock (medians)**", f"**{ratio['cold']:.2f}x**", f"**{ratio['warm']:.2f}x**",
-                 f"{ratio['patch']:.2f}x", f"**{ratio['total']:.2f}x**", f"**{ratio['peak']:.2f}x**"))
+                 f"{ratio['patch']:.2f}x", f"**{ratio['total']:.2f}x**", f"**{ratio['live']:.2f}x**",
+                 f"{ratio['peak']:.2f}x"))
     _bench.table(("path", f"node, cold ({args.runs} runs)", f"node, warm ({args.runs} runs)",
                   f"patch arithmetic ({args.patch_runs} runs)", "node (cold) + patch (medians; patch over both paths)",
-                  "peak +RSS MiB, node + patch"),
+                  "peak +RSS MiB, live (fixed mmap threshold)", "peak +RSS MiB, glibc default"),
                  rows)
-    worst = max(ratio["total"], ratio["peak"])
+    worst = max(ratio["total"], ratio["live"])
     verdict = "met" if worst <= TARGET_RATIO and identical else "missed"
     print(f"Target: apply overhead <= {TARGET_RATIO}x the stock LoraLoader path: time (node + patch) "
-          f"{ratio['total']:.2f}x, peak memory {ratio['peak']:.2f}x; **{verdict}**. The node alone: "
+          f"{ratio['total']:.2f}x, peak memory {ratio['live']:.2f}x (live bytes; {ratio['peak']:.2f}x with glibc's "
+          f"default allocator, which also counts freed blocks not yet handed back); **{verdict}**. The node alone: "
           f"{ratio['cold']:.2f}x cold, {ratio['warm']:.2f}x warm.\n", flush=True)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -377,12 +378,16 @@ class FaceAnalyzer:
                               faces=faces, used=used, skipped=skipped, model_name=self.name)
 
 
-_cache: dict[tuple, FaceAnalyzer] = {}
+# Weak values: an analyzer is shared while someone holds it (ComfyUI's output cache, the CLI's
+# embedder) and freed with the last holder, so ComfyUI's free path, which drops node outputs,
+# also frees the onnxruntime sessions; a strong cache here would keep them for the process's life.
+_cache: "weakref.WeakValueDictionary[tuple, FaceAnalyzer]" = weakref.WeakValueDictionary()
 _cache_lock = threading.Lock()
 
 
 def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",)) -> FaceAnalyzer:
-    """A FaceAnalyzer shared by all callers with the same folder, providers and files.
+    """A FaceAnalyzer shared by all callers with the same folder, providers and files, as long
+    as one of them still holds it.
 
     Replacing a file in the folder (new modification time or size) loads it afresh.
     """
@@ -402,7 +407,7 @@ def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",
 
 
 def clear_face_analyzer_cache() -> None:
-    """Forget cached analyzers, so their onnxruntime sessions can be freed."""
+    """Forget cached analyzers: the next load makes a new one even while old ones are held."""
     with _cache_lock:
         _cache.clear()
 

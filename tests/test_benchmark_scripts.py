@@ -30,7 +30,7 @@ def _run_all(tmp_path, *args):
 SPEED_TABLES = {
     "bench_personalize.py": "photo -> patched MODEL, excluding face",
     "bench_apply.py": "ratio ours / stock",
-    "bench_memory.py": "free path 2, free_memory (node outputs dropped): hypernet freed",
+    "bench_memory.py": "free path 2, free_memory (node outputs dropped): hypernet freed, face analyzer freed",
     "bench_train.py": "| autoencoder |",
     "bench_scaling.py": "sample 25 steps",
 }

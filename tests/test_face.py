@@ -1,6 +1,8 @@
 """Face embedding through insightface's real routing and decoding, on generated ONNX models."""
 import logging
+import gc
 import os
+import weakref
 from pathlib import Path
 
 import insightface
@@ -230,6 +232,18 @@ def test_cache_reuses_analyzer_until_a_file_changes(tmp_path):
     stat = paths["recognizer"].stat()
     os.utime(paths["recognizer"], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert face.load_face_analyzer(paths["folder"]) is not first
+
+
+def test_cached_analyzer_is_freed_with_its_last_holder(tmp_path):
+    # ComfyUI's free path drops node outputs; the pack must not keep the onnxruntime sessions alive.
+    paths = write_face_models(tmp_path / "buffalo_l")
+    analyzer = face.load_face_analyzer(paths["folder"])
+    gone = weakref.ref(analyzer)
+    recognizer = weakref.ref(analyzer._recognizer)  # the insightface model that owns the ArcFace session
+    del analyzer
+    gc.collect()
+    assert gone() is None and recognizer() is None
+    assert face.load_face_analyzer(paths["folder"]) is not None
 
 
 def test_embed_file_reads_exif_rotated_photos(models, tmp_path):
