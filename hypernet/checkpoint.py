@@ -79,6 +79,10 @@ def config_from_metadata(metadata: dict[str, str], name: str) -> HypernetConfig:
         raise HypernetError(f"{name}: {exc}") from exc
 
 
+# Only the first face+global fusion (main before the residual fusion) had biased experts.
+FIRST_FUSION_KEY = "prior.fusion.face_expert.bias"
+
+
 def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, tuple[list[int], str]], name: str) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -107,6 +111,10 @@ def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
             skeleton = Hypernet(config)
     except (RuntimeError, ValueError, OverflowError) as exc:
         raise HypernetError(f"{path.name}: its config describes a model that cannot be built ({exc})") from exc
+    if config.condition == "face+global" and FIRST_FUSION_KEY in found:
+        raise HypernetError(f"{path.name} was trained with the first face+global fusion, which this version replaced "
+                            "(its global features could make held-out results worse, see hypernet/condition.py); "
+                            "train it again with --condition face+global")
     check_tensors(skeleton.state_dict(), found, path.name)
     model = skeleton.to_empty(device=device)
     state = {}

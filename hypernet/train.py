@@ -29,7 +29,7 @@ from tqdm import tqdm
 from .alignment import align, reference_factors
 from .autoencoder import AutoencoderConfig, delta_sq_error, kl_divergence
 from .checkpoint import read_header, save_hypernet
-from .condition import CONDITIONS, check_condition, needs_global
+from .condition import CONDITIONS, GatedFusion, check_condition, needs_global
 from .dataset import LoraDataset, l2_normalize, open_dataset
 from .diffusion import DiffusionConfig
 from .errors import HypernetError
@@ -63,12 +63,15 @@ class TrainConfig:
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     condition: str = "face"  # "face", "global" or "face+global" (condition.py)
+    global_penalty: float = 0.005  # face+global: weight of the global correction's squared norm (condition.py)
 
     def __post_init__(self):
         check_condition(self.condition)
         for name in ("ae_steps", "prior_steps", "ae_batch", "prior_batch", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"train config: {name} must be at least 1")
+        if self.global_penalty < 0:
+            raise HypernetError("train config: global_penalty must not be negative")
         if not 0 <= self.ema_decay < 1 or self.ae_lr <= 0 or self.prior_lr <= 0 or self.warmup_steps < 0:
             raise HypernetError("train config: ema_decay must be in [0, 1), learning rates positive, warmup >= 0")
 
@@ -371,9 +374,15 @@ class Trainer:
                 drop = (torch.rand(cfg.prior_batch, generator=gen) < cfg.prior.cond_dropout).to(self.device)
                 x0 = latents[idx]
                 # fused inside the step: the fusion module learns with the denoiser (for "face" it is the embedding)
-                cond = model.condition_vectors(face[idx], None if global_ is None else global_[idx])
+                if isinstance(prior.fusion, GatedFusion):
+                    face_part, global_part = prior.fusion.parts(face[idx], global_[idx])
+                    cond = face_part + global_part
+                else:
+                    cond, global_part = model.condition_vectors(face[idx], None if global_ is None else global_[idx]), None
                 output = prior(diffusion.add_noise(x0, noise, t), t, cond, drop)
                 loss = F.mse_loss(output, diffusion.target(x0, noise, t))
+                if global_part is not None and cfg.global_penalty > 0:
+                    loss = loss + cfg.global_penalty * global_part.square().sum(-1).mean()
                 value = self._check_loss(loss, "prior", step)
                 self._update(optimizer, loss, learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps))
                 # EMA with warmup: short runs still end with a useful average.

@@ -59,22 +59,47 @@ def test_condition_names():
         needs_face("clip")
 
 
-def test_gate_weights_sum_to_one_and_the_condition_has_unit_norm():
-    fusion = _randomised(GatedFusion(32, 24, 32))
+def test_fresh_fusion_is_the_face_alone_and_trained_experts_add_gated_corrections():
     face, glob = _unit_rows(5, 32, 1), _unit_rows(5, 24, 2)
+    assert torch.equal(GatedFusion(32, 24, 32)(face, glob), face)  # zero-initialised experts
+    fusion = _randomised(GatedFusion(32, 24, 32))
     weights = fusion.gate_weights(face, glob)
     assert weights.shape == (5, 3) and bool((weights > 0).all())
     torch.testing.assert_close(weights.sum(1), torch.ones(5))
     cond = fusion(face, glob)
     assert cond.shape == (5, 32)
-    torch.testing.assert_close(cond.norm(dim=1), torch.ones(5), atol=1e-3, rtol=0)  # LayerNorm eps
-    # Both inputs matter, and the output is the gate-weighted sum of the experts (before unit()).
+    # Both inputs matter, and the output is the face plus the gate-weighted sum of the experts.
     assert not torch.allclose(fusion(face, _unit_rows(5, 24, 3)), cond)
     assert not torch.allclose(fusion(_unit_rows(5, 32, 4), glob), cond)
     experts = torch.stack([fusion.face_expert(face), fusion.global_expert(glob),
                            fusion.joint_expert(torch.cat([face, glob], 1))], 1)
-    mixed = (weights.unsqueeze(-1) * experts).sum(1)
-    torch.testing.assert_close(cond, F.layer_norm(mixed, (32,)) / 32 ** 0.5)
+    torch.testing.assert_close(cond, face + (weights.unsqueeze(-1) * experts).sum(1))
+    with pytest.raises(HypernetError, match="must equal the face embedding size"):
+        GatedFusion(32, 24, 16)
+
+
+def test_fusion_parts_split_the_condition_into_face_and_penalised_global_corrections():
+    fusion = _randomised(GatedFusion(32, 24, 32))
+    face, glob = _unit_rows(4, 32, 1), _unit_rows(4, 24, 2)
+    face_part, global_part = fusion.parts(face, glob)
+    torch.testing.assert_close(face_part + global_part, fusion(face, glob))
+    weights = fusion.gate_weights(face, glob)
+    torch.testing.assert_close(face_part, face + weights[:, :1] * fusion.face_expert(face))
+    from hypernet.train import TrainConfig
+    with pytest.raises(HypernetError, match="global_penalty must not be negative"):
+        TrainConfig(global_penalty=-0.1)
+
+
+def test_fresh_face_and_global_prior_predicts_what_the_face_only_prior_predicts():
+    # Where the LoRAs ignore the global features, training starts from the right answer.
+    face_only, both = _model("face"), Hypernet(_config("face+global")).eval()
+    both.prior.load_state_dict(face_only.prior.state_dict(), strict=False)  # all but the fusion
+    x, t = torch.randn(3, face_only.latent_size), torch.tensor([5, 400, 900])
+    face, glob = _unit_rows(3, 32, 0), _unit_rows(3, 24, 1)
+    with torch.no_grad():
+        expected = face_only.prior(x, t, face_only.condition_vectors(face, None))
+        assert torch.equal(both.prior(x, t, both.condition_vectors(face, glob)), expected)
+        assert not torch.equal(expected, torch.zeros_like(expected))
 
 
 def test_global_mode_projects_global_features_only_and_face_mode_has_no_module():
@@ -88,6 +113,23 @@ def test_global_mode_projects_global_features_only_and_face_mode_has_no_module()
 
 
 # --- denoisers -----------------------------------------------------------------------------------
+
+def test_cond_input_adds_the_condition_at_the_input_and_is_recorded_only_when_on():
+    plain, direct = (Denoiser(10, 8, 1000, PriorConfig(width=16, blocks=1, time_dim=16, cond_input=flag))
+                     for flag in (False, True))
+    assert plain.cond_in is None and "cond_input" not in plain.cfg.to_dict()
+    assert direct.cond_in.in_features == 8 and direct.cfg.to_dict()["cond_input"] is True
+    x, t = torch.randn(2, 10), torch.tensor([3, 700])
+    _randomised(direct)
+    cond = F.normalize(torch.randn(2, 8), dim=1)
+    with torch.no_grad():
+        with_input = direct(x, t, cond)
+        direct.cond_in.weight.zero_()
+        direct.cond_in.bias.zero_()
+        assert not torch.allclose(with_input, direct(x, t, cond))
+    with pytest.raises(HypernetError, match="cond_input is an option of the mlp prior only"):
+        PriorConfig(kind="transformer", cond_input=True)
+
 
 @pytest.mark.parametrize("conditioning", ["adanorm", "adalora"])
 def test_transformer_denoiser_pads_the_latent_and_uses_the_condition(conditioning):
@@ -215,3 +257,20 @@ def test_sampling_says_which_input_the_checkpoint_needs():
         with pytest.raises(HypernetError, match=message):
             sample_latents(model, f, global_features=g, seed=0, steps=2)
     assert sample_latents(glob_only, None, global_features=glob[0], seed=0, steps=2).shape == (1, 12)
+
+
+def test_checkpoint_of_the_first_fusion_is_refused_with_what_to_do(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    path = tmp_path / "model.safetensors"
+    save_hypernet(_model(), path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    for expert in ("face", "global", "joint"):  # the first fusion's experts had biases
+        tensors[f"prior.fusion.{expert}_expert.bias"] = torch.zeros(32)
+    old = tmp_path / "old_fusion.safetensors"
+    save_safetensors_atomic(tensors, old, metadata)
+    with pytest.raises(HypernetError, match="old_fusion.safetensors was trained with the first face\\+global fusion.*"
+                                            "train it again with --condition face\\+global"):
+        load_hypernet(old)
