@@ -111,7 +111,7 @@ def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timi
 
 
 def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: str, prior_steps: int | None,
-                    guidance: float) -> None:
+                    guidance: float, variants: list[tuple[str, str]] = VARIANTS) -> None:
     from hypernet.evaluate import evaluate
     data = synthetic_dataset(work, train, heldout, layout)
     representation_table(data)
@@ -128,7 +128,7 @@ def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: s
               "mean top1", "nearest-emb top1", "nearest-emb cos", "ceiling top1")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
-    for conditioning, prediction in VARIANTS:
+    for conditioning, prediction in variants:
         name = f"{conditioning}-{prediction}"
         cfg = _variant_config(config, prior_steps, conditioning, prediction)
         ckpt = train_prior_variant(dataset, work, ae_file, cfg, name, timings)
@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--config", default="default", help="training preset or JSON file")
     parser.add_argument("--prior-steps", type=int, help="override the preset's prior steps for every variant")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale for the sampled LoRAs")
+    parser.add_argument("--variants", default=",".join(f"{c}-{p}" for c, p in VARIANTS),
+                        help="conditioning-prediction pairs to train and evaluate, in this order (default: all six)")
     parser.add_argument("--sdxl-step-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sdxl_step_memory:
@@ -215,7 +217,12 @@ def main() -> None:
     if args.only in (None, "sdxl"):
         sdxl_table(args.runs)
     if args.only in (None, "synthetic"):
-        synthetic_table(args.work, args.train, args.heldout, args.layout, args.config, args.prior_steps, args.guidance)
+        variants = [tuple(v.split("-", 1)) for v in args.variants.split(",")]
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variants {unknown}; choose from {[f'{c}-{p}' for c, p in VARIANTS]}")
+        synthetic_table(args.work, args.train, args.heldout, args.layout, args.config, args.prior_steps, args.guidance,
+                        variants)
 
 
 if __name__ == "__main__":

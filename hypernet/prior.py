@@ -11,11 +11,6 @@ Two ways to feed the identity condition c (an L2-normalised face embedding) into
   h (ours: without that additive path the prior ignored the face on the synthetic benchmark,
   held-out top-1 0.005 after 4,000 steps, while AdaNorm reached 0.2 after 1,500).
 
-`cond_input` (ours, off by default so older checkpoints are unchanged): a linear embedding of
-the condition is also added to the projected latent before the first block. Modulation alone
-made the prior learn the face -> latent map far more slowly than a plain regression from the
-embedding (held-out top-1 0.2-0.77 vs 1.0 for an MLP regressor on the same latents, RESULTS.md).
-
 Classifier-free guidance: while training a fraction of conditions is replaced by a learned
 null condition; `forward(..., cond=None)` uses it.
 
@@ -37,9 +32,9 @@ from .errors import HypernetError
 
 CONDITIONINGS = ("adanorm", "adalora")
 KINDS = ("mlp", "transformer")
-# Fields added after the first format (the transformer's, cond_input): written only when they
-# differ from their defaults, so an older hypernet's config JSON is exactly what it was.
-OPTIONAL_FIELDS = ("kind", "tokens", "token_width", "depth", "heads", "cond_input")
+# Fields only the transformer reads; they are written only when they differ from their defaults,
+# so the config JSON of an MLP hypernet is exactly what it was before the transformer existed.
+TRANSFORMER_FIELDS = ("kind", "tokens", "token_width", "depth", "heads")
 
 
 @dataclass(frozen=True)
@@ -57,10 +52,6 @@ class PriorConfig:
     token_width: int = 128
     depth: int = 4
     heads: int = 4
-    # mlp only (ours): also add a linear embedding of the condition to the latent's input
-    # projection, so the condition reaches every block's MLP directly, not only through the
-    # blocks' modulation (see the module docstring).
-    cond_input: bool = False
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
@@ -75,13 +66,11 @@ class PriorConfig:
             raise HypernetError(f"prior token_width {self.token_width} must be a multiple of heads {self.heads}")
         if not 0 <= self.cond_dropout < 1:
             raise HypernetError("cond_dropout must be in [0, 1)")
-        if self.cond_input and self.kind != "mlp":
-            raise HypernetError("cond_input is an option of the mlp prior only")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         defaults = PriorConfig.__dataclass_fields__
-        for key in OPTIONAL_FIELDS:
+        for key in TRANSFORMER_FIELDS:
             if data[key] == defaults[key].default:
                 del data[key]
         return data
@@ -154,7 +143,6 @@ class Denoiser(nn.Module):
         nn.init.zeros_(self.latent_out.weight)
         nn.init.zeros_(self.latent_out.bias)
         self.fusion = fusion  # built last: a face-only prior draws the same initial weights as before
-        self.cond_in = nn.Linear(cond_dim, cfg.width) if cfg.cond_input else None
 
     def condition(self, cond: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The condition rows the blocks see: the null condition where `cond` is None or `drop` is set."""
@@ -169,8 +157,7 @@ class Denoiser(nn.Module):
         size); the result is bit for bit the same as passing the condition itself."""
         c = self.condition(cond, batch, drop)
         cond_emb = self.cond_proj(c)
-        return PreparedCondition(tuple(block.prepare(c, cond_emb) for block in self.blocks),
-                                 None if self.cond_in is None else self.cond_in(c))
+        return PreparedCondition(tuple(block.prepare(c, cond_emb) for block in self.blocks))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: "torch.Tensor | PreparedCondition | None",
                 drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,8 +165,6 @@ class Denoiser(nn.Module):
         # Scale t to [0, 1000) whatever T is, so the sinusoid frequencies suit it.
         time_emb = self.time_mlp(sinusoid(t.float() * (1000.0 / self.timesteps), self.cfg.time_dim))
         h = self.latent_in(x)
-        if prepared.input is not None:
-            h = h + prepared.input
         for block, block_cond in zip(self.blocks, prepared.blocks):
             h = block(h, time_emb, block_cond)
         return self.latent_out(F.silu(self.out_norm(h)))
@@ -190,7 +175,6 @@ class PreparedCondition:
     """Per block, what Denoiser.prepare computed from the condition rows."""
 
     blocks: tuple
-    input: torch.Tensor | None = None  # cond_input: the condition's embedding added to the input
 
 
 def build_denoiser(latent_size: int, cond_dim: int, timesteps: int, cfg: PriorConfig,

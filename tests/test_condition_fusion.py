@@ -114,23 +114,6 @@ def test_global_mode_projects_global_features_only_and_face_mode_has_no_module()
 
 # --- denoisers -----------------------------------------------------------------------------------
 
-def test_cond_input_adds_the_condition_at_the_input_and_is_recorded_only_when_on():
-    plain, direct = (Denoiser(10, 8, 1000, PriorConfig(width=16, blocks=1, time_dim=16, cond_input=flag))
-                     for flag in (False, True))
-    assert plain.cond_in is None and "cond_input" not in plain.cfg.to_dict()
-    assert direct.cond_in.in_features == 8 and direct.cfg.to_dict()["cond_input"] is True
-    x, t = torch.randn(2, 10), torch.tensor([3, 700])
-    _randomised(direct)
-    cond = F.normalize(torch.randn(2, 8), dim=1)
-    with torch.no_grad():
-        with_input = direct(x, t, cond)
-        direct.cond_in.weight.zero_()
-        direct.cond_in.bias.zero_()
-        assert not torch.allclose(with_input, direct(x, t, cond))
-    with pytest.raises(HypernetError, match="cond_input is an option of the mlp prior only"):
-        PriorConfig(kind="transformer", cond_input=True)
-
-
 @pytest.mark.parametrize("conditioning", ["adanorm", "adalora"])
 def test_transformer_denoiser_pads_the_latent_and_uses_the_condition(conditioning):
     cfg = PriorConfig(kind="transformer", conditioning=conditioning, tokens=4, token_width=16, depth=2, heads=2,
