@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -404,12 +404,6 @@ def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",
                 del _cache[stale]
             _cache[key] = analyzer
         return analyzer
-
-
-def clear_face_analyzer_cache() -> None:
-    """Forget cached analyzers: the next load makes a new one even while old ones are held."""
-    with _cache_lock:
-        _cache.clear()
 
 
 def read_image(path: str | Path) -> np.ndarray:
