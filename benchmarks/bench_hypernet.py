@@ -39,7 +39,7 @@ from hypernet.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.train import Trainer, load_train_config  # noqa: E402
 from hypernet.vectorize import Normalizer  # noqa: E402
 
-VARIANTS = [(c, p) for c in ("adalora", "adanorm") for p in ("x0", "v", "eps")]
+VARIANTS = [(c, p) for c in ("adanorm", "adalora") for p in ("x0", "v", "eps")]
 
 
 def synthetic_dataset(work: Path, train: int, heldout: int, layout: str) -> Path:
