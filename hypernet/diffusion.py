@@ -2,6 +2,11 @@
 
 The schedule is computed from the config, never stored, so a checkpoint cannot carry a
 schedule that disagrees with its config.
+
+All three targets are implemented, but eps is a poor choice here: the cosine schedule ends at
+alpha-bar ~ 2e-9, where turning an eps estimate into x0 divides its error by sqrt(alpha-bar),
+and the eps loss barely weights the high-noise steps at which DDIM fixes the identity.
+Measured in benchmarks/RESULTS.md: held-out top-1 1.000 with x0 and v, 0.083 with eps.
 """
 from __future__ import annotations
 
