@@ -103,6 +103,41 @@ def test_adalora_factors_have_the_target_spread_whatever_the_condition_scale():
         torch.testing.assert_close(b.std(dim=(1, 2)), torch.full((3,), 0.5), rtol=1e-3, atol=1e-5)
 
 
+def test_gated_adalora_block_starts_without_its_low_rank_term_and_learns_it():
+    """A zero gate makes a fresh gated block the ungated block minus h A(c) B(c)^T; one step of
+    training opens the gate and makes the factors' generator receive a gradient."""
+    torch.manual_seed(0)
+    gated = AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4, gate=True)
+    plain = AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4)
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
+    h, time_emb, raw = torch.randn(3, 32), torch.randn(3, 16), torch.randn(3, 8)
+    prepared = gated.prepare(raw, torch.randn(3, 16))
+    a, b, embedded = prepared
+    x = plain.norm(h + plain.time(torch.nn.functional.silu(time_emb + embedded)))
+    without_term = h + plain.fc2(torch.nn.functional.silu(plain.fc1(x)))
+    torch.testing.assert_close(gated(h, time_emb, prepared), without_term)
+    assert not torch.allclose(plain(h, time_emb, prepared), without_term)
+
+    gated(h, time_emb, gated.prepare(raw, torch.randn(3, 16))).square().sum().backward()
+    assert gated.gate.grad.abs().sum() > 0
+    torch.optim.SGD(gated.parameters(), lr=0.1).step()
+    gated.zero_grad()
+    gated(h, time_emb, gated.prepare(raw, torch.randn(3, 16))).square().sum().backward()
+    assert gated.factors.weight.grad.abs().sum() > 0
+
+
+def test_adalora_gate_is_saved_only_when_used_and_refused_where_it_means_nothing():
+    ungated = PriorConfig(width=32, blocks=2, conditioning="adalora", time_dim=16)
+    gated = PriorConfig(width=32, blocks=2, conditioning="adalora", time_dim=16, adalora_gate=True)
+    assert "adalora_gate" not in ungated.to_dict() and gated.to_dict()["adalora_gate"] is True
+    assert not any("gate" in k for k in Denoiser(16, 8, 1000, ungated).state_dict())
+    assert sum("gate" in k for k in Denoiser(16, 8, 1000, gated).state_dict()) == 2
+    with pytest.raises(HypernetError, match="adalora_gate"):
+        PriorConfig(conditioning="adanorm", adalora_gate=True)
+    with pytest.raises(HypernetError, match="adalora_gate"):
+        PriorConfig(kind="transformer", conditioning="adalora", adalora_gate=True)
+
+
 def test_chunk_autoencoder_parameters_do_not_grow_with_the_layout():
     cfg = AutoencoderConfig(kind="chunks", chunk=256, token_dim=4, hidden=32, blocks=1)
     small, large = build_autoencoder(10_000, cfg), build_autoencoder(1_000_000, cfg)
