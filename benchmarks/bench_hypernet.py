@@ -40,6 +40,8 @@ from hypernet.train import Trainer, load_train_config  # noqa: E402
 from hypernet.vectorize import Normalizer  # noqa: E402
 
 VARIANTS = [(c, p) for c in ("adanorm", "adalora") for p in ("x0", "v", "eps")]
+# Not in the default table: ADALoRA with the zero-initialised gate on its low-rank term (ours).
+EXTRA_VARIANTS = [("adalora+gate", p) for p in ("x0", "v", "eps")]
 
 
 def synthetic_dataset(work: Path, train: int, heldout: int, layout: str) -> Path:
@@ -71,8 +73,9 @@ def _variant_config(config: str, prior_steps: int | None, conditioning: str | No
     if prior_steps:
         cfg = dataclasses.replace(cfg, prior_steps=prior_steps)
     if conditioning:
-        cfg = dataclasses.replace(cfg, prior=dataclasses.replace(cfg.prior, conditioning=conditioning),
-                                  diffusion=dataclasses.replace(cfg.diffusion, prediction=prediction))
+        gate = conditioning == "adalora+gate"
+        prior = dataclasses.replace(cfg.prior, conditioning="adalora" if gate else conditioning, adalora_gate=gate)
+        cfg = dataclasses.replace(cfg, prior=prior, diffusion=dataclasses.replace(cfg.diffusion, prediction=prediction))
     return cfg
 
 
@@ -207,7 +210,8 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, help="override the preset's prior steps for every variant")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale for the sampled LoRAs")
     parser.add_argument("--variants", default=",".join(f"{c}-{p}" for c, p in VARIANTS),
-                        help="conditioning-prediction pairs to train and evaluate, in this order (default: all six)")
+                        help="conditioning-prediction pairs to train and evaluate, in this order (default: all six; "
+                             "adalora+gate-x0 and the like add the gated ADALoRA)")
     parser.add_argument("--sdxl-step-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sdxl_step_memory:
@@ -218,9 +222,10 @@ def main() -> None:
         sdxl_table(args.runs)
     if args.only in (None, "synthetic"):
         variants = [tuple(v.split("-", 1)) for v in args.variants.split(",")]
-        unknown = [v for v in variants if v not in VARIANTS]
+        known = VARIANTS + EXTRA_VARIANTS
+        unknown = [v for v in variants if v not in known]
         if unknown:
-            parser.error(f"unknown variants {unknown}; choose from {[f'{c}-{p}' for c, p in VARIANTS]}")
+            parser.error(f"unknown variants {unknown}; choose from {[f'{c}-{p}' for c, p in known]}")
         synthetic_table(args.work, args.train, args.heldout, args.layout, args.config, args.prior_steps, args.guidance,
                         variants)
 

@@ -9,15 +9,31 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_hypernet_benchmark_runs_its_synthetic_table_on_a_tiny_setting(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_hypernet.py"), "--only", "synthetic", "--work", str(tmp_path),
-         "--train", "12", "--heldout", "4", "--layout", "tiny-attn-r4", "--config", "tiny", "--prior-steps", "5"],
+def _bench_hypernet_tiny(work, *args):
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_hypernet.py"), "--only", "synthetic", "--work", str(work),
+         "--train", "12", "--heldout", "4", "--layout", "tiny-attn-r4", "--config", "tiny", "--prior-steps", "5", *args],
         capture_output=True, text=True, timeout=600)
+
+
+def test_hypernet_benchmark_runs_its_synthetic_table_on_a_tiny_setting(tmp_path):
+    result = _bench_hypernet_tiny(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ada")]
-    assert len(rows) == 6, result.stdout
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| adanorm-x0", "| adanorm-v", "| adanorm-eps", "| adalora-x0", "| adalora-v", "| adalora-eps"]
     assert "reference-aligned" in result.stdout
+
+    # A second run reuses the cached autoencoder and trains only the variant asked for: the gated ADALoRA.
+    gated = _bench_hypernet_tiny(tmp_path, "--variants", "adalora+gate-x0")
+    assert gated.returncode == 0, gated.stderr[-3000:]
+    assert [line.split(" | ")[0] for line in gated.stdout.splitlines() if line.startswith("| ada")] == ["| adalora+gate-x0"]
+    from hypernet.checkpoint import load_hypernet
+    assert load_hypernet(tmp_path / "adalora+gate-x0.safetensors").config.prior.adalora_gate
+    assert not load_hypernet(tmp_path / "adalora-x0.safetensors").config.prior.adalora_gate
+
+    unknown = _bench_hypernet_tiny(tmp_path, "--variants", "adanorm-x1")
+    assert unknown.returncode == 2 and "unknown variants" in unknown.stderr
 
 
 def _run_all(tmp_path, *args):
