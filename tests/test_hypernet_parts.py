@@ -112,7 +112,7 @@ def test_gated_adalora_block_starts_without_its_low_rank_term_and_learns_it():
     plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
     h, time_emb, raw = torch.randn(3, 32), torch.randn(3, 16), torch.randn(3, 8)
     prepared = gated.prepare(raw, torch.randn(3, 16))
-    a, b, embedded = prepared
+    embedded = prepared[2]
     x = plain.norm(h + plain.time(torch.nn.functional.silu(time_emb + embedded)))
     without_term = h + plain.fc2(torch.nn.functional.silu(plain.fc1(x)))
     torch.testing.assert_close(gated(h, time_emb, prepared), without_term)
