@@ -5,7 +5,7 @@ Two collections (`synth --global-dim G`), same seed and identities: in `face+glo
 is a smooth function of both a face vector and an independent global vector; in `face` the
 global vectors exist but the LoRA ignores them. For each collection the weight autoencoder is
 trained once (the autoencoder phase does not depend on the condition), then one prior per
-variant (condition x denoiser kind) on its latents, each evaluated with `hypernet.evaluate`
+variant (condition x denoiser kind) on its latents, each evaluated with `hypernet.pipeline.evaluate`
 on the collection's held-out identities.
 
     .venv/bin/python benchmarks/bench_condition.py --work bench_work/condition
@@ -27,13 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
-from hypernet.dataset import open_dataset  # noqa: E402
-from hypernet.dataset_builder import build_dataset  # noqa: E402
-from hypernet.evaluate import evaluate  # noqa: E402
-from hypernet.layout import Layout, preset  # noqa: E402
-from hypernet.synth import SynthSpec, write_synth  # noqa: E402
-from hypernet.train import Trainer, TrainConfig, load_train_config  # noqa: E402
+from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.data.dataset import open_dataset  # noqa: E402
+from hypernet.data.builder import build_dataset  # noqa: E402
+from hypernet.pipeline.evaluate import evaluate  # noqa: E402
+from hypernet.lora.layout import Layout, preset  # noqa: E402
+from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
+from hypernet.pipeline.training import Trainer, TrainConfig, load_train_config  # noqa: E402
 
 from bench_hypernet import train_prior_variant  # noqa: E402  (benchmarks/ is on the path when run as a script)
 

@@ -3,7 +3,7 @@
 1. Synthetic collection (`synth`, layout synth-100k: 99,840 values; 2,000 training and 200
    held-out identities): the `default` training preset, the autoencoder trained once, then the
    prior trained for each conditioning (AdaNorm, ADALoRA) x prediction target (eps, x0, v),
-   each evaluated on the held-out identities with `hypernet.evaluate`.
+   each evaluated on the held-out identities with `hypernet.pipeline.evaluate`.
 2. SDXL scale (sdxl-attn-r4, 5,806,080 values, `sdxl` preset, random weights): parameter
    counts, peak memory of one training step with batch 8, and the time to sample 25 DDIM
    steps and decode one LoRA (median of several runs).
@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from hypernet.alignment import align, reference_factors  # noqa: E402
-from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
-from hypernet.dataset import open_dataset  # noqa: E402
-from hypernet.dataset_builder import build_dataset  # noqa: E402
-from hypernet.layout import preset  # noqa: E402
-from hypernet.synth import SynthSpec, write_synth  # noqa: E402
-from hypernet.train import Trainer, load_train_config  # noqa: E402
-from hypernet.vectorize import Normalizer  # noqa: E402
+from hypernet.lora.alignment import align, reference_factors  # noqa: E402
+from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.data.dataset import open_dataset  # noqa: E402
+from hypernet.data.builder import build_dataset  # noqa: E402
+from hypernet.lora.layout import preset  # noqa: E402
+from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
+from hypernet.pipeline.training import Trainer, load_train_config  # noqa: E402
+from hypernet.lora.vectorize import Normalizer  # noqa: E402
 
 VARIANTS = [(c, p) for c in ("adanorm", "adalora") for p in ("x0", "v", "eps")]
 # Not in the default table: ADALoRA with the zero-initialised gate on its low-rank term (ours).
@@ -115,7 +115,7 @@ def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timi
 
 def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: str, prior_steps: int | None,
                     guidance: float, variants: list[tuple[str, str]] = VARIANTS) -> None:
-    from hypernet.evaluate import evaluate
+    from hypernet.pipeline.evaluate import evaluate
     data = synthetic_dataset(work, train, heldout, layout)
     representation_table(data)
     dataset = open_dataset(data)
@@ -150,8 +150,8 @@ def _peak_rss_gib() -> float:
 
 def sdxl_step_memory() -> None:
     """Runs in a child process so its peak memory is its own."""
-    from hypernet.autoencoder import kl_divergence
-    from hypernet.model import Hypernet, HypernetConfig
+    from hypernet.model.autoencoder import kl_divergence
+    from hypernet.model.hypernet import Hypernet, HypernetConfig
     cfg = load_train_config("sdxl")
     layout = preset("sdxl-attn-r4")
     model = Hypernet(HypernetConfig(layout=layout, embedding_model="x", autoencoder=cfg.autoencoder,
@@ -172,8 +172,8 @@ def sdxl_step_memory() -> None:
 
 
 def sdxl_table(runs: int) -> None:
-    from hypernet.model import Hypernet, HypernetConfig
-    from hypernet.sampling import decode_lora, sample_latents
+    from hypernet.model.hypernet import Hypernet, HypernetConfig
+    from hypernet.pipeline.sampling import decode_lora, sample_latents
     cfg = load_train_config("sdxl")
     layout = preset("sdxl-attn-r4")
     torch.manual_seed(0)

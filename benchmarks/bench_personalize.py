@@ -36,9 +36,9 @@ TARGET_LAYOUT, TARGET_STEPS, TARGET_SECONDS = "sdxl-attn-r4", 25, 1.0
 
 def random_hypernet(layout_name: str, train_preset: str, embedding_model: str, seed: int = 0):
     """A Hypernet of the preset's architecture with random weights (the pack's own classes)."""
-    layout = _bench.pack_module("hypernet.layout").preset(layout_name)
-    cfg = _bench.pack_module("hypernet.train").load_train_config(train_preset)
-    model_mod = _bench.pack_module("hypernet.model")
+    layout = _bench.pack_module("hypernet.lora.layout").preset(layout_name)
+    cfg = _bench.pack_module("hypernet.pipeline.training").load_train_config(train_preset)
+    model_mod = _bench.pack_module("hypernet.model.hypernet")
     torch.manual_seed(seed)
     model = model_mod.Hypernet(model_mod.HypernetConfig(
         layout=layout, embedding_model=embedding_model, autoencoder=cfg.autoencoder, prior=cfg.prior,
@@ -53,7 +53,7 @@ def face_setup(work: Path):
     import face_models
     folder = work / "insightface" / "models" / "antelopev2-standin"
     face_models.write_face_models(folder)
-    analyzer = _bench.pack_module("hypernet.face").load_face_analyzer(folder)
+    analyzer = _bench.pack_module("hypernet.encoders.face").load_face_analyzer(folder)
     photo = face_models.synthetic_photo(768, 1024, [(380, 180, 300, 7)], seed=1)
     image = torch.from_numpy(photo).float()[None] / 255.0  # ComfyUI IMAGE [B, H, W, C]
     return analyzer, image
@@ -64,7 +64,7 @@ def save_random_hypernet(work: Path, layout_name: str, embedding_model: str) -> 
     folder.mkdir(exist_ok=True)
     model = random_hypernet(layout_name, LAYOUTS[layout_name][0], embedding_model)
     name = f"random-{layout_name}.safetensors"
-    _bench.pack_module("hypernet.checkpoint").save_hypernet(model, folder / name)
+    _bench.pack_module("hypernet.model.checkpoint").save_hypernet(model, folder / name)
     _bench.register_folder("lora_hypernets", folder)
     return name
 
@@ -103,7 +103,7 @@ def measure_layout(work: Path, layout_name: str, face_value, steps_list: list[in
         gc.collect()
     stats = {stage: Stats(tuple(values)) for stage, values in times.items()}
     stats["load"] = Stats((load.seconds,))
-    stats["patched weights"] = Stats((float(len(_bench.pack_module("hypernet.layout").preset(layout_name))),))
+    stats["patched weights"] = Stats((float(len(_bench.pack_module("hypernet.lora.layout").preset(layout_name))),))
     return stats
 
 

@@ -18,10 +18,10 @@ from _bench import Stats
 
 import torch  # noqa: E402
 
-from hypernet.layout import preset  # noqa: E402
-from hypernet.model import Hypernet, HypernetConfig  # noqa: E402
-from hypernet.sampling import decode_lora, sample_latents  # noqa: E402
-from hypernet.train import load_train_config  # noqa: E402
+from hypernet.lora.layout import preset  # noqa: E402
+from hypernet.model.hypernet import Hypernet, HypernetConfig  # noqa: E402
+from hypernet.pipeline.sampling import decode_lora, sample_latents  # noqa: E402
+from hypernet.pipeline.training import load_train_config  # noqa: E402
 
 SIZES = {  # label -> layout
     "synth-100k": lambda: preset("synth-100k"),

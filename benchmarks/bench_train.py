@@ -1,6 +1,6 @@
 """Training throughput: samples per second of the autoencoder and the prior phases.
 
-The real `hypernet.train.Trainer` runs its own steps (forward, loss, backward, gradient
+The real `hypernet.pipeline.training.Trainer` runs its own steps (forward, loss, backward, gradient
 clipping, AdamW, EMA for the prior) with the training preset's batch sizes, on random LoRA
 vectors of the layout (speed does not depend on the values). The first step of each phase is
 not counted (allocations, warm-up); the rest are timed between consecutive steps. The one-off
@@ -23,9 +23,9 @@ from _bench import Stats
 
 import torch  # noqa: E402
 
-from hypernet.layout import load_layout  # noqa: E402
-import hypernet.train as train_module  # noqa: E402
-from hypernet.train import Trainer, load_train_config  # noqa: E402
+from hypernet.lora.layout import load_layout  # noqa: E402
+import hypernet.pipeline.training as train_module  # noqa: E402
+from hypernet.pipeline.training import Trainer, load_train_config  # noqa: E402
 
 
 class RandomDataset:

@@ -1,45 +1,7 @@
-"""`python -m hypernet <command>`: the command-line face of the library.
-
-Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their command runs, so `--help` is instant.
-"""
-from __future__ import annotations
-
-import argparse
-import importlib
+"""`python -m hypernet`: see hypernet.cli."""
 import sys
 
-from hypernet.errors import HypernetError
-
-COMMANDS = {
-    "synth": ("hypernet.synth", "write a synthetic collection of identity LoRAs"),
-    "dataset": ("hypernet.dataset_builder", "build a training dataset from identity folders"),
-    "train": ("hypernet.train", "train the weight autoencoder and the diffusion prior"),
-    "sample": ("hypernet.sampling_cli", "sample a LoRA for a face and write it as .safetensors"),
-    "evaluate": ("hypernet.evaluate", "measure a checkpoint on held-out identities"),
-}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hypernet", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="command")
-    for name, (module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    module_name, help_text = COMMANDS[argv[0]]
-    module = importlib.import_module(module_name)
-    cmd_parser = argparse.ArgumentParser(prog=f"python -m hypernet {argv[0]}", description=help_text)
-    module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
-    try:
-        return int(module.run(args) or 0)
-    except (HypernetError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -46,7 +46,7 @@ def progress_callback(total: int):
 
 def clip_vision_spec(clip_vision) -> tuple[dict, torch.Tensor]:
     """What decides a CLIP_VISION model's features besides its weights, in the form of
-    hypernet.global_features.vision_spec, read off ComfyUI's ClipVisionModel; and the
+    hypernet.encoders.global_features.vision_spec, read off ComfyUI's ClipVisionModel; and the
     projection weight oriented [width, dim] as open_clip stores it."""
     import comfy.clip_model
 

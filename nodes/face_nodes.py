@@ -62,7 +62,7 @@ class LoadFaceAnalyzer:
     DESCRIPTION = "Loads an insightface face model folder (never downloads)."
 
     def load(self, model_name: str, provider: str):
-        from ..hypernet.face import load_face_analyzer
+        from ..hypernet.encoders.face import load_face_analyzer
         return (load_face_analyzer(face_model_dir(model_name), providers=(provider,)),)
 
 
@@ -114,7 +114,7 @@ class MixIdentities:
     DESCRIPTION = "Blends two people by spherical interpolation of their face embeddings."
 
     def mix(self, face_a: FaceEmbeddingValue, face_b: FaceEmbeddingValue, ratio: float):
-        from ..hypernet.face import slerp
+        from ..hypernet.encoders.face import slerp
         if face_a.model_name != face_b.model_name:
             raise HypernetError(f"Mix Identities needs two embeddings from the same face model, got "
                                 f"'{face_a.model_name}' and '{face_b.model_name}'.")

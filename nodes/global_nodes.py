@@ -3,7 +3,7 @@
 The node takes the CLIP vision model the way ComfyUI users already have it: the stock Load
 CLIP Vision node's output (e.g. the ViT-H/14 that IPAdapter users keep in models/clip_vision).
 It runs ComfyUI's own `encode_image` and uses its projected output `image_embeds`; the dataset
-builder computes the same features with open_clip (hypernet.global_features), which
+builder computes the same features with open_clip (hypernet.encoders.global_features), which
 tests/test_global_features.py checks with the same random weights loaded both ways.
 """
 from __future__ import annotations
@@ -34,12 +34,12 @@ class EncodeGlobalImageFeatures:
                    "on global image features (DiffLoRA); several photos average into one identity.")
 
     def encode(self, clip_vision, images: torch.Tensor):
-        from ..hypernet.dataset import mean_embedding
-        from ..hypernet.global_features import (EncoderInfo, architectures_matching, describe_spec,
-                                                l2_normalize_rows, projection_fingerprint)
+        from ..hypernet.common.tensors import l2_normalize, mean_embedding
+        from ..hypernet.encoders.global_features import (EncoderInfo, architectures_matching, describe_spec,
+                                                         projection_fingerprint)
         spec, projection = clip_vision_spec(clip_vision)
         rows = clip_vision.encode_image(images, crop=True)["image_embeds"]
-        per_image = l2_normalize_rows(rows.detach().float().cpu())
+        per_image = l2_normalize(rows.detach().float().cpu(), "an image feature vector")
         names = tuple(architectures_matching(spec))
         # Without a matching open_clip architecture the description stands in for the name, so
         # Sample LoRA's error says what this model is.

@@ -47,7 +47,8 @@ class LoadHypernet:
         return _file_state(path) if path else hypernet_name
 
     def load(self, hypernet_name: str):
-        from ..hypernet.checkpoint import file_sha256, load_hypernet
+        from ..hypernet.common.files import sha256_file
+        from ..hypernet.model.checkpoint import load_hypernet
         path = folder_paths.get_full_path(FOLDER, hypernet_name)
         if path is None:
             raise HypernetError(f"Hypernet '{hypernet_name}' not found; put hypernet checkpoints in "
@@ -56,7 +57,7 @@ class LoadHypernet:
         # A ModelPatcher lets ComfyUI move it to its device when needed and free it like its own models.
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                    offload_device=comfy.model_management.unet_offload_device())
-        return (HypernetValue(patcher, hypernet_name, file_sha256(path)), model.describe())
+        return (HypernetValue(patcher, hypernet_name, sha256_file(path)), model.describe())
 
 
 class SampleLoRA:
@@ -89,7 +90,7 @@ class SampleLoRA:
     def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
                steps: int = 25, guidance: float = 3.0, eta: float = 0.0,
                global_features: GlobalFeaturesValue | None = None):
-        from ..hypernet.sampling import sample_latents
+        from ..hypernet.pipeline.sampling import sample_latents
         model = hypernet.hypernet
         _check_condition_inputs(hypernet, face_embedding, global_features)
         comfy.model_management.load_models_gpu([hypernet.patcher])
@@ -108,8 +109,8 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
                             global_features: GlobalFeaturesValue | None) -> None:
     """Name the socket to connect or disconnect when the wiring does not fit the hypernet's
     condition, and refuse features from another face model or image encoder."""
-    from ..hypernet.condition import needs_face, needs_global
-    from ..hypernet.global_features import check_encoder
+    from ..hypernet.model.condition import needs_face, needs_global
+    from ..hypernet.encoders.global_features import check_encoder
     model = hypernet.hypernet
     condition, wants_face, wants_global = model.condition, needs_face(model.condition), needs_global(model.condition)
     encoder = model.config.global_encoder
@@ -147,9 +148,9 @@ class DecodeLoRA:
     DESCRIPTION = "Decodes a sampled latent into LoRA weights (kohya format)."
 
     def decode(self, hypernet: HypernetValue, lora_latent: LoraLatentValue):
-        from ..hypernet.lora_io import lora_metadata, lora_to_state_dict
-        from ..hypernet.sampling import decode_lora
-        from ..hypernet.sampling_cli import provenance
+        from ..hypernet.lora.lora_io import lora_metadata, lora_to_state_dict
+        from ..hypernet.pipeline.sampling import decode_lora
+        from ..hypernet.pipeline.sampling import provenance
         if lora_latent.hypernet_sha256 != hypernet.sha256:
             raise HypernetError(f"This latent was sampled with hypernet '{lora_latent.hypernet_name}', not "
                                 f"'{hypernet.name}': connect the same Load Hypernet to Sample LoRA and Decode LoRA.")

@@ -6,7 +6,7 @@ import os
 import comfy.sd
 
 from ..hypernet.errors import HypernetError
-from ..hypernet.layout import Layout, layout_mismatches
+from ..hypernet.lora.layout import Layout, layout_mismatches
 from .comfy_glue import clip_lora_shapes, unet_lora_shapes
 from .values import LoraValue
 
@@ -78,7 +78,7 @@ class SaveLoRA:
     def save(self, lora: LoraValue, filename_prefix: str, destination: str):
         import folder_paths
 
-        from ..hypernet.files import save_safetensors_new
+        from ..hypernet.common.files import save_safetensors_new
         root = folder_paths.get_folder_paths("loras")[0] if destination == "loras" else folder_paths.get_output_directory()
         os.makedirs(root, exist_ok=True)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)

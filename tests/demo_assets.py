@@ -46,7 +46,7 @@ def face_model_name(face_dir: Path) -> str:
     """The name Face Embed will report for this face model folder; the hypernet must match it."""
     if str(REPO) not in sys.path:
         sys.path.append(str(REPO))
-    from hypernet.face import load_face_analyzer
+    from hypernet.encoders.face import load_face_analyzer
     return load_face_analyzer(face_dir).name
 
 

@@ -61,7 +61,7 @@ def tiny_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     """open_clip visual-tower weights (no prefix), every tensor seeded noise. Values are
     float16-representable, because ComfyUI holds CLIP vision weights in float16: both sides
     then compute with exactly the same numbers."""
-    from hypernet.global_features import build_vision_tower
+    from hypernet.encoders.global_features import build_vision_tower
 
     visual, _ = build_vision_tower(register_tiny_arch())
     weights = {}
@@ -112,6 +112,6 @@ def comfy_clip_vision(path: Path):
 
 
 def tiny_encoder_info(seed: int = 0) -> dict:
-    from hypernet.global_features import EncoderInfo, projection_fingerprint
+    from hypernet.encoders.global_features import EncoderInfo, projection_fingerprint
 
     return EncoderInfo(register_tiny_arch(), TINY_DIM, projection_fingerprint(tiny_weights(seed)["proj"])).to_dict()

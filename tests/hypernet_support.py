@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypernet.dataset_builder import build_dataset
-from hypernet.layout import Layout, preset
-from hypernet.synth import SynthSpec, write_synth
-from hypernet.train import TrainConfig, load_train_config
+from hypernet.data.builder import build_dataset
+from hypernet.lora.layout import Layout, preset
+from hypernet.data.synth import SynthSpec, write_synth
+from hypernet.pipeline.training import TrainConfig, load_train_config
 
 SMALL_LAYOUT = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 

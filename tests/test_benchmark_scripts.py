@@ -28,7 +28,7 @@ def test_hypernet_benchmark_runs_its_synthetic_table_on_a_tiny_setting(tmp_path)
     gated = _bench_hypernet_tiny(tmp_path, "--variants", "adalora+gate-x0")
     assert gated.returncode == 0, gated.stderr[-3000:]
     assert [line.split(" | ")[0] for line in gated.stdout.splitlines() if line.startswith("| ada")] == ["| adalora+gate-x0"]
-    from hypernet.checkpoint import load_hypernet
+    from hypernet.model.checkpoint import load_hypernet
     assert load_hypernet(tmp_path / "adalora+gate-x0.safetensors").config.prior.adalora_gate
     assert not load_hypernet(tmp_path / "adalora-x0.safetensors").config.prior.adalora_gate
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hypernet.layout import attention_layout
+from hypernet.lora.layout import attention_layout
 
 KEY = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
 NAME = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k"

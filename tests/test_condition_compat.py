@@ -53,7 +53,7 @@ def test_old_face_only_checkpoint_loads_and_samples_bit_identically(variant, gol
 
 
 def test_face_only_model_has_no_new_parameters():
-    from hypernet.model import Hypernet, HypernetConfig
+    from hypernet.model.hypernet import Hypernet, HypernetConfig
     torch.manual_seed(0)
     model = Hypernet(HypernetConfig.from_dict(golden_maker.base_config_dict("adalora")))
     assert not any("fusion" in k for k in model.state_dict())

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hypernet.checkpoint import load_hypernet, save_hypernet
-from hypernet.condition import GatedFusion, GlobalProjection, build_fusion, needs_face, needs_global
+from hypernet.model.checkpoint import load_hypernet, save_hypernet
+from hypernet.model.condition import GatedFusion, GlobalProjection, build_fusion, needs_face, needs_global
 from hypernet.errors import HypernetError
-from hypernet.files import save_safetensors_atomic
-from hypernet.model import Hypernet, HypernetConfig
-from hypernet.prior import Denoiser, PriorConfig, build_denoiser
-from hypernet.prior_transformer import TransformerDenoiser
-from hypernet.sampling import sample_latents
+from hypernet.common.files import save_safetensors_atomic
+from hypernet.model.hypernet import Hypernet, HypernetConfig
+from hypernet.model.prior import Denoiser, PriorConfig, build_denoiser
+from hypernet.model.denoiser_transformer import TransformerDenoiser
+from hypernet.pipeline.sampling import sample_latents
 from hypernet_support import SMALL_LAYOUT
 
 ENCODER = {"name": "test-clip", "dim": 24, "fingerprint": "synthetic"}
@@ -40,7 +40,7 @@ def _config(condition="face+global", **prior):
 
 
 def dict_to_ae():
-    from hypernet.autoencoder import AutoencoderConfig
+    from hypernet.model.autoencoder import AutoencoderConfig
     return AutoencoderConfig(latent_dim=12, hidden=16, blocks=1)
 
 
@@ -85,7 +85,7 @@ def test_fusion_parts_split_the_condition_into_face_and_penalised_global_correct
     torch.testing.assert_close(face_part + global_part, fusion(face, glob))
     weights = fusion.gate_weights(face, glob)
     torch.testing.assert_close(face_part, face + weights[:, :1] * fusion.face_expert(face))
-    from hypernet.train import TrainConfig
+    from hypernet.pipeline.training import TrainConfig
     with pytest.raises(HypernetError, match="global_penalty must not be negative"):
         TrainConfig(global_penalty=-0.1)
 

@@ -6,16 +6,17 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hypernet.__main__ import main
-from hypernet.checkpoint import load_hypernet
-from hypernet.dataset import DatasetRecord, mean_embedding, open_dataset, write_dataset
-from hypernet.dataset_builder import build_dataset
+from hypernet.cli import main
+from hypernet.model.checkpoint import load_hypernet
+from hypernet.common.tensors import mean_embedding
+from hypernet.data.dataset import DatasetRecord, open_dataset, write_dataset
+from hypernet.data.builder import build_dataset
 from hypernet.errors import HypernetError
-from hypernet.evaluate import evaluate
-from hypernet.lora_io import read_lora
-from hypernet.sampling import sample_latents
-from hypernet.synth import GLOBAL_MODEL, SynthSpec, write_synth
-from hypernet.train import state_path, train
+from hypernet.pipeline.evaluate import evaluate
+from hypernet.lora.lora_io import read_lora
+from hypernet.pipeline.sampling import sample_latents
+from hypernet.data.synth import GLOBAL_MODEL, SynthSpec, write_synth
+from hypernet.pipeline.training import state_path, train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 GLOBAL_DIM = 16
@@ -231,10 +232,10 @@ def test_sample_cli_encodes_the_reference_photos_with_the_checkpoint_image_encod
     from PIL import Image
 
     from global_support import TINY_ARCH, TINY_DIM, register_tiny_arch, tiny_encoder_info, write_open_clip_file
-    from hypernet.autoencoder import AutoencoderConfig
-    from hypernet.checkpoint import save_hypernet
-    from hypernet.model import Hypernet, HypernetConfig
-    from hypernet.prior import PriorConfig
+    from hypernet.model.autoencoder import AutoencoderConfig
+    from hypernet.model.checkpoint import save_hypernet
+    from hypernet.model.hypernet import Hypernet, HypernetConfig
+    from hypernet.model.prior import PriorConfig
 
     register_tiny_arch()
     torch.manual_seed(0)

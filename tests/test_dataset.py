@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hypernet.dataset import DatasetRecord, mean_embedding, open_dataset, split_identities, write_dataset
+from hypernet.common.tensors import mean_embedding
+from hypernet.data.dataset import DatasetRecord, open_dataset, split_identities, write_dataset
 from hypernet.errors import HypernetError
-from hypernet.layout import preset
+from hypernet.lora.layout import preset
 
 LAYOUT = preset("tiny-attn-r4")
 
@@ -119,7 +120,7 @@ def test_written_files_get_the_usual_permissions_not_private_ones(tmp_path):
     import os
     import stat
 
-    from hypernet.files import save_safetensors_atomic, save_safetensors_new
+    from hypernet.common.files import save_safetensors_atomic, save_safetensors_new
     umask = os.umask(0o022)
     try:
         save_safetensors_atomic({"x": torch.zeros(1)}, tmp_path / "a.safetensors")

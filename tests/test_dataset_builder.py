@@ -11,20 +11,20 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hypernet.__main__ import main
-from hypernet.dataset import open_dataset
-from hypernet.dataset_builder import build_dataset
+from hypernet.cli import main
+from hypernet.data.dataset import open_dataset
+from hypernet.data.builder import build_dataset
 from hypernet.errors import HypernetError
-from hypernet.layout import preset
-from hypernet.lora_io import read_lora, write_lora
-from hypernet.synth import write_synth
-from hypernet.vectorize import flatten
+from hypernet.lora.layout import preset
+from hypernet.lora.lora_io import read_lora, write_lora
+from hypernet.data.synth import write_synth
+from hypernet.lora.vectorize import flatten
 
 TINY = preset("tiny-attn-r4")
 
 
 class FakeFaceEmbedder:
-    """Test double of hypernet.face.ArcFaceEmbedder: a 'photo' is a text file saying what it shows."""
+    """Test double of hypernet.encoders.face.ArcFaceEmbedder: a 'photo' is a text file saying what it shows."""
 
     name = "fake-arcface"
 

@@ -13,13 +13,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from global_support import TINY_ARCH, TINY_DIM, register_tiny_arch, tiny_encoder_info, write_open_clip_file
-from hypernet.__main__ import main
-from hypernet.dataset import open_dataset
-from hypernet.dataset_builder import build_dataset
+from hypernet.cli import main
+from hypernet.data.dataset import open_dataset
+from hypernet.data.builder import build_dataset
 from hypernet.errors import HypernetError
-from hypernet.global_features import GlobalImageEncoder
-from hypernet.layout import preset
-from hypernet.synth import GLOBAL_MODEL, write_synth
+from hypernet.encoders.global_features import GlobalImageEncoder
+from hypernet.lora.layout import preset
+from hypernet.data.synth import GLOBAL_MODEL, write_synth
 
 TINY = preset("tiny-attn-r4")
 G = 8

@@ -13,7 +13,7 @@ from insightface.model_zoo import model_zoo
 from PIL import Image
 
 from face_models import draw_face, synthetic_photo, write_face_models
-from hypernet import face
+from hypernet.encoders import face
 from hypernet.errors import HypernetError
 
 PHOTOS = Path(insightface.__file__).parent / "data" / "images"
@@ -98,7 +98,7 @@ def test_missing_face_error_names_the_image(analyzer):
         analyzer.embed_images(photos)
     assert str(error.value).startswith(
         "No face detected in reference image 2 of 3 (tried detection sizes 640, 512, 384, 256 "
-        "and padding). Use a photo where the face is clearly visible, or enable skip_missing.")
+        "and padding). Use a photo where the face is clearly visible, or turn on 'skip photos without face'.")
 
 
 def test_skip_missing_skips_and_reports(analyzer, caplog):
@@ -106,7 +106,7 @@ def test_skip_missing_skips_and_reports(analyzer, caplog):
               synthetic_photo(300, 300),
               synthetic_photo(300, 300, [(120, 100, 120, 2)])]
     progress = []
-    with caplog.at_level(logging.WARNING, logger="hypernet.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
         result = analyzer.embed_images(photos, skip_missing=True,
                                        on_progress=lambda done, total: progress.append((done, total)))
     assert result.used == [0, 2] and result.skipped == [1]
@@ -186,7 +186,7 @@ def test_broken_model_file_is_named(tmp_path):
 
 def test_unavailable_provider_falls_back_to_cpu_with_warning(models, monkeypatch, caplog):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="hypernet.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
         analyzer = face.FaceAnalyzer(models["folder"], providers=("CUDA",))
     assert analyzer.providers == ["CPUExecutionProvider"]
     assert "CUDAExecutionProvider is not available" in caplog.text
@@ -194,7 +194,7 @@ def test_unavailable_provider_falls_back_to_cpu_with_warning(models, monkeypatch
 
 def test_cuda_request_runs_on_cuda_or_warns(models, caplog):
     """This machine's onnxruntime may list CUDA yet fail to start it (no GPU or libraries)."""
-    with caplog.at_level(logging.WARNING, logger="hypernet.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
         analyzer = face.FaceAnalyzer(models["folder"], providers=("CUDA",))
     if "CUDAExecutionProvider" in analyzer.providers:
         assert "CUDAExecutionProvider" not in caplog.text
@@ -218,7 +218,7 @@ def test_two_onnxruntime_distributions_warn_once(models, monkeypatch, caplog):
     fake = [Distribution("onnxruntime"), Distribution("onnxruntime_gpu"), Distribution("numpy")]
     monkeypatch.setattr(face.metadata, "distributions", lambda: iter(fake))
     monkeypatch.setattr(face, "_runtime_conflict_checked", False)
-    with caplog.at_level(logging.WARNING, logger="hypernet.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
         face.FaceAnalyzer(models["folder"])
         face.FaceAnalyzer(models["folder"])
     assert caplog.text.count("Several onnxruntime distributions are installed") == 1

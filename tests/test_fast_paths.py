@@ -6,11 +6,12 @@ import importlib
 import pytest
 import torch
 
-from hypernet.layout import Layout, preset
-from hypernet.model import Hypernet, HypernetConfig
-from hypernet.prior import Denoiser, PriorConfig
-from hypernet.sampling import _all_finite, condition_rows, sample_latents
-from hypernet.train import load_train_config
+from hypernet.lora.layout import Layout, preset
+from hypernet.model.hypernet import Hypernet, HypernetConfig
+from hypernet.model.prior import Denoiser, PriorConfig
+from hypernet.common.tensors import all_finite, seeded_generator
+from hypernet.pipeline.sampling import condition_rows, sample_latents
+from hypernet.pipeline.training import load_train_config
 
 SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 
@@ -38,11 +39,10 @@ def _reference_latents(model, embeddings, seed, steps, guidance, eta):
     """DDIM as the sampler did it before it prepared the condition: the prior sees the raw
     condition at every step. The noise comes from the sampler itself (guidance 0 ignores the
     face, so its latents are the starting noise denoised without any condition)."""
-    import hypernet.sampling as sampling
     cond = condition_rows(embeddings, model.config.embedding_dim)
     n, m, prior = cond.shape[0], model.latent_size, model.prior
-    noise = torch.stack([torch.randn(m, generator=sampling._generator(seed, i, "start")) for i in range(n)])
-    gens = [sampling._generator(seed, i, "steps") for i in range(n)]
+    noise = torch.stack([torch.randn(m, generator=seeded_generator(seed, i, "start")) for i in range(n)])
+    gens = [seeded_generator(seed, i, "steps") for i in range(n)]
 
     def denoise(x, t):
         both = prior(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, prior.null_cond.expand(n, -1)]))
@@ -71,11 +71,11 @@ def test_sampled_latents_are_those_of_the_plain_ddim_loop(conditioning, eta):
 
 def test_all_finite_finds_every_kind_of_non_finite_value():
     values = torch.randn(10_000)
-    assert _all_finite(values)
+    assert all_finite(values)
     for bad in (float("nan"), float("inf"), float("-inf")):
         broken = values.clone()
         broken[1234] = bad
-        assert not _all_finite(broken), bad
+        assert not all_finite(broken), bad
 
 
 def test_apply_lora_shape_map_is_cached_per_base_model_without_keeping_it_alive(comfy, pack, tiny_sdxl):

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from global_support import (TINY_ARCH, TINY_DIM, TINY_IMAGE, comfy_clip_vision, register_tiny_arch, tiny_weights,
                             write_comfy_file, write_open_clip_file)
 from hypernet.errors import HypernetError
-from hypernet.global_features import (EncoderInfo, GlobalImageEncoder, architectures_matching, check_encoder,
+from hypernet.encoders.global_features import (EncoderInfo, GlobalImageEncoder, architectures_matching, check_encoder,
                                       preprocess_images, projection_fingerprint)
 
 

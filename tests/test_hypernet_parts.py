@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
-from hypernet.autoencoder import AutoencoderConfig, build_autoencoder, delta_sq_error
-from hypernet.diffusion import PREDICTIONS, Diffusion, DiffusionConfig, cosine_alphas_cumprod
+from hypernet.model.autoencoder import AutoencoderConfig, build_autoencoder, delta_sq_error
+from hypernet.model.diffusion import PREDICTIONS, Diffusion, DiffusionConfig, cosine_alphas_cumprod
 from hypernet.errors import HypernetError
-from hypernet.layout import Layout, preset
-from hypernet.model import Hypernet, HypernetConfig
-from hypernet.prior import AdaLoraBlock, Denoiser, PriorConfig
-from hypernet.vectorize import module_views
+from hypernet.lora.layout import Layout, preset
+from hypernet.model.hypernet import Hypernet, HypernetConfig
+from hypernet.model.prior import AdaLoraBlock, Denoiser, PriorConfig
+from hypernet.lora.vectorize import module_views
 
 SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 
@@ -152,7 +152,7 @@ def test_chunk_autoencoder_parameters_do_not_grow_with_the_layout():
 
 def test_sdxl_scale_hypernet_fits_the_parameter_budget():
     """sdxl-attn-r4 with the `sdxl` training preset: the autoencoder stays under 50 M parameters."""
-    from hypernet.train import load_train_config
+    from hypernet.pipeline.training import load_train_config
     cfg = load_train_config("sdxl")
     config = HypernetConfig(layout=preset("sdxl-attn-r4"), embedding_model="x", autoencoder=cfg.autoencoder,
                             prior=cfg.prior, diffusion=cfg.diffusion)
@@ -174,7 +174,7 @@ def test_delta_error_equals_the_dense_computation():
 
 
 def test_reference_factors_are_the_best_rank_r_fit_of_the_mean_delta_and_align_keeps_delta_w():
-    from hypernet.alignment import align, reference_factors
+    from hypernet.lora.alignment import align, reference_factors
     gen = torch.Generator().manual_seed(3)
     vectors = torch.randn(70, SMALL.num_values, generator=gen)
     reference = reference_factors(vectors, SMALL, chunk_rows=16)  # several chunks

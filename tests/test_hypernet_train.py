@@ -7,12 +7,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hypernet.__main__ import main
-from hypernet.checkpoint import load_hypernet, save_hypernet
+from hypernet.cli import main
+from hypernet.model.checkpoint import load_hypernet, save_hypernet
 from hypernet.errors import HypernetError
-from hypernet.lora_io import read_lora
-from hypernet.sampling import decode_lora, sample_latents
-from hypernet.train import state_path, train
+from hypernet.lora.lora_io import read_lora
+from hypernet.pipeline.sampling import decode_lora, sample_latents
+from hypernet.pipeline.training import state_path, train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 
@@ -237,8 +237,8 @@ def test_cli_trains_samples_and_refuses_to_overwrite(data, tmp_path, capsys):
 # --- evaluation ----------------------------------------------------------------------------------
 
 def test_delta_metrics_match_dense_delta_w_and_rank_retrieval():
-    from hypernet.evaluate import compare, delta_gram
-    from hypernet.vectorize import module_views
+    from hypernet.pipeline.evaluate import compare, delta_gram
+    from hypernet.lora.vectorize import module_views
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, SMALL_LAYOUT.num_values, generator=gen), torch.randn(3, SMALL_LAYOUT.num_values, generator=gen)
     dense = lambda v: torch.cat([(u @ d).flatten(1) for u, d in module_views(v, SMALL_LAYOUT).values()], 1)  # noqa: E731
@@ -263,10 +263,10 @@ def test_evaluate_cli_prints_one_json_object_with_the_promised_keys(data, traine
 
 
 def test_evaluate_refuses_a_dataset_of_another_layout(trained, tmp_path):
-    from hypernet.layout import Layout, preset
+    from hypernet.lora.layout import Layout, preset
     other = make_dataset(tmp_path, identities=8, layout=Layout(preset("tiny-attn-r4").modules[6:10], "sdxl"))
     assert main(["evaluate", "--ckpt", str(trained), "--data", str(other)]) == 1
-    from hypernet.evaluate import evaluate
-    from hypernet.dataset import open_dataset
+    from hypernet.pipeline.evaluate import evaluate
+    from hypernet.data.dataset import open_dataset
     with pytest.raises(HypernetError, match="layout"):
         evaluate(load_hypernet(trained), open_dataset(other), progress=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from global_support import COMFY_CONFIG, TINY_ARCH, TINY_DIM, comfy_clip_vision, tiny_encoder_info, write_comfy_file
-from hypernet.checkpoint import save_hypernet
-from hypernet.model import Hypernet, HypernetConfig
+from hypernet.model.checkpoint import save_hypernet
+from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet_support import SMALL_LAYOUT
 
 FACE_MODEL = "synthetic-uniform-sphere-512"

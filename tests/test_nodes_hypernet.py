@@ -4,7 +4,7 @@ import importlib
 import pytest
 import torch
 
-from hypernet.train import train
+from hypernet.pipeline.training import train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 

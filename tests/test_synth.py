@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from safetensors import safe_open
 
-from hypernet.__main__ import main
-from hypernet.layout import preset
-from hypernet.lora_io import read_lora
-from hypernet.synth import SynthSpec, manifold_features, mix_factors, synth_embeddings, synth_vectors, write_synth
-from hypernet.vectorize import flatten, unflatten
+from hypernet.cli import main
+from hypernet.lora.layout import preset
+from hypernet.lora.lora_io import read_lora
+from hypernet.data.synth import SynthSpec, manifold_features, mix_factors, synth_embeddings, synth_vectors, write_synth
+from hypernet.lora.vectorize import flatten, unflatten
 
 TINY = preset("tiny-attn-r4")
 
@@ -54,7 +54,7 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
 
 
 def test_group_size_does_not_change_the_result(tmp_path, monkeypatch):
-    import hypernet.synth as synth
+    import hypernet.data.synth as synth
     write_synth(tmp_path / "big", TINY, 3, progress=False)
     monkeypatch.setattr(synth, "GROUP_BYTES", 1)  # one identity per group
     write_synth(tmp_path / "one", TINY, 3, progress=False)

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hypernet.checkpoint import load_hypernet, save_hypernet  # noqa: E402
-from hypernet.model import Hypernet, HypernetConfig  # noqa: E402
-from hypernet.sampling import sample_latents  # noqa: E402
+from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.model.hypernet import Hypernet, HypernetConfig  # noqa: E402
+from hypernet.pipeline.sampling import sample_latents  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("face_only_golden.safetensors")
 # (name, config dict overrides) of the models recorded; the layout is tests' SMALL_LAYOUT.

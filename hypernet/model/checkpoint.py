@@ -8,7 +8,6 @@ a single weight is read. The prior's weights in the file are its EMA weights.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,13 +15,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import HypernetError
-from .files import save_safetensors_atomic
-from .model import Hypernet, HypernetConfig
+from .. import GENERATOR
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic
+from .hypernet import Hypernet, HypernetConfig
 
 FORMAT = "lora-hypernet"
 FORMAT_VERSION = 1
-GENERATOR = "lora-hypernet"
 
 
 def hypernet_metadata(model: Hypernet, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -127,11 +126,3 @@ def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
             state[key] = tensor
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

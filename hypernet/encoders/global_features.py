@@ -33,7 +33,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .errors import HypernetError
+from ..common.images import read_image
+from ..common.tensors import l2_normalize
+from ..errors import HypernetError
 
 SYNTHETIC_FINGERPRINT = "synthetic"  # features from `python -m hypernet synth`, no real encoder
 FINGERPRINT_CHARS = 16
@@ -289,21 +291,7 @@ def preprocess_images(images: torch.Tensor, size: int, mean=OPENAI_MEAN, std=OPE
 
 def load_image_file(path: str | os.PathLike) -> torch.Tensor:
     """A photo as ComfyUI's LoadImage gives it: [H, W, 3] float32 in 0..1, EXIF rotation applied."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise HypernetError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
-
-
-def l2_normalize_rows(features: torch.Tensor) -> torch.Tensor:
-    norm = features.norm(dim=-1, keepdim=True)
-    if not bool(torch.isfinite(norm).all()) or bool((norm <= 0).any()):
-        raise HypernetError("the image encoder produced a zero or non-finite feature vector")
-    return features / norm
+    return torch.from_numpy(read_image(path).astype(np.float32) / 255.0)
 
 
 # ---------------------------------------------------------------- the encoder
@@ -352,7 +340,7 @@ class GlobalImageEncoder:
             rows.append(self.visual(pixels).float().cpu())
         if not rows:
             raise HypernetError("no images to encode")
-        return l2_normalize_rows(torch.cat(rows))
+        return l2_normalize(torch.cat(rows), "an image feature vector")
 
     def encode_file(self, path: str | os.PathLike) -> torch.Tensor:
         """One photo file -> its L2-normalised feature vector [dim]."""

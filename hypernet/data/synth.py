@@ -35,8 +35,6 @@ identities, and a group holds about 256 MB of LoRA values (32 sdxl-attn-r4 ident
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -45,12 +43,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .dataset import l2_normalize
-from .errors import HypernetError
-from .files import save_safetensors_atomic
-from .layout import Layout, load_layout
-from .lora_io import LoraWeights, ModuleWeights, write_lora
-from .vectorize import module_slices, unflatten
+from ..common.tensors import l2_normalize, seeded_generator
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic
+from ..lora.layout import Layout
+from ..lora.lora_io import LoraWeights, ModuleWeights, write_lora
+from ..lora.vectorize import module_slices, unflatten
 
 EMBEDDING_DIM = 512
 EMBEDDING_MODEL = "synthetic-uniform-sphere-512"
@@ -67,24 +65,19 @@ class SynthSpec:
     noise: float = 0.05
 
 
-def _generator(*parts) -> torch.Generator:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
 def synth_embeddings(count: int, seed: int) -> torch.Tensor:
     """[count, 512] uniform on the unit sphere."""
-    return l2_normalize(torch.randn(count, EMBEDDING_DIM, generator=_generator(seed, "embeddings")))
+    return l2_normalize(torch.randn(count, EMBEDDING_DIM, generator=seeded_generator(seed, "embeddings")))
 
 
 def synth_global_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
     """[count, dim] uniform on the unit sphere, independent of the face embeddings."""
-    return l2_normalize(torch.randn(count, dim, generator=_generator(seed, "global-embeddings")))
+    return l2_normalize(torch.randn(count, dim, generator=seeded_generator(seed, "global-embeddings")))
 
 
 def manifold_features(embeddings: torch.Tensor, spec: SynthSpec, purpose: str = "projection") -> torch.Tensor:
     """[n, 2 * manifold_dim] smooth features of the embeddings' manifold coordinates."""
-    projection = torch.randn(embeddings.shape[1], spec.manifold_dim, generator=_generator(spec.seed, purpose))
+    projection = torch.randn(embeddings.shape[1], spec.manifold_dim, generator=seeded_generator(spec.seed, purpose))
     z = embeddings.float() @ projection  # each coordinate ~ N(0, 1) for unit embeddings
     return torch.cat([torch.sin(z), torch.cos(z)], dim=1)
 
@@ -100,7 +93,7 @@ def synth_vectors(features: torch.Tensor, layout: Layout, spec: SynthSpec,
     (alpha = rank; the factors are random, not canonical: `unflatten` turns a row into a LoRA)."""
     out = torch.empty(features.shape[0], layout.num_values)
     for s, m in zip(module_slices(layout), layout.modules):
-        gen = _generator(spec.seed, "module", m.name)
+        gen = seeded_generator(spec.seed, "module", m.name)
         sigma = _factor_scale(m.rank)
         base = torch.randn(m.size, generator=gen)
         mapping = torch.randn(features.shape[1], m.size, generator=gen) / math.sqrt(features.shape[1])
@@ -158,7 +151,7 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
     with tqdm(total=count, desc="synth LoRAs", unit="identity", disable=not progress) as bar:
         for start in range(0, count, group):
             ids = range(start, min(count, start + group))
-            gens = [_generator(spec.seed, "identity", i) for i in ids]
+            gens = [seeded_generator(spec.seed, "identity", i) for i in ids]
             truths = synth_vectors(features[start:start + len(ids)], layout, spec, gens)
             for i, truth, gen in zip(ids, truths, gens):
                 folder = out / f"id-{i:05d}"
@@ -175,31 +168,3 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
                 folders.append(folder)
                 bar.update()
     return folders
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--layout", required=True, help="layout preset name or layout JSON file")
-    parser.add_argument("--identities", type=int, required=True, help="how many identity folders to write")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--manifold-dim", type=int, default=16, help="dimension of the manifold the LoRAs lie near")
-    parser.add_argument("--noise", type=float, default=0.05, help="per-identity noise relative to the factor scale")
-    parser.add_argument("--embedding-model", default=EMBEDDING_MODEL,
-                        help="name recorded as the embeddings' model (default: %(default)s)")
-    parser.add_argument("--global-dim", type=int, default=0,
-                        help="also write global vectors of this size (stand-ins for CLIP image features; default: none)")
-    parser.add_argument("--depends", choices=DEPENDS, default="face",
-                        help="what the LoRAs depend on (default: %(default)s; face+global needs --global-dim)")
-    parser.add_argument("--global-model", default=GLOBAL_MODEL,
-                        help="name recorded as the global vectors' encoder (default: %(default)s)")
-
-
-def run(args: argparse.Namespace) -> int:
-    layout = load_layout(args.layout)
-    folders = write_synth(args.out, layout, args.identities, SynthSpec(args.seed, args.manifold_dim, args.noise),
-                          embedding_model=args.embedding_model, global_dim=args.global_dim, depends=args.depends,
-                          global_model=args.global_model)
-    extra = f", global vectors of {args.global_dim} values, LoRAs depend on {args.depends}" if args.global_dim else ""
-    print(f"wrote {len(folders)} synthetic identities ({len(layout)} modules, {layout.num_values:,} values each"
-          f"{extra}) to {args.out}")
-    return 0

@@ -10,8 +10,6 @@ and removed when training finishes). Neither is ever half-written.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -26,17 +24,18 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .alignment import align, reference_factors
-from .autoencoder import AutoencoderConfig, delta_sq_error, kl_divergence
-from .checkpoint import read_header, save_hypernet
-from .condition import CONDITIONS, GatedFusion, check_condition, needs_global
-from .dataset import LoraDataset, l2_normalize, open_dataset
-from .diffusion import DiffusionConfig
-from .errors import HypernetError
-from .files import save_safetensors_atomic
-from .model import Hypernet, HypernetConfig
-from .prior import PriorConfig
-from .vectorize import Normalizer
+from ..lora.alignment import align, reference_factors
+from ..model.autoencoder import AutoencoderConfig, delta_sq_error, kl_divergence
+from ..model.checkpoint import read_header, save_hypernet
+from ..model.condition import GatedFusion, check_condition, needs_global
+from ..common.tensors import l2_normalize, seeded_generator
+from ..data.dataset import LoraDataset, open_dataset
+from ..model.diffusion import DiffusionConfig
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic
+from ..model.hypernet import Hypernet, HypernetConfig
+from ..model.prior import PriorConfig
+from ..lora.vectorize import Normalizer
 
 STATE_FORMAT = "lora-hypernet-train-state"
 STATE_VERSION = 1
@@ -129,11 +128,6 @@ def load_train_config(spec: str | None) -> TrainConfig:
     if preset not in PRESETS:
         raise HypernetError(f"{path}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return TrainConfig.from_dict(_merge(_merge(asdict(TrainConfig()), PRESETS[preset]), overrides))
-
-
-def _generator(seed: int, phase: str, step: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{phase}:{step}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
@@ -326,7 +320,7 @@ class Trainer:
         with self._bar("autoencoder", cfg.ae_steps, state.step) as bar:
             while state.step < cfg.ae_steps:
                 step = state.step
-                gen = _generator(cfg.seed, "autoencoder", step)
+                gen = seeded_generator(cfg.seed, "autoencoder", step)
                 idx = torch.randint(len(self.vectors), (cfg.ae_batch,), generator=gen)
                 x = self.vectors[idx].to(self.device)
                 x_norm = (x - mean) / std
@@ -369,7 +363,7 @@ class Trainer:
         with self._bar("prior", cfg.prior_steps, state.step) as bar:
             while state.step < cfg.prior_steps:
                 step = state.step
-                gen = _generator(cfg.seed, "prior", step)
+                gen = seeded_generator(cfg.seed, "prior", step)
                 idx = torch.randint(len(latents), (cfg.prior_batch,), generator=gen)
                 t = torch.randint(diffusion.cfg.timesteps, (cfg.prior_batch,), generator=gen).to(self.device)
                 noise = torch.randn(cfg.prior_batch, model.latent_size, generator=gen).to(self.device)
@@ -445,33 +439,3 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool =
     read_header(out)  # what was written must read back
     trainer.state_file.unlink(missing_ok=True)
     return state.model
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset folder from `python -m hypernet dataset`")
-    parser.add_argument("--out", required=True, help="hypernet checkpoint to write (.safetensors)")
-    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or JSON file of overrides "
-                                         "(optionally with \"preset\"); default: default")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--seed", type=int, help="override the config's seed")
-    parser.add_argument("--condition", choices=CONDITIONS,
-                        help="override the config's condition: face (default), global or face+global; the "
-                             "last two need a dataset with global image features")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_train_config(args.config)
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
-    if args.condition is not None:
-        cfg = dataclasses.replace(cfg, condition=args.condition)
-    started = time.perf_counter()
-    model = train(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                  progress=not args.quiet)
-    counts = model.parameter_counts()
-    print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s: autoencoder {counts['autoencoder']:,} and "
-          f"prior {counts['prior']:,} parameters")
-    return 0

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .errors import HypernetError
+from ..errors import HypernetError
 
 PREDICTIONS = ("eps", "x0", "v")
 

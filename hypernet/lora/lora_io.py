@@ -26,15 +26,15 @@ import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from . import GENERATOR
-from .errors import HypernetError
-from .files import save_safetensors_atomic
+from .. import GENERATOR
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic
 from .layout import UNET_PREFIX, Layout, LoraModule, kohya_unet_name, natural_key, sdxl_attention_shapes
 
 TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_", "lora_te_")

@@ -37,7 +37,6 @@ re-run reuses the caches whose key still matches, and then writes the shards and
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -51,13 +50,14 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from .dataset import DatasetRecord, mean_embedding, write_dataset
-from .errors import HypernetError
-from .files import save_safetensors_atomic
-from .global_features import SYNTHETIC_FINGERPRINT, EncoderInfo
-from .layout import Layout, load_layout
-from .lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
-from .vectorize import flatten
+from ..common.tensors import mean_embedding
+from .dataset import DatasetRecord, write_dataset
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic, sha256_file
+from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo
+from ..lora.layout import Layout
+from ..lora.lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
+from ..lora.vectorize import flatten
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 EMBEDDING_FILE = "embedding.safetensors"
@@ -143,14 +143,6 @@ def scan_source(src: Path) -> list[IdentityFolder]:
     if not folders:
         raise HypernetError(f"{src} holds no identity folders (one folder per person with a LoRA and photos)")
     return folders
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Skip(Exception):
@@ -414,40 +406,3 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Lay
     extra = {"global_encoder": global_info} if global_info is not None else {}
     write_dataset(out, builder.layout, model_name, records, heldout, seed, skipped, **extra)
     return BuildResult(out, builder.layout, model_name, [r.id for r in records], reused, skipped, global_info)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--src", required=True, type=Path, help="folder of identity folders (see module docs)")
-    parser.add_argument("--out", required=True, type=Path, help="dataset directory to write")
-    parser.add_argument("--layout", help="layout preset or JSON file (default: the first usable LoRA's layout)")
-    parser.add_argument("--heldout", type=float, default=0.1, help="fraction of identities held out for evaluation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
-    parser.add_argument("--face-model", type=Path, help="insightface model folder, needed when folders hold photos")
-    parser.add_argument("--global-encoder", type=Path, metavar="FILE",
-                        help="CLIP image encoder weights (.safetensors, open_clip or ComfyUI clip_vision layout): "
-                             "compute global image features from each identity's photos (needs --global-arch)")
-    parser.add_argument("--global-arch", metavar="NAME", help="open_clip architecture of --global-encoder, e.g. ViT-H-14")
-    parser.add_argument("--global-device", default="cpu", help="torch device for the image encoder (default cpu)")
-
-
-def run(args: argparse.Namespace) -> int:
-    layout = load_layout(args.layout) if args.layout else None
-
-    def arcface():
-        from .face import ArcFaceEmbedder
-        return ArcFaceEmbedder(args.face_model)
-
-    if (args.global_encoder is None) != (args.global_arch is None):
-        raise HypernetError("--global-encoder FILE and --global-arch NAME go together (the file alone does not say "
-                            "which open_clip architecture it holds)")
-
-    def clip_encoder():
-        from .global_features import GlobalImageEncoder
-        return GlobalImageEncoder.load(args.global_encoder, args.global_arch, device=args.global_device)
-
-    result = build_dataset(args.src, args.out, layout=layout, heldout=args.heldout, seed=args.seed,
-                           face_embedder=arcface if args.face_model else None,
-                           global_encoder=clip_encoder if args.global_encoder else None)
-    print(result.summary())
-    print(f"dataset written to {result.path}")
-    return 0

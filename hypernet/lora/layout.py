@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import HypernetError
+from ..errors import HypernetError
 
 LAYOUT_VERSION = 1
 UNET_PREFIX = "lora_unet_"

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import HypernetError
+from ..errors import HypernetError
 
 CONDITIONS = ("face", "global", "face+global")
 GATE_HIDDEN = 64  # ours: the gate only has to pick between three experts

@@ -34,8 +34,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
-from .errors import HypernetError
+from ..common.images import read_image
+from ..common.tensors import l2_normalize, mean_embedding
+from ..errors import HypernetError
 
 logger = logging.getLogger(__name__)
 
@@ -105,20 +108,13 @@ class FaceEmbeddings:
     model_name: str = ""
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    if np.any(norms < 1e-12):
-        raise HypernetError("A face embedding has zero length; the recogniser model is broken.")
-    return vectors / norms
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return l2_normalize(torch.as_tensor(np.asarray(vector, dtype=np.float64)), "a face embedding").numpy()
 
 
 def combine_embeddings(embeddings: np.ndarray) -> np.ndarray:
     """One identity from several embeddings [k, d]: mean of unit vectors, normalised again."""
-    vectors = _unit_rows(np.atleast_2d(np.asarray(embeddings, dtype=np.float64)))
-    mean = vectors.mean(axis=0)
-    if np.linalg.norm(mean) < 1e-6:
-        raise HypernetError("The reference faces' embeddings cancel out; use photos of one person.")
-    return (mean / np.linalg.norm(mean)).astype(np.float32)
+    return mean_embedding(np.atleast_2d(embeddings)).numpy()
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -128,19 +124,19 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     a shortest path; the one through a fixed axis orthogonal to `a` is taken, which makes
     the midpoint the same for (a, b) and (b, a).
     """
-    a, b = _unit_rows(np.asarray(a, dtype=np.float64)), _unit_rows(np.asarray(b, dtype=np.float64))
+    a, b = _unit(np.asarray(a, dtype=np.float64)), _unit(np.asarray(b, dtype=np.float64))
     cos = float(np.clip(a @ b, -1.0, 1.0))
     if cos > 1.0 - 1e-9:
         result = (1.0 - t) * a + t * b
     elif cos < -1.0 + 1e-9:
         axis = np.zeros_like(a)
         axis[np.argmin(np.abs(a))] = 1.0
-        orthogonal = _unit_rows(axis - (axis @ a) * a)
+        orthogonal = _unit(axis - (axis @ a) * a)
         result = np.cos(np.pi * t) * a + np.sin(np.pi * t) * orthogonal
     else:
         angle = np.arccos(cos)
         result = (np.sin((1.0 - t) * angle) * a + np.sin(t * angle) * b) / np.sin(angle)
-    return _unit_rows(result).astype(np.float32)
+    return _unit(result).astype(np.float32)
 
 
 def provider_name(name: str) -> str:
@@ -330,7 +326,7 @@ class FaceAnalyzer:
                                               image_size=self._recognizer.input_size[0])
         feature = np.asarray(self._recognizer.get_feat(crop), dtype=np.float64).reshape(-1)
         return FaceResult(
-            embedding=_unit_rows(feature).astype(np.float32),
+            embedding=_unit(feature).astype(np.float32),
             bbox=(boxes[best, :4] - pad).astype(np.float32),
             kps=kps - pad,
             det_score=float(boxes[best, 4]),
@@ -365,8 +361,8 @@ class FaceAnalyzer:
             else:
                 raise HypernetError(
                     f"No face detected in reference image {index + 1} of {total} "
-                    f"({_TRIED}). Use a photo where the face is clearly visible, or enable "
-                    "skip_missing.")
+                    f"({_TRIED}). Use a photo where the face is clearly visible, or turn on "
+                    "'skip photos without face'.")
             if on_progress is not None:
                 on_progress(index + 1, total)
         if not faces:
@@ -404,18 +400,6 @@ def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",
                 del _cache[stale]
             _cache[key] = analyzer
         return analyzer
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as RGB uint8 HxWx3, turned upright by its EXIF orientation."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise HypernetError(
-            f"Cannot read image {path}: {error}. Use a JPEG, PNG or WebP photo.") from error
 
 
 class ArcFaceEmbedder:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import sinusoid
-from .errors import HypernetError
+from ..errors import HypernetError
 
 CONDITIONINGS = ("adanorm", "adalora")
 KINDS = ("mlp", "transformer")
@@ -192,6 +192,6 @@ def build_denoiser(latent_size: int, cond_dim: int, timesteps: int, cfg: PriorCo
                    fusion: nn.Module | None = None) -> nn.Module:
     """The prior the config asks for; both kinds share `forward(x, t, cond, drop)`."""
     if cfg.kind == "transformer":
-        from .prior_transformer import TransformerDenoiser
+        from .denoiser_transformer import TransformerDenoiser
         return TransformerDenoiser(latent_size, cond_dim, timesteps, cfg, fusion)
     return Denoiser(latent_size, cond_dim, timesteps, cfg, fusion)

@@ -14,21 +14,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .checkpoint import file_sha256, load_hypernet
-from .condition import needs_face, needs_global
-from .dataset import mean_embedding
-from .errors import HypernetError
-from .global_features import SYNTHETIC_FINGERPRINT, EncoderInfo, check_encoder
-from .files import save_safetensors_atomic, save_safetensors_new
-from .lora_io import lora_metadata, lora_to_state_dict
-from .sampling import decode_lora, sample_latents
-
-
-def provenance(hypernet_file: str, hypernet_sha256: str, seed: int, steps: int, guidance: float, eta: float,
-               embedding_model: str) -> dict[str, str]:
-    """The metadata a sampled LoRA carries, so anyone can tell how to make it again."""
-    return {"hypernet_file": hypernet_file, "hypernet_sha256": hypernet_sha256, "seed": str(seed),
-            "steps": str(steps), "guidance": str(guidance), "eta": str(eta), "embedding_model": embedding_model}
+from ..model.checkpoint import load_hypernet
+from ..model.condition import needs_face, needs_global
+from ..common.tensors import mean_embedding
+from ..errors import HypernetError
+from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo, check_encoder
+from ..common.files import save_safetensors_atomic, save_safetensors_new, sha256_file
+from ..lora.lora_io import lora_metadata, lora_to_state_dict
+from ..pipeline.sampling import decode_lora, provenance, sample_latents
 
 
 def _read_vectors(path: Path) -> tuple[torch.Tensor, dict]:
@@ -100,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                             global_features=global_features)
     weights = decode_lora(model, latent)
     seconds = time.perf_counter() - started
-    metadata = provenance(args.ckpt.name, file_sha256(args.ckpt), args.seed, args.steps, args.guidance, args.eta,
+    metadata = provenance(args.ckpt.name, sha256_file(args.ckpt), args.seed, args.steps, args.guidance, args.eta,
                           model.embedding_model)
     if global_features is not None:
         metadata.update(condition=model.condition, global_encoder=model.config.global_encoder["name"])
@@ -127,7 +120,7 @@ def face_input(args: argparse.Namespace, model):
                             "FILE or --face PHOTO... with --face-model")
     if args.face_model is None:
         raise HypernetError("--face needs --face-model, the insightface model folder the hypernet was trained with")
-    from .face import ArcFaceEmbedder
+    from ..encoders.face import ArcFaceEmbedder
     embedder = ArcFaceEmbedder(args.face_model)
     if embedder.name != model.embedding_model:
         raise HypernetError(f"the hypernet was trained on '{model.embedding_model}' embeddings but --face-model "
@@ -152,7 +145,7 @@ def global_input(args: argparse.Namespace, model):
         raise HypernetError(f"this hypernet is conditioned on '{model.condition}' and needs global image features of "
                             f"{EncoderInfo.from_dict(expected).describe()}: give --global-features FILE, or --face "
                             "PHOTO... with --global-encoder FILE --global-arch NAME")
-    from .global_features import GlobalImageEncoder
+    from ..encoders.global_features import GlobalImageEncoder
     encoder = GlobalImageEncoder.load(args.global_encoder, args.global_arch, device=args.global_device)
     check_encoder(expected, encoder.info)
     return mean_embedding(torch.stack([encoder.encode_file(p).float().cpu() for p in args.face]))

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import HypernetError
-from .layout import Layout
-from .vectorize import module_slices
+from ..errors import HypernetError
+from ..lora.layout import Layout
+from ..lora.vectorize import module_slices
 
 KINDS = ("mlp", "chunks")
 LOGVAR_RANGE = (-20.0, 5.0)  # exp(logvar) in the KL term must not overflow early in training

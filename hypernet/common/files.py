@@ -1,12 +1,16 @@
 """Writing files so that nothing is ever half-written or silently overwritten."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from ..errors import HypernetError
 
 
 def _temp_beside(path: Path) -> Path:
@@ -47,3 +51,22 @@ def save_safetensors_new(tensors: dict[str, torch.Tensor], path: str | os.PathLi
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object; anything else is the user's error, with the file named."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise HypernetError(f"{path} is not valid JSON: {str(exc)[:200]}") from exc
+    if not isinstance(data, dict):
+        raise HypernetError(f"{path} must hold a JSON object of {what}")
+    return data

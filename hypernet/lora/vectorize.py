@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 
 from .canonical import canonical_module
-from .errors import HypernetError
+from ..errors import HypernetError
 from .layout import Layout
 from .lora_io import LoraWeights, ModuleWeights
 

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .alignment import align
+from ..lora.alignment import align
 from .autoencoder import AutoencoderConfig, build_autoencoder
 from .condition import build_fusion, check_condition, fuse, needs_global
-from .dataset import check_encoder_info
+from ..data.dataset import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
-from .errors import HypernetError
-from .layout import Layout
+from ..errors import HypernetError
+from ..lora.layout import Layout
 from .prior import PriorConfig, build_denoiser
-from .vectorize import Normalizer
+from ..lora.vectorize import Normalizer
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from typing import Callable, Sequence
 import torch
 from safetensors import safe_open
 
-from .errors import HypernetError
-from .files import save_safetensors_atomic
-from .global_features import EncoderInfo
-from .layout import Layout
+from ..errors import HypernetError
+from ..common.files import save_safetensors_atomic
+from ..encoders.global_features import EncoderInfo
+from ..lora.layout import Layout
 
 FORMAT = "lora-hypernet-dataset"
 VERSION = 1
@@ -278,16 +278,4 @@ def _check_rows(dataset: LoraDataset, manifest_path: Path) -> None:
             if shape is None or len(shape) != 2 or shape[1] != width or shape[0] <= max(rows):
                 raise HypernetError(f"{shard_path}: {key} has shape {shape}, the manifest needs [>{max(rows)}, {width}]; "
                                     "rebuild the dataset")
-
-
-def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    norm = x.norm(dim=-1, keepdim=True)
-    if not bool(torch.isfinite(norm).all()) or bool((norm <= 0).any()):
-        raise HypernetError("an embedding is zero or not finite and cannot be normalised")
-    return x / norm
-
-
-def mean_embedding(embeddings: torch.Tensor) -> torch.Tensor:
-    """Several embeddings [k, E] of one identity -> one: each normalised, averaged, normalised again."""
-    return l2_normalize(l2_normalize(embeddings.reshape(-1, embeddings.shape[-1]).float()).mean(0))
 

@@ -6,24 +6,22 @@ rank x rank products per module; no dense delta W is built for the whole set.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 
 import torch
 from tqdm import tqdm
 
-from .autoencoder import delta_sq_error
-from .checkpoint import load_hypernet
-from .condition import needs_face, needs_global
-from .dataset import LoraDataset, l2_normalize, open_dataset
-from .errors import HypernetError
-from .global_features import check_encoder
-from .layout import Layout
-from .model import Hypernet
+from ..model.autoencoder import delta_sq_error
+from ..model.condition import needs_face, needs_global
+from ..common.tensors import l2_normalize
+from ..data.dataset import LoraDataset
+from ..errors import HypernetError
+from ..encoders.global_features import check_encoder
+from ..lora.layout import Layout
+from ..model.hypernet import Hypernet
 from .sampling import sample_latents
-from .vectorize import module_slices
+from ..lora.vectorize import module_slices
 
 
 def delta_gram(a: torch.Tensor, b: torch.Tensor, layout: Layout, chunk: int = 64) -> torch.Tensor:
@@ -133,33 +131,3 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
         "settings": {"seeds": seeds, "steps": steps, "guidance": guidance, "eta": eta},
         "seconds": time.perf_counter() - started,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="hypernet checkpoint")
-    parser.add_argument("--data", required=True, help="dataset folder with held-out identities")
-    parser.add_argument("--seeds", type=int, default=2, help="samples per identity")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--eta", type=float, default=0.0)
-    parser.add_argument("--limit", type=int, help="evaluate only the first N held-out identities")
-    parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise HypernetError("--seeds must be at least 1")
-    result = evaluate(load_hypernet(args.ckpt), open_dataset(args.data), seeds=args.seeds, steps=args.steps,
-                      guidance=args.guidance, eta=args.eta, limit=args.limit, progress=not args.json)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{'measure':<34}{'top1':>8}{'cosine':>9}")
-    for label, values in (("sampled", result["sampled"]), ("baseline: mean training LoRA", result["baselines"]["mean"]),
-                          ("baseline: nearest embedding", result["baselines"]["nearest_embedding"]),
-                          ("ceiling: autoencoder reconstruction", result["ceiling"])):
-        print(f"{label:<34}{values['top1']:>8.3f}{values['cosine']:>9.3f}")
-    print(f"reconstruction relative error {result['recon']['rel_err']:.4f}; sample diversity "
-          f"{result['sampled']['diversity']:.4f}; {result['count']['heldout']} held-out identities; "
-          f"condition {result['condition']}")
-    return 0
