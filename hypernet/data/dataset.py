@@ -34,8 +34,8 @@ import torch
 from safetensors import safe_open
 
 from ..errors import HypernetError
-from ..common.files import save_safetensors_atomic
-from ..encoders.global_features import EncoderInfo
+from ..common.files import read_json_object, save_safetensors_atomic
+from ..encoders.global_features import check_encoder_info
 from ..lora.layout import Layout
 
 FORMAT = "lora-hypernet-dataset"
@@ -80,14 +80,6 @@ def split_identities(ids: Sequence[str], heldout_fraction: float, seed: int) -> 
     ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     heldout = set(ranked[:n_heldout])
     return {i: "heldout" if i in heldout else "train" for i in ids}
-
-
-def check_encoder_info(encoder, where: str) -> dict:
-    """A global image encoder's identity {"name": str, "dim": int, "fingerprint": str}, checked."""
-    try:
-        return EncoderInfo.from_dict(encoder).to_dict()
-    except HypernetError as exc:
-        raise HypernetError(f"{where}: {exc}") from exc
 
 
 def write_dataset(path: str | os.PathLike, layout: Layout, embedding_model: str, records: Sequence[DatasetRecord],
@@ -230,11 +222,8 @@ def open_dataset(path: str | os.PathLike) -> LoraDataset:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise HypernetError(f"{path} is not a dataset: it has no {MANIFEST} (build one with `python -m hypernet dataset`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except ValueError as exc:
-        raise HypernetError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json_object(manifest_path, "dataset manifest fields")
+    if manifest.get("format") != FORMAT:
         raise HypernetError(f"{manifest_path} is not a LoRA hypernet dataset manifest (format is not {FORMAT!r})")
     if manifest.get("version") != VERSION:
         raise HypernetError(f"{manifest_path}: dataset version {manifest.get('version')!r} is not supported "

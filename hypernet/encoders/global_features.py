@@ -70,6 +70,14 @@ class EncoderInfo:
         return f"{self.name} ({self.dim}-d, weights {self.fingerprint})"
 
 
+def check_encoder_info(encoder, where: str) -> dict:
+    """A global image encoder's identity {"name": str, "dim": int, "fingerprint": str}, checked."""
+    try:
+        return EncoderInfo.from_dict(encoder).to_dict()
+    except HypernetError as exc:
+        raise HypernetError(f"{where}: {exc}") from exc
+
+
 def check_encoder(expected: Mapping | EncoderInfo, actual: Mapping | EncoderInfo) -> None:
     """HypernetError unless `actual` is the encoder `expected` names (same name, dim and weights).
 

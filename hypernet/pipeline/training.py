@@ -32,7 +32,7 @@ from ..common.tensors import l2_normalize, seeded_generator
 from ..data.dataset import LoraDataset, open_dataset
 from ..model.diffusion import DiffusionConfig
 from ..errors import HypernetError
-from ..common.files import save_safetensors_atomic
+from ..common.files import read_json_object, save_safetensors_atomic
 from ..model.hypernet import Hypernet, HypernetConfig
 from ..model.prior import PriorConfig
 from ..lora.vectorize import Normalizer
@@ -118,12 +118,7 @@ def load_train_config(spec: str | None) -> TrainConfig:
     path = Path(spec)
     if not path.is_file():
         raise HypernetError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
-    try:
-        overrides = json.loads(path.read_text())
-    except ValueError as exc:
-        raise HypernetError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(overrides, dict):
-        raise HypernetError(f"{path} must hold a JSON object of config fields")
+    overrides = read_json_object(path, "config fields")
     preset = overrides.pop("preset", "default")
     if preset not in PRESETS:
         raise HypernetError(f"{path}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
