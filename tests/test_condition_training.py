@@ -16,7 +16,8 @@ from hypernet.pipeline.evaluate import evaluate
 from hypernet.lora.lora_io import read_lora
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.data.synth import GLOBAL_MODEL, SynthSpec, write_synth
-from hypernet.pipeline.training import state_path, train
+from hypernet.pipeline.train_state import state_path
+from hypernet.pipeline.training import train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 GLOBAL_DIM = 16

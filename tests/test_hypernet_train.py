@@ -12,7 +12,8 @@ from hypernet.model.checkpoint import load_hypernet, save_hypernet
 from hypernet.errors import HypernetError
 from hypernet.lora.lora_io import read_lora
 from hypernet.pipeline.sampling import decode_lora, sample_latents
-from hypernet.pipeline.training import state_path, train
+from hypernet.pipeline.train_state import state_path
+from hypernet.pipeline.training import train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 
