@@ -238,7 +238,7 @@ def test_cli_trains_samples_and_refuses_to_overwrite(data, tmp_path, capsys):
 # --- evaluation ----------------------------------------------------------------------------------
 
 def test_delta_metrics_match_dense_delta_w_and_rank_retrieval():
-    from hypernet.pipeline.evaluate import compare, delta_gram
+    from hypernet.pipeline.metrics import compare, delta_gram
     from hypernet.lora.vectorize import module_views
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, SMALL_LAYOUT.num_values, generator=gen), torch.randn(3, SMALL_LAYOUT.num_values, generator=gen)

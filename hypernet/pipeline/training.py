@@ -18,6 +18,7 @@ from ..data.dataset import open_dataset
 from ..errors import HypernetError
 from ..model.checkpoint import read_header, save_hypernet
 from ..model.hypernet import Hypernet
+from .outputs import check_output
 from .train_config import PRESETS, TrainConfig, load_train_config
 from .train_state import state_path
 from .trainer import Trainer
@@ -33,10 +34,7 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.suffix != ".safetensors":
-        raise HypernetError(f"--out {out} must end in .safetensors")
-    if out.exists() and not overwrite:
-        raise HypernetError(f"{out} exists; pass --overwrite to replace it (nothing was changed)")
+    check_output(out, overwrite)
     if not out.parent.is_dir():
         raise HypernetError(f"the folder of --out {out} does not exist")
     if not resume and state_path(out).exists():
