@@ -23,7 +23,7 @@ from .train_config import PRESETS, TrainConfig, load_train_config
 from .train_state import state_path
 from .trainer import Trainer
 
-# Callers (the CLI, benchmarks, tests) reach the whole training API through this module.
+# The CLI, benchmarks and tests import the training API from here; each name is defined once, above.
 __all__ = ["PRESETS", "TrainConfig", "Trainer", "load_train_config", "pick_device", "state_path", "train"]
 
 
