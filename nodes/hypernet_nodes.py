@@ -117,8 +117,8 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
     check_condition_inputs(model.config, face is not None, global_features is not None, InputWords(
         who=f"Hypernet '{hypernet.name}'",
         give_face="connect a Face Embed output to Sample LoRA's face_embedding input",
-        give_global="connect Encode Global Image Features (from Load CLIP Vision with the {encoder} image encoder) "
-                    "to Sample LoRA's global_features input",
+        give_global="connect Encode Global Image Features (from Load CLIP Vision) to Sample LoRA's global_features "
+                    "input",
         drop_face="disconnect Sample LoRA's face_embedding input",
         drop_global="disconnect Sample LoRA's global_features input (or load a hypernet trained with them)",
         face_missing="face_embedding is not connected", global_missing="global_features is not connected",

@@ -23,8 +23,7 @@ FACE, GLOBAL = "face embedding", "global image features"
 
 @dataclass(frozen=True)
 class InputWords:
-    """How a caller names the hypernet and tells its user to give or remove each input.
-    `give_global` may name the checkpoint's image encoder as {encoder}."""
+    """How a caller names the hypernet and tells its user to give or remove each input."""
     who: str = "this hypernet"
     give_face: str = "pass a face embedding"
     give_global: str = "pass global image features"
@@ -41,15 +40,13 @@ def check_condition_inputs(config: HypernetConfig, face_given: bool, global_give
     """Raise HypernetError when the given inputs do not fit the checkpoint's condition."""
     condition = config.condition
     wants_face, wants_global = needs_face(condition), needs_global(condition)
-    needs = " and ".join(f"{article}{name}" for name, article, wanted in ((FACE, "a ", wants_face),
-                                                                          (GLOBAL, "", wants_global)) if wanted)
+    needs = " and ".join(name for name, wanted in ((f"a {FACE}", wants_face), (GLOBAL, wants_global)) if wanted)
     about = f"{words.who} is conditioned on '{condition}'"
     if wants_face and not face_given:
         raise HypernetError(f"{about}: {words.give_face}. It needs {needs}; {words.face_missing}.")
     if wants_global and not global_given:
-        encoder = config.global_encoder["name"]
-        raise HypernetError(f"{about}: {words.give_global.format(encoder=encoder)}. It needs {needs} (from the "
-                            f"image encoder '{encoder}'); {words.global_missing}.")
+        raise HypernetError(f"{about}: {words.give_global}. It needs {needs} (from the image encoder "
+                            f"'{config.global_encoder['name']}'); {words.global_missing}.")
     if face_given and not wants_face:
         raise HypernetError(f"{about} and reads no {FACE}: {words.drop_face}. It needs {needs} only; "
                             f"{words.face_unused}.")
