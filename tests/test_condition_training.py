@@ -212,6 +212,10 @@ def test_cli_synth_dataset_train_sample_evaluate_with_face_and_global(tmp_path, 
                  "--embedding", str(identity / "embedding.safetensors"),
                  "--global-features", str(identity / "global.safetensors")]) == 1
     assert "reads no global image features" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(face_ckpt), "--steps", "3", "--out", str(tmp_path / "f.safetensors"),
+                 "--embedding", str(identity / "embedding.safetensors"), "--global-arch", "ViT-H-14"]) == 1
+    assert "--global-arch NAME goes with --global-encoder FILE" in capsys.readouterr().err
+    assert not (tmp_path / "f.safetensors").exists()
 
 
 def test_global_only_condition_trains_and_samples_without_a_face(global_data, tmp_path):

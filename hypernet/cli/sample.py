@@ -80,6 +80,8 @@ def global_input(args: argparse.Namespace, model):
     if args.global_features is not None:
         return read_global_file(args.global_features, expected)
     if args.global_encoder is None:
+        if args.global_arch is not None:
+            raise HypernetError("--global-arch NAME goes with --global-encoder FILE; drop it or give the file")
         return None
     if args.global_arch is None or args.face is None:
         raise HypernetError("--global-encoder FILE encodes the --face PHOTO... photos and needs --global-arch NAME, "
