@@ -8,6 +8,7 @@ import comfy.model_patcher
 import folder_paths
 
 from ..hypernet.errors import HypernetError
+from ..hypernet.pipeline.sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .comfy_glue import progress_callback
 from .values import FaceEmbeddingValue, GlobalFeaturesValue, HypernetValue, LoraLatentValue, LoraValue
 
@@ -67,10 +68,10 @@ class SampleLoRA:
             "hypernet": ("HYPERNET",),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Same seed, same inputs: the same LoRA, bit for bit, on the same device type."}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 1000, "tooltip": "DDIM steps of the prior; 25 is plenty."}),
-            "guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.05,
+            "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000, "tooltip": "DDIM steps of the prior; 25 is plenty."}),
+            "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 10.0, "step": 0.05,
                                    "tooltip": "Identity strength: 1 samples the conditional prior, higher follows the face more (3-6 measured best), 0 ignores it."}),
-            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "eta": ("FLOAT", {"default": DEFAULT_ETA, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "0 is deterministic DDIM; higher adds fresh noise per step (more variety)."}),
         }, "optional": {
             # Optional links, not widgets: saved face-only workflows keep their widget order.
@@ -88,7 +89,7 @@ class SampleLoRA:
     # face_embedding keeps its place (it was required before global features existed), so
     # positional callers still work; ComfyUI passes everything by name.
     def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
-               steps: int = 25, guidance: float = 3.0, eta: float = 0.0,
+               steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, eta: float = DEFAULT_ETA,
                global_features: GlobalFeaturesValue | None = None):
         from ..hypernet.pipeline.sampling import sample_latents
         model = hypernet.hypernet
@@ -109,22 +110,19 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
                             global_features: GlobalFeaturesValue | None) -> None:
     """Name the socket to connect or disconnect when the wiring does not fit the hypernet's
     condition, and refuse features from another face model or image encoder."""
-    from ..hypernet.model.condition import needs_face, needs_global
     from ..hypernet.encoders.global_features import check_encoder
+    from ..hypernet.pipeline.condition_inputs import InputWords, check_condition_inputs
     model = hypernet.hypernet
-    condition, wants_face, wants_global = model.condition, needs_face(model.condition), needs_global(model.condition)
     encoder = model.config.global_encoder
-    about = f"Hypernet '{hypernet.name}' is conditioned on '{condition}'"
-    if wants_face and face is None:
-        raise HypernetError(f"{about}: connect a Face Embed output to Sample LoRA's face_embedding input.")
-    if wants_global and global_features is None:
-        raise HypernetError(f"{about}: connect Encode Global Image Features (from Load CLIP Vision with the "
-                            f"{encoder['name']} image encoder) to Sample LoRA's global_features input.")
-    if face is not None and not wants_face:
-        raise HypernetError(f"{about} and reads no face embedding: disconnect Sample LoRA's face_embedding input.")
-    if global_features is not None and not wants_global:
-        raise HypernetError(f"{about} and reads no global image features: disconnect Sample LoRA's global_features "
-                            "input (or load a hypernet trained with them).")
+    check_condition_inputs(model.config, face is not None, global_features is not None, InputWords(
+        who=f"Hypernet '{hypernet.name}'",
+        give_face="connect a Face Embed output to Sample LoRA's face_embedding input",
+        give_global="connect Encode Global Image Features (from Load CLIP Vision) to Sample LoRA's global_features "
+                    "input",
+        drop_face="disconnect Sample LoRA's face_embedding input",
+        drop_global="disconnect Sample LoRA's global_features input (or load a hypernet trained with them)",
+        face_missing="face_embedding is not connected", global_missing="global_features is not connected",
+        face_unused="face_embedding is connected", global_unused="global_features is connected"))
     if face is not None and face.model_name != model.embedding_model:
         raise HypernetError(
             f"This hypernet was trained on face embeddings from '{model.embedding_model}', but Face Embed used "

@@ -6,7 +6,7 @@ from pathlib import Path
 from hypernet.data.builder import build_dataset
 from hypernet.lora.layout import Layout, preset
 from hypernet.data.synth import SynthSpec, write_synth
-from hypernet.pipeline.training import TrainConfig, load_train_config
+from hypernet.pipeline.train_config import TrainConfig, load_train_config
 
 SMALL_LAYOUT = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 

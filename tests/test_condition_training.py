@@ -16,7 +16,8 @@ from hypernet.pipeline.evaluate import evaluate
 from hypernet.lora.lora_io import read_lora
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.data.synth import GLOBAL_MODEL, SynthSpec, write_synth
-from hypernet.pipeline.training import state_path, train
+from hypernet.pipeline.train_state import state_path
+from hypernet.pipeline.training import train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 GLOBAL_DIM = 16
@@ -188,7 +189,9 @@ def test_cli_synth_dataset_train_sample_evaluate_with_face_and_global(tmp_path, 
     lora = tmp_path / "lora.safetensors"
     base = ["sample", "--ckpt", str(ckpt), "--steps", "3", "--out", str(lora)]
     assert main(base + ["--embedding", str(identity / "embedding.safetensors")]) == 1
-    assert "needs global image features" in capsys.readouterr().err and not lora.exists()
+    err = capsys.readouterr().err  # one wording with the nodes and the library (condition_inputs.py)
+    assert "needs a face embedding and global image features" in err and "no global image features" in err
+    assert not lora.exists()
     assert main(base + ["--global-features", str(identity / "global.safetensors")]) == 1
     assert "needs a face" in capsys.readouterr().err
     assert main(base + ["--embedding", str(identity / "embedding.safetensors"),
@@ -208,7 +211,11 @@ def test_cli_synth_dataset_train_sample_evaluate_with_face_and_global(tmp_path, 
     assert main(["sample", "--ckpt", str(face_ckpt), "--steps", "3", "--out", str(tmp_path / "f.safetensors"),
                  "--embedding", str(identity / "embedding.safetensors"),
                  "--global-features", str(identity / "global.safetensors")]) == 1
-    assert "takes no global image features" in capsys.readouterr().err
+    assert "reads no global image features" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(face_ckpt), "--steps", "3", "--out", str(tmp_path / "f.safetensors"),
+                 "--embedding", str(identity / "embedding.safetensors"), "--global-arch", "ViT-H-14"]) == 1
+    assert "--global-arch NAME goes with --global-encoder FILE" in capsys.readouterr().err
+    assert not (tmp_path / "f.safetensors").exists()
 
 
 def test_global_only_condition_trains_and_samples_without_a_face(global_data, tmp_path):

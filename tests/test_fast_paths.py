@@ -10,8 +10,9 @@ from hypernet.lora.layout import Layout, preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet.model.prior import Denoiser, PriorConfig
 from hypernet.common.tensors import all_finite, seeded_generator
-from hypernet.pipeline.sampling import condition_rows, sample_latents
-from hypernet.pipeline.training import load_train_config
+from hypernet.pipeline.condition_inputs import condition_rows
+from hypernet.pipeline.sampling import sample_latents
+from hypernet.pipeline.train_config import load_train_config
 
 SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 

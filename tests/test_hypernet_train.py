@@ -12,7 +12,8 @@ from hypernet.model.checkpoint import load_hypernet, save_hypernet
 from hypernet.errors import HypernetError
 from hypernet.lora.lora_io import read_lora
 from hypernet.pipeline.sampling import decode_lora, sample_latents
-from hypernet.pipeline.training import state_path, train
+from hypernet.pipeline.train_state import state_path
+from hypernet.pipeline.training import train
 from hypernet_support import SMALL_LAYOUT, make_dataset, quick_config
 
 
@@ -72,6 +73,47 @@ def test_an_interrupted_run_resumes_to_the_same_result(data, trained, tmp_path, 
     train(data, out, quick_config(), progress=False, resume=True)
     resumed, straight = _tensors(out), _tensors(trained)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_the_resume_file_keeps_the_format_earlier_versions_wrote(data, tmp_path):
+    """Resume files written before the training modules were split must still resume: the same
+    metadata keys and tensor prefixes (pipeline/train_state.py)."""
+    out = tmp_path / "format.safetensors"
+
+    def interrupt(phase, step):
+        if (phase, step) == ("prior", 6):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, quick_config(), progress=False, on_step=interrupt)
+    with safe_open(str(state_path(out)), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert set(meta) == {"format", "format_version", "phase", "step", "data", "train_config", "hypernet_config",
+                         "param_groups", "losses"}
+    assert (meta["format"], meta["format_version"], meta["phase"], meta["step"]) == (
+        "lora-hypernet-train-state", "1", "prior", "5")
+    assert {k.split(".")[0] for k in keys} == {"model", "ema", "opt"}
+    assert all(k.split(".")[1].isdigit() for k in keys if k.startswith("opt."))
+
+
+def test_sampling_defaults_have_one_owner():
+    """The library, the `sample` and `evaluate` commands (and the Sample LoRA node) share
+    pipeline.sampling's defaults; guidance 3 is what benchmarks/RESULTS.md measured with."""
+    import argparse
+    import inspect
+
+    from hypernet.cli import evaluate as evaluate_cli, sample as sample_cli
+    from hypernet.pipeline import sampling
+    from hypernet.pipeline.evaluate import evaluate
+    expected = {"steps": sampling.DEFAULT_STEPS, "guidance": sampling.DEFAULT_GUIDANCE, "eta": sampling.DEFAULT_ETA}
+    assert expected == {"steps": 25, "guidance": 3.0, "eta": 0.0}
+    for function in (sample_latents, evaluate):
+        parameters = inspect.signature(function).parameters
+        assert {name: parameters[name].default for name in expected} == expected, function.__name__
+    for command in (sample_cli, evaluate_cli):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        assert {name: parser.get_default(name) for name in expected} == expected, command.__name__
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data, tmp_path):
@@ -237,7 +279,7 @@ def test_cli_trains_samples_and_refuses_to_overwrite(data, tmp_path, capsys):
 # --- evaluation ----------------------------------------------------------------------------------
 
 def test_delta_metrics_match_dense_delta_w_and_rank_retrieval():
-    from hypernet.pipeline.evaluate import compare, delta_gram
+    from hypernet.pipeline.metrics import compare, delta_gram
     from hypernet.lora.vectorize import module_views
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, SMALL_LAYOUT.num_values, generator=gen), torch.randn(3, SMALL_LAYOUT.num_values, generator=gen)

@@ -8,15 +8,16 @@ from ..data.dataset import open_dataset
 from ..errors import HypernetError
 from ..model.checkpoint import load_hypernet
 from ..pipeline.evaluate import evaluate
+from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="hypernet checkpoint")
     parser.add_argument("--data", required=True, help="dataset folder with held-out identities")
     parser.add_argument("--seeds", type=int, default=2, help="samples per identity")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--eta", type=float, default=DEFAULT_ETA)
     parser.add_argument("--limit", type=int, help="evaluate only the first N held-out identities")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
 

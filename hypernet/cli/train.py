@@ -6,7 +6,8 @@ import dataclasses
 import time
 
 from ..model.condition import CONDITIONS
-from ..pipeline.training import PRESETS, load_train_config, train
+from ..pipeline.train_config import PRESETS, load_train_config
+from ..pipeline.training import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

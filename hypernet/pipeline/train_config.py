@@ -1,0 +1,93 @@
+"""What a training run is told: the TrainConfig, its presets and the --config file that overrides them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..common.files import read_json_object
+from ..errors import HypernetError
+from ..model.autoencoder import AutoencoderConfig
+from ..model.condition import check_condition
+from ..model.diffusion import DiffusionConfig
+from ..model.prior import PriorConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    normalizer: str = "dim"
+    ae_steps: int = 3000
+    ae_batch: int = 64
+    ae_lr: float = 1e-3
+    prior_steps: int = 6000
+    prior_batch: int = 128
+    prior_lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    condition: str = "face"  # "face", "global" or "face+global" (condition.py)
+    global_penalty: float = 0.005  # face+global: weight of the global correction's squared norm (condition.py)
+
+    def __post_init__(self):
+        check_condition(self.condition)
+        for name in ("ae_steps", "prior_steps", "ae_batch", "prior_batch", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise HypernetError(f"train config: {name} must be at least 1")
+        if self.global_penalty < 0:
+            raise HypernetError("train config: global_penalty must not be negative")
+        if not 0 <= self.ema_decay < 1 or self.ae_lr <= 0 or self.prior_lr <= 0 or self.warmup_steps < 0:
+            raise HypernetError("train config: ema_decay must be in [0, 1), learning rates positive, warmup >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        nested = {"autoencoder": AutoencoderConfig, "prior": PriorConfig, "diffusion": DiffusionConfig}
+        try:
+            values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
+            return cls(**values)
+        except TypeError as exc:
+            raise HypernetError(f"invalid train config: {exc}") from exc
+
+
+PRESETS: dict[str, dict] = {
+    # Seconds on a CPU: for tests and the demo, not for quality.
+    "tiny": dict(autoencoder=dict(kind="mlp", latent_dim=32, hidden=64, blocks=1), prior=dict(width=64, blocks=2, time_dim=32),
+                 ae_steps=150, ae_batch=32, ae_lr=3e-3, prior_steps=150, prior_batch=64, prior_lr=1e-3,
+                 warmup_steps=10, ema_decay=0.99, checkpoint_every=50),
+    # Layouts of about 100 k values (the synthetic benchmark): about 26 minutes on a 2-core CPU.
+    # AdaNorm and lr 1e-3: with ADALoRA or lr 3e-4 the prior learned the face -> latent map far
+    # more slowly (benchmarks/RESULTS.md).
+    "default": dict(autoencoder=dict(hidden=256), prior=dict(width=512, blocks=4, conditioning="adanorm"),
+                    ae_steps=1200, prior_steps=2000, prior_batch=256, prior_lr=1e-3),
+    # SDXL layouts (millions of values): the chunked autoencoder; the prior as in "default".
+    "sdxl": dict(autoencoder=dict(kind="chunks", chunk=4096, token_dim=4, hidden=512, blocks=2), ae_batch=8,
+                 prior=dict(width=512, blocks=4, conditioning="adanorm"), prior_lr=1e-3),
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def load_train_config(spec: str | None) -> TrainConfig:
+    """A preset name, or a JSON file of overrides on top of `{"preset": NAME}` (default: "default")."""
+    spec = spec or "default"
+    if spec in PRESETS:
+        return TrainConfig.from_dict(_merge(asdict(TrainConfig()), PRESETS[spec]))
+    path = Path(spec)
+    if not path.is_file():
+        raise HypernetError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    overrides = read_json_object(path, "config fields")
+    preset = overrides.pop("preset", "default")
+    if preset not in PRESETS:
+        raise HypernetError(f"{path}: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return TrainConfig.from_dict(_merge(_merge(asdict(TrainConfig()), PRESETS[preset]), overrides))
