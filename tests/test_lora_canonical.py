@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from hypernet.lora.canonical import canonical_factors, canonical_module, canonicalize
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import Layout, LoraModule, preset
-from hypernet.lora.lora_io import LoraWeights, ModuleWeights
+from hypernet.lora.layout import Layout, LoraModule
+from hypernet.lora.presets import preset
+from hypernet.lora.weights import LoraWeights, ModuleWeights
 from hypernet.lora.vectorize import Normalizer, flatten, module_slices, module_views, unflatten
 
 SMALL = Layout((LoraModule("lora_unet_middle_block_1_proj_in", 6, 5, 2, 2.0),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import PRESETS, load_layout, preset
+from hypernet.lora.presets import load_layout, preset, PRESETS
 
 
 @pytest.mark.parametrize("name, modules, values", [("sdxl-attn-r4", 560, 5_806_080), ("sdxl-qv-r1", 280, 725_760),

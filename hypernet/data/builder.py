@@ -56,7 +56,8 @@ from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic, sha256_file
 from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo
 from ..lora.layout import Layout
-from ..lora.lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
+from ..lora.weights import LoraWeights
+from ..lora.lora_io import guess_base_model, layout_from_lora, read_lora
 from ..lora.vectorize import flatten
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

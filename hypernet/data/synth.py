@@ -47,7 +47,8 @@ from ..common.tensors import l2_normalize, seeded_generator
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
 from ..lora.layout import Layout
-from ..lora.lora_io import LoraWeights, ModuleWeights, write_lora
+from ..lora.weights import LoraWeights, ModuleWeights
+from ..lora.lora_io import write_lora
 from ..lora.vectorize import module_slices, unflatten
 
 EMBEDDING_DIM = 512

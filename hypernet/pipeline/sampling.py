@@ -14,7 +14,7 @@ import torch
 from ..model.condition import needs_face, needs_global
 from ..common.tensors import all_finite, l2_normalize, seeded_generator
 from ..errors import HypernetError
-from ..lora.lora_io import LoraWeights
+from ..lora.weights import LoraWeights
 from ..model.hypernet import Hypernet
 from ..lora.vectorize import unflatten
 
