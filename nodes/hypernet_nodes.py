@@ -110,7 +110,7 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
     """Name the socket to connect or disconnect when the wiring does not fit the hypernet's
     condition, and refuse features from another face model or image encoder."""
     from ..hypernet.model.condition import needs_face, needs_global
-    from ..hypernet.encoders.global_features import check_encoder
+    from ..hypernet.encoders.encoder_info import check_encoder
     model = hypernet.hypernet
     condition, wants_face, wants_global = model.condition, needs_face(model.condition), needs_global(model.condition)
     encoder = model.config.global_encoder

@@ -18,7 +18,7 @@ from ..model.checkpoint import load_hypernet
 from ..model.condition import needs_face, needs_global
 from ..common.tensors import mean_embedding
 from ..errors import HypernetError
-from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo, check_encoder
+from ..encoders.encoder_info import SYNTHETIC_FINGERPRINT, EncoderInfo, check_encoder
 from ..common.files import save_safetensors_atomic, save_safetensors_new, sha256_file
 from ..lora.lora_io import lora_metadata, lora_to_state_dict
 from ..pipeline.sampling import decode_lora, provenance, sample_latents

@@ -17,7 +17,7 @@ from ..model.condition import needs_face, needs_global
 from ..common.tensors import l2_normalize
 from ..data.dataset import LoraDataset
 from ..errors import HypernetError
-from ..encoders.global_features import check_encoder
+from ..encoders.encoder_info import check_encoder
 from ..lora.layout import Layout
 from ..model.hypernet import Hypernet
 from .sampling import sample_latents
