@@ -38,9 +38,10 @@ from .presets import sdxl_attention_shapes
 from .safetensors_header import read_header
 from .weights import LoraWeights, ModuleWeights
 
-# Trained LoRA factors stay below about 10. ComfyUI often patches in float16 (largest value
-# 65504), where up @ down of factors beyond 1e4 overflows at any rank; so larger values, or a
-# larger alpha / rank, mean a damaged or hostile file.
+# Trained LoRA factors stay below about 10 (kohya's are mostly 0.001-1). 1e4 leaves three orders
+# of magnitude for unusual trainers, yet refuses factors whose products overflow float16
+# (1e4 * 1e4 > 65504), the precision ComfyUI often patches in; so larger values, or a larger
+# alpha / rank, mean a damaged or hostile file.
 MAX_FACTOR_VALUE = 1e4
 
 
@@ -119,8 +120,8 @@ def _factor(name: str, what: str, tensor: torch.Tensor, source: str) -> torch.Te
         raise HypernetError(f"{source}: module {name} has NaN or Inf values in its {what} weights; "
                             "the LoRA is broken (diverged training?)")
     if max(-low, high) > MAX_FACTOR_VALUE:
-        raise HypernetError(f"{source}: module {name} has {what} weights up to {max(-low, high):.3g}, beyond the "
-                            f"{MAX_FACTOR_VALUE:g} no trained LoRA reaches; the file is damaged or not a LoRA")
+        raise HypernetError(f"{source}: module {name} has {what} weights up to {max(-low, high):.3g}, beyond "
+                            f"{MAX_FACTOR_VALUE:g}, which no trained LoRA reaches; the file is damaged or not a LoRA")
     return values
 
 
@@ -135,8 +136,8 @@ def _alpha(name: str, alpha: torch.Tensor | None, rank: int, source: str) -> flo
     if not math.isfinite(value):
         raise HypernetError(f"{source}: module {name} has a NaN or Inf alpha")
     if abs(value) / rank > MAX_FACTOR_VALUE:
-        raise HypernetError(f"{source}: module {name} has alpha {value:.3g} at rank {rank}, a scale beyond the "
-                            f"{MAX_FACTOR_VALUE:g} no trained LoRA reaches; the file is damaged or not a LoRA")
+        raise HypernetError(f"{source}: module {name} has alpha {value:.3g} at rank {rank}, a scale beyond "
+                            f"{MAX_FACTOR_VALUE:g}, which no trained LoRA reaches; the file is damaged or not a LoRA")
     return value
 
 
