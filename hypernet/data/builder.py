@@ -20,16 +20,19 @@ identity (photos or rows) are each L2-normalised, averaged and normalised again.
 
 Global image features go into the dataset in one of two ways, for every identity or none:
 with `--global-encoder FILE --global-arch NAME` they are computed from each identity's photos
-with that open_clip image encoder (hypernet.global_features; global.safetensors files are then
-not read); without it, they are read from global.safetensors when every identity folder has
-one (a mix is an error). The manifest records
-the encoder's identity (name, dim, fingerprint), which training and sampling check.
+with that open_clip image encoder (hypernet.encoders.global_features; global.safetensors files
+are then not read); without it, they are read from global.safetensors when every identity
+folder has one (a mix is an error). The manifest records the encoder's identity (name, dim,
+fingerprint), which training and sampling check.
 
 Each LoRA's UNet modules (text-encoder modules are dropped: the hypernet patches the MODEL
 only) are canonicalised and flattened to the dataset layout: `--layout` (preset or JSON file),
 or else the layout of the first usable LoRA, in identity order, with alpha = rank. Folders
 that cannot be used (no LoRA, two LoRAs, an unreadable photo, no face, a LoRA of another
 layout, NaN weights, ...) are reported, listed in the manifest's "skipped", and left out.
+
+Modules: identity_folders scans SRC and reads the embedding files, condition_sources turns
+photos or files into conditions, this module runs the loop and the cache.
 
 Resuming: each identity's vector and embeddings are cached in OUT/.work/<id>.safetensors with a
 key over its source files' SHA-256, the layout, the embedding model and the global encoder; a
