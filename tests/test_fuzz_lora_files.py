@@ -133,6 +133,10 @@ CASES = {
     # shape lies
     "shape larger than its bytes": (_raw(_entry(shape=(4, 2), offsets=(0, 16)), bytes(16)), True),
     "shape smaller than its bytes": (_raw(_entry(shape=(1, 2), offsets=(0, 16)), bytes(16)), True),
+    "key with a line break": (save_bytes({f"lora_te1_a\nb{s}": torch.ones(2, 2) * 0.1
+                                         for s in (".lora_up.weight", ".lora_down.weight")}), False),
+    "key of 10,000 characters": (save_bytes({"lora_te1_" + "a" * 10_000 + s: torch.ones(2, 2) * 0.1
+                                            for s in (".lora_up.weight", ".lora_down.weight")}), False),
     "two tensors on the same bytes": (_raw({**_entry(), DOWN: {"dtype": "F32", "shape": [2, 2],
                                                               "data_offsets": [0, 16]}}, bytes(16)), False),
     # pickles and other files under a .safetensors name
@@ -275,7 +279,9 @@ _info = st.one_of(
                            "data_offsets": st.one_of(st.lists(st.one_of(st.integers(-4, 300), _json_scalars),
                                                               max_size=3), _json_scalars)}),
     _json_scalars, st.lists(_json_scalars, max_size=3))
-_keys = st.sampled_from([UP, DOWN, ALPHA, "__metadata__", "x.lora_up.weight", f"{MODULE}.lora_A.weight"])
+_keys = st.one_of(st.sampled_from([UP, DOWN, ALPHA, "__metadata__", "x.lora_up.weight", f"{MODULE}.lora_A.weight"]),
+                  st.builds(lambda name, suffix: name + suffix, st.text(max_size=12).map(lambda t: "lora_te1_" + t),
+                            st.sampled_from([".lora_up.weight", ".lora_down.weight", ".alpha"])))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -332,4 +338,29 @@ def test_dataset_builder_skips_each_hostile_lora_and_writes_no_cache_for_it(tmp_
         assert entry["kind"] == "unreadable or broken LoRA", (hostile[folder], entry)
         _one_line(entry["reason"])
         assert not (out / ".work" / f"{folder}.safetensors").exists()
+    assert sorted(p.name for p in (out / ".work").iterdir()) == ["id-00000.safetensors", "id-00001.safetensors"]
+
+
+def test_dataset_builder_skips_each_hostile_embedding_file_and_writes_no_cache_for_it(tmp_path):
+    """embedding.safetensors files come from the same strangers and go through the same header checks.
+    (Their magnitude is harmless: every embedding is normalised, in float64.)"""
+    tiny = preset("tiny-attn-r4")
+    src = tmp_path / "src"
+    write_synth(src, tiny, 2, progress=False)
+    hostile = {name: data for name, (data, header_only) in CASES.items() if header_only}
+    hostile.update({"int64 embedding": save_bytes({"embedding": torch.ones(512, dtype=torch.int64)}),
+                    "embedding of 3 dimensions": save_bytes({"embedding": torch.ones(1, 1, 512)}),
+                    "NaN embedding": save_bytes({"embedding": torch.full((512,), float("nan"))})})
+    for i, data in enumerate(hostile.values()):
+        folder = src / f"bad-{i:02d}"
+        folder.mkdir()
+        shutil.copy(src / "id-00000" / "lora.safetensors", folder / "lora.safetensors")
+        (folder / "embedding.safetensors").write_bytes(data)
+    out = tmp_path / "data"
+    result = build_dataset(src, out, layout=tiny, heldout=0.0, progress=False)
+    assert result.kept == ["id-00000", "id-00001"]
+    assert len(result.skipped) == len(hostile)
+    for entry in result.skipped:
+        assert entry["kind"] == "bad embedding file", entry
+        _one_line(entry["reason"])
     assert sorted(p.name for p in (out / ".work").iterdir()) == ["id-00000.safetensors", "id-00001.safetensors"]

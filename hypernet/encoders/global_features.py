@@ -1,8 +1,9 @@
 """Global image features of the reference photos: a CLIP image encoder run through open_clip.
 
 DiffLoRA conditions on the face (ArcFace) and on global features of the whole reference image
-from a CLIP image encoder. This module loads such an encoder from a .safetensors file (never a
-pickle), preprocesses images and encodes them to L2-normalised vectors [n, dim].
+from a CLIP image encoder. This module builds such an encoder (weights read by clip_weights from
+a .safetensors file, never a pickle), preprocesses images and encodes them to L2-normalised
+vectors [n, dim].
 
 The same encoder runs in two places, and both must give the same features for the same weights:
 
@@ -18,9 +19,9 @@ preprocessed the way ComfyUI's CLIP vision preprocessing does it (shorter side r
 with antialias, centre crop, 8-bit quantisation, CLIP mean/std). tests/test_global_features.py
 checks the equality with random weights loaded both ways.
 
-Encoder identity (EncoderInfo): the open_clip architecture name, the output size and a
-fingerprint of the weights, recorded in the dataset manifest and the hypernet checkpoint so
-that features from another encoder are an error instead of a silent drift.
+Encoder identity (encoder_info.EncoderInfo): the open_clip architecture name, the output size
+and a fingerprint of the weights, recorded in the dataset manifest and the hypernet checkpoint
+so that features from another encoder are an error instead of a silent drift.
 """
 from __future__ import annotations
 

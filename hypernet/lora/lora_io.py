@@ -43,6 +43,7 @@ from .weights import LoraWeights, ModuleWeights
 # (1e4 * 1e4 > 65504), the precision ComfyUI often patches in; so larger values, or a larger
 # alpha / rank, mean a damaged or hostile file.
 MAX_FACTOR_VALUE = 1e4
+MAX_KEY_CHARS = 500  # the longest kohya key of SDXL has about 90
 
 
 def read_lora(path: str | os.PathLike) -> LoraWeights:
@@ -58,7 +59,8 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise HypernetError(f"{path}: safetensors could not read it ({exc}); the file is damaged or not a LoRA") from exc
+        reason = " ".join(str(exc).split())[:200]
+        raise HypernetError(f"{path}: safetensors could not read it ({reason}); the file is damaged or not a LoRA") from exc
     return lora_from_state_dict(tensors, metadata, source=str(path))
 
 
@@ -69,6 +71,9 @@ def lora_from_state_dict(tensors: Mapping[str, torch.Tensor], metadata: Mapping[
     prefix_of: dict[str, str] = {}
     unknown = []
     for key in sorted(tensors, key=natural_key):
+        if not key.isprintable() or len(key) > MAX_KEY_CHARS:  # it would end up in one-line messages
+            raise HypernetError(f"{source}: key {key[:80]!r} has control characters or more than {MAX_KEY_CHARS} "
+                                "characters; it is no LoRA key, the file is damaged")
         split = split_key(key)
         name = kohya_name(split[0]) if split else None
         if name is None:
