@@ -364,3 +364,12 @@ def test_dataset_builder_skips_each_hostile_embedding_file_and_writes_no_cache_f
         assert entry["kind"] == "bad embedding file", entry
         _one_line(entry["reason"])
     assert sorted(p.name for p in (out / ".work").iterdir()) == ["id-00000.safetensors", "id-00001.safetensors"]
+
+
+def test_a_file_with_more_tensors_than_any_lora_is_refused_before_safetensors_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(lora_io, "MAX_TENSORS", 2)  # the real bound (300,000) needs a 20 MB header to reach
+    path = tmp_path / "lora.safetensors"
+    path.write_bytes(GOOD)  # up, down and alpha: one over
+    meter = Meter(monkeypatch)
+    assert "more than the 2 of the largest LoRA" in _refused(path, meter)
+    assert meter.opens == 0

@@ -33,7 +33,7 @@ from .. import GENERATOR
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
 from .keys import kohya_name, split_key
-from .layout import UNET_PREFIX, Layout, kohya_unet_name, natural_key
+from .layout import MAX_MODULES, UNET_PREFIX, Layout, kohya_unet_name, natural_key
 from .presets import sdxl_attention_shapes
 from .safetensors_header import read_header
 from .weights import LoraWeights, ModuleWeights
@@ -44,6 +44,7 @@ from .weights import LoraWeights, ModuleWeights
 # alpha / rank, mean a damaged or hostile file.
 MAX_FACTOR_VALUE = 1e4
 MAX_KEY_CHARS = 500  # the longest kohya key of SDXL has about 90
+MAX_TENSORS = 3 * MAX_MODULES  # up, down and alpha of the most modules a layout may have
 
 
 def read_lora(path: str | os.PathLike) -> LoraWeights:
@@ -53,6 +54,10 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
         raise HypernetError(f"LoRA file {path} does not exist")
     header = read_header(path)
     metadata = header.get("__metadata__") or {}
+    count = len(header) - ("__metadata__" in header)
+    if count > MAX_TENSORS:  # refused before safetensors loads them all
+        raise HypernetError(f"{path}: holds {count:,} tensors, more than the {MAX_TENSORS:,} of the largest "
+                            "LoRA this pack reads; the file is damaged or not a LoRA")
     tensors = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
