@@ -1,7 +1,7 @@
 """Layouts against ComfyUI's real SDXL UNet, built on the meta device (names and shapes only)."""
 import pytest
 
-from hypernet.lora.layout import attention_layout, Layout, layout_mismatches
+from hypernet.lora.layout import Layout, attention_layout, layout_mismatches
 from hypernet.lora.presets import preset, sdxl_attention_shapes
 
 

@@ -47,9 +47,9 @@ from ..common.tensors import l2_normalize, seeded_generator
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
 from ..lora.layout import Layout
-from ..lora.weights import LoraWeights, ModuleWeights
 from ..lora.lora_io import write_lora
 from ..lora.vectorize import module_slices, unflatten
+from ..lora.weights import LoraWeights, ModuleWeights
 
 EMBEDDING_DIM = 512
 EMBEDDING_MODEL = "synthetic-uniform-sphere-512"
