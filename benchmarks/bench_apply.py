@@ -51,7 +51,7 @@ OURS, STOCK = "ours: Apply LoRA (in-memory LORA)", "stock: LoraLoaderModelOnly (
 
 def random_lora(layout_name: str, seed: int = 0):
     """A kohya LORA value of the layout with random factors (the arithmetic does not care)."""
-    layout = _bench.pack_module("hypernet.lora.layout").preset(layout_name)
+    layout = _bench.pack_module("hypernet.lora.presets").preset(layout_name)
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for m in layout:

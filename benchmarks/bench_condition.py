@@ -31,7 +31,8 @@ from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
 from hypernet.data.dataset import open_dataset  # noqa: E402
 from hypernet.data.builder import build_dataset  # noqa: E402
 from hypernet.pipeline.evaluate import evaluate  # noqa: E402
-from hypernet.lora.layout import Layout, preset  # noqa: E402
+from hypernet.lora.layout import Layout  # noqa: E402
+from hypernet.lora.presets import preset  # noqa: E402
 from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.pipeline.training import Trainer, TrainConfig, load_train_config  # noqa: E402
 

@@ -34,7 +34,7 @@ from hypernet.lora.alignment import align, reference_factors  # noqa: E402
 from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
 from hypernet.data.dataset import open_dataset  # noqa: E402
 from hypernet.data.builder import build_dataset  # noqa: E402
-from hypernet.lora.layout import preset  # noqa: E402
+from hypernet.lora.presets import preset  # noqa: E402
 from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.pipeline.training import Trainer, load_train_config  # noqa: E402
 from hypernet.lora.vectorize import Normalizer  # noqa: E402

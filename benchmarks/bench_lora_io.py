@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hypernet.lora.canonical import canonicalize  # noqa: E402
-from hypernet.lora.layout import load_layout  # noqa: E402
+from hypernet.lora.presets import load_layout  # noqa: E402
 from hypernet.lora.lora_io import read_lora  # noqa: E402
 from hypernet.data.synth import write_synth  # noqa: E402
 from hypernet.lora.vectorize import flatten  # noqa: E402

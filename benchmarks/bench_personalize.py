@@ -36,7 +36,7 @@ TARGET_LAYOUT, TARGET_STEPS, TARGET_SECONDS = "sdxl-attn-r4", 25, 1.0
 
 def random_hypernet(layout_name: str, train_preset: str, embedding_model: str, seed: int = 0):
     """A Hypernet of the preset's architecture with random weights (the pack's own classes)."""
-    layout = _bench.pack_module("hypernet.lora.layout").preset(layout_name)
+    layout = _bench.pack_module("hypernet.lora.presets").preset(layout_name)
     cfg = _bench.pack_module("hypernet.pipeline.training").load_train_config(train_preset)
     model_mod = _bench.pack_module("hypernet.model.hypernet")
     torch.manual_seed(seed)
@@ -103,7 +103,7 @@ def measure_layout(work: Path, layout_name: str, face_value, steps_list: list[in
         gc.collect()
     stats = {stage: Stats(tuple(values)) for stage, values in times.items()}
     stats["load"] = Stats((load.seconds,))
-    stats["patched weights"] = Stats((float(len(_bench.pack_module("hypernet.lora.layout").preset(layout_name))),))
+    stats["patched weights"] = Stats((float(len(_bench.pack_module("hypernet.lora.presets").preset(layout_name))),))
     return stats
 
 

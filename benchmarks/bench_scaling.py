@@ -18,7 +18,7 @@ from _bench import Stats
 
 import torch  # noqa: E402
 
-from hypernet.lora.layout import preset  # noqa: E402
+from hypernet.lora.presets import preset  # noqa: E402
 from hypernet.model.hypernet import Hypernet, HypernetConfig  # noqa: E402
 from hypernet.pipeline.sampling import decode_lora, sample_latents  # noqa: E402
 from hypernet.pipeline.training import load_train_config  # noqa: E402

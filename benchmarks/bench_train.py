@@ -23,7 +23,7 @@ from _bench import Stats
 
 import torch  # noqa: E402
 
-from hypernet.lora.layout import load_layout  # noqa: E402
+from hypernet.lora.presets import load_layout  # noqa: E402
 import hypernet.pipeline.trainer as train_module  # noqa: E402
 from hypernet.pipeline.training import Trainer, load_train_config  # noqa: E402
 

@@ -35,8 +35,8 @@ class EncodeGlobalImageFeatures:
 
     def encode(self, clip_vision, images: torch.Tensor):
         from ..hypernet.common.tensors import l2_normalize, mean_embedding
-        from ..hypernet.encoders.global_features import (EncoderInfo, architectures_matching, describe_spec,
-                                                         projection_fingerprint)
+        from ..hypernet.encoders.encoder_info import EncoderInfo, projection_fingerprint
+        from ..hypernet.encoders.global_features import architectures_matching, describe_spec
         spec, projection = clip_vision_spec(clip_vision)
         rows = clip_vision.encode_image(images, crop=True)["image_embeds"]
         per_image = l2_normalize(rows.detach().float().cpu(), "an image feature vector")

@@ -110,7 +110,7 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
                             global_features: GlobalFeaturesValue | None) -> None:
     """Name the socket to connect or disconnect when the wiring does not fit the hypernet's
     condition, and refuse features from another face model or image encoder."""
-    from ..hypernet.encoders.global_features import check_encoder
+    from ..hypernet.encoders.encoder_info import check_encoder
     from ..hypernet.pipeline.condition_inputs import InputWords, check_condition_inputs
     model = hypernet.hypernet
     encoder = model.config.global_encoder

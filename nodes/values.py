@@ -32,7 +32,7 @@ class GlobalFeaturesValue:
 
     features: torch.Tensor  # [G], L2-normalised
     per_image: torch.Tensor  # [k, G], L2-normalised, one row per photo
-    encoder: dict  # hypernet.encoders.global_features.EncoderInfo.to_dict(): name, dim, fingerprint
+    encoder: dict  # hypernet.encoders.encoder_info.EncoderInfo.to_dict(): name, dim, fingerprint
     # every open_clip architecture with this image tower (ComfyUI's model carries no name)
     architectures: tuple[str, ...] = ()
 

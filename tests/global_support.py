@@ -112,6 +112,6 @@ def comfy_clip_vision(path: Path):
 
 
 def tiny_encoder_info(seed: int = 0) -> dict:
-    from hypernet.encoders.global_features import EncoderInfo, projection_fingerprint
+    from hypernet.encoders.encoder_info import EncoderInfo, projection_fingerprint
 
     return EncoderInfo(register_tiny_arch(), TINY_DIM, projection_fingerprint(tiny_weights(seed)["proj"])).to_dict()

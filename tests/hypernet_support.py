@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hypernet.data.builder import build_dataset
-from hypernet.lora.layout import Layout, preset
+from hypernet.lora.layout import Layout
+from hypernet.lora.presets import preset
 from hypernet.data.synth import SynthSpec, write_synth
 from hypernet.pipeline.train_config import TrainConfig, load_train_config
 

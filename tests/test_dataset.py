@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from hypernet.common.tensors import mean_embedding
 from hypernet.data.dataset import DatasetRecord, open_dataset, split_identities, write_dataset
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import preset
+from hypernet.lora.presets import preset
 
 LAYOUT = preset("tiny-attn-r4")
 

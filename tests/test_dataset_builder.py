@@ -15,7 +15,7 @@ from hypernet.cli import main
 from hypernet.data.dataset import open_dataset
 from hypernet.data.builder import build_dataset
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import preset
+from hypernet.lora.presets import preset
 from hypernet.lora.lora_io import read_lora, write_lora
 from hypernet.data.synth import write_synth
 from hypernet.lora.vectorize import flatten

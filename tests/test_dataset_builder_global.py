@@ -18,7 +18,7 @@ from hypernet.data.dataset import open_dataset
 from hypernet.data.builder import build_dataset
 from hypernet.errors import HypernetError
 from hypernet.encoders.global_features import GlobalImageEncoder
-from hypernet.lora.layout import preset
+from hypernet.lora.presets import preset
 from hypernet.data.synth import GLOBAL_MODEL, write_synth
 
 TINY = preset("tiny-attn-r4")

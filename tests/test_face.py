@@ -13,7 +13,9 @@ from insightface.model_zoo import model_zoo
 from PIL import Image
 
 from face_models import draw_face, synthetic_photo, write_face_models
-from hypernet.encoders import face
+from hypernet.common.images import read_image
+from hypernet.common.tensors import mean_embedding
+from hypernet.encoders import face, onnx_providers
 from hypernet.errors import HypernetError
 
 PHOTOS = Path(insightface.__file__).parent / "data" / "images"
@@ -84,7 +86,7 @@ def test_tightly_cropped_face_is_found_only_after_padding(analyzer, models):
 
 
 def test_real_photo_without_marker_has_no_face_and_with_marker_has_one(analyzer):
-    photo = face.read_image(PHOTOS / "t1.jpg")
+    photo = read_image(PHOTOS / "t1.jpg")
     assert analyzer.detect(photo) is None
     marked = draw_face(photo.copy(), 600, 300, 120, identity=7)
     np.testing.assert_allclose(analyzer.detect(marked).bbox, [600, 300, 720, 420], atol=2)
@@ -186,7 +188,7 @@ def test_broken_model_file_is_named(tmp_path):
 
 def test_unavailable_provider_falls_back_to_cpu_with_warning(models, monkeypatch, caplog):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders"):
         analyzer = face.FaceAnalyzer(models["folder"], providers=("CUDA",))
     assert analyzer.providers == ["CPUExecutionProvider"]
     assert "CUDAExecutionProvider is not available" in caplog.text
@@ -194,7 +196,7 @@ def test_unavailable_provider_falls_back_to_cpu_with_warning(models, monkeypatch
 
 def test_cuda_request_runs_on_cuda_or_warns(models, caplog):
     """This machine's onnxruntime may list CUDA yet fail to start it (no GPU or libraries)."""
-    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders"):
         analyzer = face.FaceAnalyzer(models["folder"], providers=("CUDA",))
     if "CUDAExecutionProvider" in analyzer.providers:
         assert "CUDAExecutionProvider" not in caplog.text
@@ -205,9 +207,9 @@ def test_cuda_request_runs_on_cuda_or_warns(models, caplog):
 
 def test_unknown_provider_name_is_an_error():
     with pytest.raises(HypernetError, match="Unknown onnxruntime provider 'Quantum'"):
-        face.resolve_providers(["Quantum"])
-    assert face.provider_name("ROCm") == "ROCMExecutionProvider"
-    assert face.provider_name("coreml") == "CoreMLExecutionProvider"
+        onnx_providers.resolve_providers(["Quantum"])
+    assert onnx_providers.provider_name("ROCm") == "ROCMExecutionProvider"
+    assert onnx_providers.provider_name("coreml") == "CoreMLExecutionProvider"
 
 
 def test_two_onnxruntime_distributions_warn_once(models, monkeypatch, caplog):
@@ -216,9 +218,9 @@ def test_two_onnxruntime_distributions_warn_once(models, monkeypatch, caplog):
             self.metadata = {"Name": name}
 
     fake = [Distribution("onnxruntime"), Distribution("onnxruntime_gpu"), Distribution("numpy")]
-    monkeypatch.setattr(face.metadata, "distributions", lambda: iter(fake))
-    monkeypatch.setattr(face, "_runtime_conflict_checked", False)
-    with caplog.at_level(logging.WARNING, logger="hypernet.encoders.face"):
+    monkeypatch.setattr(onnx_providers.metadata, "distributions", lambda: iter(fake))
+    monkeypatch.setattr(onnx_providers, "_runtime_conflict_checked", False)
+    with caplog.at_level(logging.WARNING, logger="hypernet.encoders"):
         face.FaceAnalyzer(models["folder"])
         face.FaceAnalyzer(models["folder"])
     assert caplog.text.count("Several onnxruntime distributions are installed") == 1
@@ -272,15 +274,15 @@ def test_embed_file_errors_name_the_file(models, tmp_path):
         embedder.embed_file(tmp_path / "empty.png")
 
 
-def test_combine_embeddings_normalises_rows_first():
+def test_mean_embedding_normalises_rows_first():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 512))
-    combined = face.combine_embeddings(np.stack([10 * a, b]))
+    combined = mean_embedding(np.stack([10 * a, b])).numpy()
     unit_a, unit_b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     np.testing.assert_allclose(combined, (unit_a + unit_b) / np.linalg.norm(unit_a + unit_b),
                                atol=1e-6)
     with pytest.raises(HypernetError, match="cancel out"):
-        face.combine_embeddings(np.stack([a, -a]))
+        mean_embedding(np.stack([a, -a]))
 
 
 def test_slerp_endpoints_norm_symmetry_and_constant_speed():

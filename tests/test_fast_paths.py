@@ -6,7 +6,8 @@ import importlib
 import pytest
 import torch
 
-from hypernet.lora.layout import Layout, preset
+from hypernet.lora.layout import Layout
+from hypernet.lora.presets import preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet.model.prior import Denoiser, PriorConfig
 from hypernet.common.tensors import all_finite, seeded_generator

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 from global_support import (TINY_ARCH, TINY_DIM, TINY_IMAGE, comfy_clip_vision, register_tiny_arch, tiny_weights,
                             write_comfy_file, write_open_clip_file)
 from hypernet.errors import HypernetError
-from hypernet.encoders.global_features import (EncoderInfo, GlobalImageEncoder, architectures_matching, check_encoder,
-                                      preprocess_images, projection_fingerprint)
+from hypernet.encoders.encoder_info import EncoderInfo, check_encoder, projection_fingerprint
+from hypernet.encoders.global_features import GlobalImageEncoder, architectures_matching, preprocess_images
 
 
 @pytest.fixture(scope="module")

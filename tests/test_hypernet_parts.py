@@ -7,7 +7,8 @@ import torch
 from hypernet.model.autoencoder import AutoencoderConfig, build_autoencoder, delta_sq_error
 from hypernet.model.diffusion import PREDICTIONS, Diffusion, DiffusionConfig, cosine_alphas_cumprod
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import Layout, preset
+from hypernet.lora.layout import Layout
+from hypernet.lora.presets import preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet.model.prior import AdaLoraBlock, Denoiser, PriorConfig
 from hypernet.lora.vectorize import module_views

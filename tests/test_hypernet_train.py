@@ -305,7 +305,8 @@ def test_evaluate_cli_prints_one_json_object_with_the_promised_keys(data, traine
 
 
 def test_evaluate_refuses_a_dataset_of_another_layout(trained, tmp_path):
-    from hypernet.lora.layout import Layout, preset
+    from hypernet.lora.layout import Layout
+    from hypernet.lora.presets import preset
     other = make_dataset(tmp_path, identities=8, layout=Layout(preset("tiny-attn-r4").modules[6:10], "sdxl"))
     assert main(["evaluate", "--ckpt", str(trained), "--data", str(other)]) == 1
     from hypernet.pipeline.evaluate import evaluate

@@ -1,7 +1,8 @@
 """Layouts against ComfyUI's real SDXL UNet, built on the meta device (names and shapes only)."""
 import pytest
 
-from hypernet.lora.layout import Layout, attention_layout, layout_mismatches, preset, sdxl_attention_shapes
+from hypernet.lora.layout import Layout, attention_layout, layout_mismatches
+from hypernet.lora.presets import preset, sdxl_attention_shapes
 
 
 @pytest.mark.parametrize("name,modules,values", [("sdxl-attn-r4", 560, 5_806_080), ("sdxl-qv-r1", 280, 725_760)])

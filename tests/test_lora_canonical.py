@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from hypernet.lora.canonical import canonical_factors, canonical_module, canonicalize
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import Layout, LoraModule, preset
-from hypernet.lora.lora_io import LoraWeights, ModuleWeights
+from hypernet.lora.layout import Layout, LoraModule
+from hypernet.lora.presets import preset
 from hypernet.lora.vectorize import Normalizer, flatten, module_slices, module_views, unflatten
+from hypernet.lora.weights import LoraWeights, ModuleWeights
 
 SMALL = Layout((LoraModule("lora_unet_middle_block_1_proj_in", 6, 5, 2, 2.0),
                 LoraModule("lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q", 5, 5, 3, 3.0),

@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 import hypernet
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import preset
-from hypernet.lora.lora_io import (LoraWeights, ModuleWeights, kohya_name, layout_from_lora, lora_from_state_dict,
-                              lora_to_state_dict, read_lora, write_lora)
+from hypernet.lora.keys import kohya_name
+from hypernet.lora.lora_io import layout_from_lora, lora_from_state_dict, lora_to_state_dict, read_lora, write_lora
+from hypernet.lora.presets import preset
+from hypernet.lora.weights import LoraWeights, ModuleWeights
 
 # One attention block of SDXL in diffusers naming and the kohya ldm module it is.
 DIFFUSERS_TO_KOHYA = {

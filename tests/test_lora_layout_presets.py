@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hypernet.errors import HypernetError
-from hypernet.lora.layout import PRESETS, load_layout, preset
+from hypernet.lora.presets import PRESETS, load_layout, preset
 
 
 @pytest.mark.parametrize("name, modules, values", [("sdxl-attn-r4", 560, 5_806_080), ("sdxl-qv-r1", 280, 725_760),
@@ -37,3 +37,53 @@ def test_load_layout_takes_a_preset_or_a_json_file(tmp_path):
     path.write_text("{}")
     with pytest.raises(HypernetError, match="not a valid layout"):
         load_layout(str(path))
+
+
+# --- size bounds: a damaged layout is refused before any per-module work ------------------
+
+class _CountingName(str):
+    """A module name that counts how often it is compared for equality."""
+
+    compared = 0
+
+    def __eq__(self, other):
+        _CountingName.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_layout_of_300000_modules_is_refused_before_sorting_or_building(monkeypatch, tmp_path):
+    import hypernet.lora.layout as layout_module
+    from hypernet.lora.layout import MAX_MODULES, Layout, LoraModule
+
+    keyed, built = [], []
+    real_key, real_from_list = layout_module.natural_key, LoraModule.from_list.__func__
+    monkeypatch.setattr(layout_module, "natural_key", lambda name: keyed.append(name) or real_key(name))
+    monkeypatch.setattr(LoraModule, "from_list", classmethod(lambda cls, item: built.append(1) or real_from_list(cls, item)))
+    one = LoraModule("lora_unet_x", 4, 4, 1, 1.0)
+    with pytest.raises(ValueError, match="300,000 modules"):
+        Layout((one,) * 300_000)
+    data = {"version": 1, "base_model": "sdxl", "modules": [one.to_list()] * 300_000}
+    with pytest.raises(ValueError, match=f"more than the {MAX_MODULES:,}"):
+        Layout.from_dict(data)
+    path = tmp_path / "huge.json"
+    path.write_text(__import__("json").dumps(data))
+    with pytest.raises(HypernetError, match="not a valid layout: a layout of 300,000 modules"):
+        load_layout(str(path))
+    assert keyed == [] and built == []
+
+
+def test_duplicate_check_is_linear_in_the_module_count():
+    from hypernet.lora.layout import Layout, LoraModule
+
+    count = 3000
+    modules = [LoraModule(_CountingName(f"lora_unet_m_{i}"), 4, 4, 1, 1.0) for i in range(count)]
+    _CountingName.compared = 0
+    Layout(tuple(modules))
+    assert _CountingName.compared <= count  # names.count() compared each name with every other: count**2
+    modules.append(LoraModule(_CountingName("lora_unet_m_7"), 4, 4, 1, 1.0))
+    _CountingName.compared = 0
+    with pytest.raises(ValueError, match="more than once: lora_unet_m_7"):
+        Layout(tuple(modules))
+    assert _CountingName.compared <= 4 * count

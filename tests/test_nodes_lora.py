@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hypernet.lora.layout import attention_layout, preset
+from hypernet.lora.layout import attention_layout
+from hypernet.lora.presets import preset
 
 
 def random_lora(pack, model, rank=2, seed=0):

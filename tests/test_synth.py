@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 
 from hypernet.cli import main
-from hypernet.lora.layout import preset
+from hypernet.lora.presets import preset
 from hypernet.lora.lora_io import read_lora
 from hypernet.data.synth import SynthSpec, manifold_features, mix_factors, synth_embeddings, synth_vectors, write_synth
 from hypernet.lora.vectorize import flatten, unflatten

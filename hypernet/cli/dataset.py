@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..data.builder import build_dataset
 from ..errors import HypernetError
-from ..lora.layout import load_layout
+from ..lora.presets import load_layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 def face_input(args: argparse.Namespace, model):
     """The face embedding given by --embedding or by --face photos; None when neither gives one."""
     if args.embedding is not None:
-        return read_embedding_file(args.embedding, model.embedding_model)
+        return read_embedding_file(args.embedding, model.embedding_model, model.config.embedding_dim)
     if args.face is not None and args.face_model is not None:
         return embed_face_photos(args.face, args.face_model, model.embedding_model)
     return None

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..data.synth import DEPENDS, EMBEDDING_MODEL, GLOBAL_MODEL, SynthSpec, write_synth
-from ..lora.layout import load_layout
+from ..lora.presets import load_layout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,12 @@
-"""Reading photos: upright by EXIF, RGB, and never decoded past a pixel budget."""
+"""Reading photos: upright by EXIF, RGB, and never decoded past a pixel budget.
+
+This is the only place in the library that opens an image file (tests/test_fuzz_images.py
+checks that), so the budget holds for every photo the dataset builder and the CLI read.
+"""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -11,21 +16,32 @@ from ..errors import HypernetError
 MAX_PIXELS = 64_000_000
 
 
+def _too_large(path, size: str, max_pixels: int) -> HypernetError:
+    return HypernetError(f"Image {path} is {size} pixels, more than the {max_pixels // 1_000_000} megapixels this "
+                         "pack reads; scale it down first.")
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as RGB uint8 [H, W, 3], turned upright by its EXIF orientation.
 
     The size is read from the header before any pixel is decoded, so a small file that claims
-    a huge image (a decompression bomb) is refused without allocating it."""
+    a huge image (a decompression bomb) is refused without allocating it. PIL's own bomb check
+    (a warning from 89 megapixels, an error from 179) is not relied on: the budget is lower."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our budget decides, below
+            image = Image.open(path)  # reads the header only
+        with image:
             width, height = image.size
             if width * height > max_pixels:
-                raise HypernetError(f"Image {path} is {width} x {height} pixels, more than the "
-                                    f"{max_pixels // 1_000_000} megapixels this pack reads; scale it down first.")
+                raise _too_large(path, f"{width} x {height}", max_pixels)
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except HypernetError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as error:  # UnidentifiedImageError is an OSError
-        raise HypernetError(f"Cannot read image {path}: {error}. Use a JPEG, PNG or WebP photo.") from error
+    except Image.DecompressionBombError as error:  # refused by PIL while reading the header
+        raise _too_large(path, "more than 179 million", max_pixels) from error
+    except Exception as error:  # noqa: BLE001 - decoders of hostile files raise OSError, EOFError, SyntaxError, struct.error, ...
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise HypernetError(f"Cannot read image {path}: {reason}. Use a JPEG, PNG or WebP photo.") from error

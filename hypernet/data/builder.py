@@ -20,16 +20,19 @@ identity (photos or rows) are each L2-normalised, averaged and normalised again.
 
 Global image features go into the dataset in one of two ways, for every identity or none:
 with `--global-encoder FILE --global-arch NAME` they are computed from each identity's photos
-with that open_clip image encoder (hypernet.global_features; global.safetensors files are then
-not read); without it, they are read from global.safetensors when every identity folder has
-one (a mix is an error). The manifest records
-the encoder's identity (name, dim, fingerprint), which training and sampling check.
+with that open_clip image encoder (hypernet.encoders.global_features; global.safetensors files
+are then not read); without it, they are read from global.safetensors when every identity
+folder has one (a mix is an error). The manifest records the encoder's identity (name, dim,
+fingerprint), which training and sampling check.
 
 Each LoRA's UNet modules (text-encoder modules are dropped: the hypernet patches the MODEL
 only) are canonicalised and flattened to the dataset layout: `--layout` (preset or JSON file),
 or else the layout of the first usable LoRA, in identity order, with alpha = rank. Folders
 that cannot be used (no LoRA, two LoRAs, an unreadable photo, no face, a LoRA of another
 layout, NaN weights, ...) are reported, listed in the manifest's "skipped", and left out.
+
+Modules: identity_folders scans SRC and reads the embedding files, condition_sources turns
+photos or files into conditions, this module runs the loop and the cache.
 
 Resuming: each identity's vector and embeddings are cached in OUT/.work/<id>.safetensors with a
 key over its source files' SHA-256, the layout, the embedding model and the global encoder; a
@@ -43,67 +46,24 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Union
 
-import numpy as np
-import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from ..common.tensors import mean_embedding
-from .dataset import DatasetRecord, write_dataset
-from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic, sha256_file
-from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo
+from ..encoders.encoder_info import EncoderInfo
+from ..errors import HypernetError
 from ..lora.layout import Layout
-from ..lora.lora_io import LoraWeights, guess_base_model, layout_from_lora, read_lora
+from ..lora.lora_io import guess_base_model, layout_from_lora, read_lora
 from ..lora.vectorize import flatten
+from ..lora.weights import LoraWeights
+from .condition_sources import (EmbedderSource, FaceEmbedderLike, GlobalEncoderSource, GlobalPlan, embed_photos,
+                                global_plan, resolve_embedder)
+from .dataset import DatasetRecord, write_dataset
+from .identity_folders import (EMBEDDING_FILE, UNSPECIFIED_MODEL, IdentityFolder, Skip, embedding_file_model,
+                               read_embedding_file, scan_source)
 
-PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-EMBEDDING_FILE = "embedding.safetensors"
-GLOBAL_FILE = "global.safetensors"
-NOT_LORAS = {EMBEDDING_FILE, GLOBAL_FILE}
-EMBEDDING_DIM = 512
 WORK_DIR = ".work"
-UNSPECIFIED_MODEL = "unspecified"
-
-
-class FaceEmbedderLike(Protocol):
-    """What the builder needs from a face model (hypernet.face.ArcFaceEmbedder provides it)."""
-
-    name: str
-
-    def embed_file(self, path: Path) -> np.ndarray:
-        """float32 [512] embedding of the largest face in the image; HypernetError if there is none."""
-
-
-EmbedderSource = Union[FaceEmbedderLike, Callable[[], FaceEmbedderLike], None]
-
-
-class GlobalEncoderLike(Protocol):
-    """What the builder needs from an image encoder (hypernet.global_features.GlobalImageEncoder)."""
-
-    info: EncoderInfo
-
-    def encode_file(self, path: Path) -> torch.Tensor:
-        """L2-normalised global features [G] of one photo; HypernetError if it cannot be read."""
-
-
-GlobalEncoderSource = Union[GlobalEncoderLike, Callable[[], GlobalEncoderLike], None]
-
-
-@dataclass
-class IdentityFolder:
-    id: str
-    path: Path
-    loras: list[Path]
-    photos: list[Path]
-    embedding_file: Path | None
-    global_file: Path | None = None
-
-    @property
-    def needs_face_model(self) -> bool:
-        return self.embedding_file is None and bool(self.photos)
 
 
 @dataclass
@@ -127,140 +87,9 @@ class BuildResult:
         return "\n".join(lines)
 
 
-def scan_source(src: Path) -> list[IdentityFolder]:
-    if not src.is_dir():
-        raise HypernetError(f"source folder {src} does not exist")
-    folders = []
-    for path in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in path.iterdir() if p.is_file())
-        embedding, global_file = path / EMBEDDING_FILE, path / GLOBAL_FILE
-        folders.append(IdentityFolder(
-            path.name, path,
-            loras=[f for f in files if f.suffix == ".safetensors" and f.name not in NOT_LORAS],
-            photos=[f for f in files if f.suffix.lower() in PHOTO_SUFFIXES],
-            embedding_file=embedding if embedding.is_file() else None,
-            global_file=global_file if global_file.is_file() else None))
-    if not folders:
-        raise HypernetError(f"{src} holds no identity folders (one folder per person with a LoRA and photos)")
-    return folders
-
-
-class _Skip(Exception):
-    """An identity folder that cannot be used: `kind` groups the summary, the message explains."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-def _embedding_file_model(path: Path) -> str | None:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("embedding_model")
-    except Exception:  # an unreadable file is reported when the identity is processed
-        return None
-
-
-def _global_file_info(path: Path) -> EncoderInfo | None:
-    """The encoder a global.safetensors names; None when the file cannot be read."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            shape = f.get_slice("embedding").get_shape() if "embedding" in f.keys() else []
-    except Exception:  # reported when the identity is processed
-        return None
-    if not shape or shape[-1] < 1:
-        return None
-    return EncoderInfo(meta.get("embedding_model") or UNSPECIFIED_MODEL, int(shape[-1]),
-                       meta.get("encoder_fingerprint") or SYNTHETIC_FINGERPRINT)
-
-
-def _read_embedding_file(path: Path, dim: int = EMBEDDING_DIM, kind: str = "bad embedding file") -> torch.Tensor:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if "embedding" not in f.keys():
-                raise _Skip(kind, f"{path} has no tensor named 'embedding'")
-            emb = f.get_tensor("embedding").float()
-    except _Skip:
-        raise
-    except Exception as exc:  # safetensors' own error types
-        raise _Skip(kind, f"{path} cannot be read: {exc}") from exc
-    if emb.dim() not in (1, 2) or emb.shape[-1] != dim or emb.numel() == 0:
-        raise _Skip(kind, f"{path}: 'embedding' has shape {list(emb.shape)}, not [{dim}] or [k, {dim}]")
-    if not torch.isfinite(emb).all():
-        raise _Skip(kind, f"{path}: 'embedding' has NaN or Inf values")
-    try:
-        return mean_embedding(emb)
-    except HypernetError as exc:
-        raise _Skip(kind, f"{path}: {exc}") from exc
-
-
-def _embed_photos(folder: IdentityFolder, embedder: FaceEmbedderLike) -> torch.Tensor:
-    rows = []
-    for i, photo in enumerate(folder.photos, 1):
-        try:
-            rows.append(torch.as_tensor(np.asarray(embedder.embed_file(photo), dtype=np.float32)))
-        except (ValueError, OSError) as exc:  # HypernetError is a ValueError: no face, unreadable image
-            raise _Skip("photo without a usable face", f"photo {i} of {len(folder.photos)} ({photo.name}): {exc}") from exc
-    return mean_embedding(torch.stack(rows))
-
-
-def _encode_global_photos(folder: IdentityFolder, encoder: GlobalEncoderLike) -> torch.Tensor:
-    """One row per photo, then their normalised mean, like the face embeddings."""
-    rows = []
-    for i, photo in enumerate(folder.photos, 1):
-        try:
-            rows.append(torch.as_tensor(encoder.encode_file(photo)).float().reshape(-1))
-        except (ValueError, OSError) as exc:  # HypernetError is a ValueError: unreadable image
-            raise _Skip("unreadable photo", f"photo {i} of {len(folder.photos)} ({photo.name}): {exc}") from exc
-    return mean_embedding(torch.stack(rows))
-
-
-@dataclass
-class _GlobalPlan:
-    """Where each identity's global features come from: photos through `encoder`, or files."""
-
-    info: EncoderInfo
-    encoder: GlobalEncoderLike | None = None
-
-    def sources(self, folder: IdentityFolder) -> list[Path]:
-        return [folder.global_file] if self.encoder is None else folder.photos
-
-    def features(self, folder: IdentityFolder) -> torch.Tensor:
-        if self.encoder is not None:
-            if not folder.photos:
-                raise _Skip("no photos for global features", "global image features are computed from photos, "
-                            f"and the folder has none (only {EMBEDDING_FILE})")
-            return _encode_global_photos(folder, self.encoder)
-        named = _global_file_info(folder.global_file)
-        if named is not None and named != self.info:
-            raise _Skip("global features from another encoder", f"{GLOBAL_FILE} was made by {named.describe()}, "
-                        f"this dataset's global features by {self.info.describe()}")
-        return _read_embedding_file(folder.global_file, self.info.dim, "bad global features file")
-
-
-def _global_plan(folders: list[IdentityFolder], encoder: GlobalEncoderSource) -> _GlobalPlan | None:
-    if encoder is not None:
-        encoder = encoder if hasattr(encoder, "encode_file") else encoder()
-        return _GlobalPlan(EncoderInfo.from_dict(encoder.info), encoder)
-    having = [f for f in folders if f.global_file]
-    if not having:
-        return None
-    if len(having) != len(folders):
-        lacking = [f.id for f in folders if not f.global_file]
-        raise HypernetError(f"{len(having)} of {len(folders)} identity folders hold {GLOBAL_FILE}, but "
-                            f"{', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''} do not: global features "
-                            "must exist for every identity or none (or pass --global-encoder FILE --global-arch NAME "
-                            "to compute them from the photos)")
-    named = [i for i in (_global_file_info(f.global_file) for f in having) if i is not None]
-    if not named:
-        raise HypernetError(f"no {GLOBAL_FILE} in {folders[0].path.parent} can be read")
-    return _GlobalPlan(Counter(named).most_common(1)[0][0])
-
-
 class _Builder:
     def __init__(self, src: Path, work: Path, layout: Layout | None, embedder: FaceEmbedderLike | None, model_name: str,
-                 global_plan: _GlobalPlan | None = None):
+                 global_plan: GlobalPlan | None = None):
         self.src, self.work, self.layout, self.embedder, self.model_name = src, work, layout, embedder, model_name
         self.global_plan = global_plan
 
@@ -277,18 +106,18 @@ class _Builder:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def process(self, folder: IdentityFolder) -> tuple[DatasetRecord, bool]:
-        """The identity's record and whether its cache was reused; _Skip when it cannot be used."""
+        """The identity's record and whether its cache was reused; Skip when it cannot be used."""
         if not folder.loras:
-            raise _Skip("no LoRA file", "no .safetensors LoRA file in the folder")
+            raise Skip("no LoRA file", "no .safetensors LoRA file in the folder")
         if len(folder.loras) > 1:
-            raise _Skip("more than one LoRA file", f"{len(folder.loras)} LoRA files "
+            raise Skip("more than one LoRA file", f"{len(folder.loras)} LoRA files "
                         f"({', '.join(f.name for f in folder.loras)}); keep exactly one per identity")
         if folder.embedding_file is None and not folder.photos:
-            raise _Skip("no photos or embedding", f"no reference photos and no {EMBEDDING_FILE}")
+            raise Skip("no photos or embedding", f"no reference photos and no {EMBEDDING_FILE}")
         if folder.embedding_file is not None:
-            named = _embedding_file_model(folder.embedding_file)
+            named = embedding_file_model(folder.embedding_file)
             if named is not None and self.model_name not in (named, UNSPECIFIED_MODEL):
-                raise _Skip("embedding from another model", f"{EMBEDDING_FILE} was made by {named!r}, "
+                raise Skip("embedding from another model", f"{EMBEDDING_FILE} was made by {named!r}, "
                             f"this dataset's embeddings by {self.model_name!r}")
         sources = self.sources(folder)
         lora_file, lora_sha = sources[0]["file"], sources[0]["sha256"]
@@ -306,9 +135,9 @@ class _Builder:
         try:
             vector = flatten(weights, self.layout, source=str(folder.loras[0]))
         except HypernetError as exc:
-            raise _Skip("LoRA of another layout", str(exc)) from exc
-        embedding = (_read_embedding_file(folder.embedding_file) if folder.embedding_file
-                     else _embed_photos(folder, self.embedder))
+            raise Skip("LoRA of another layout", str(exc)) from exc
+        embedding = (read_embedding_file(folder.embedding_file) if folder.embedding_file
+                     else embed_photos(folder, self.embedder))
         tensors = {"vector": vector, "embedding": embedding}
         if has_global:
             tensors["global_embedding"] = self.global_plan.features(folder)
@@ -320,9 +149,9 @@ class _Builder:
         try:
             weights = read_lora(path).unet_only()
         except HypernetError as exc:
-            raise _Skip("unreadable or broken LoRA", str(exc)) from exc
+            raise Skip("unreadable or broken LoRA", str(exc)) from exc
         if not weights:
-            raise _Skip("LoRA without UNet modules", f"{path} has only text-encoder modules")
+            raise Skip("LoRA without UNet modules", f"{path} has only text-encoder modules")
         return weights
 
     @staticmethod
@@ -350,17 +179,6 @@ def _cache_key(path: Path) -> str | None:
         return None
 
 
-def _resolve_embedder(folders: list[IdentityFolder], face_embedder: EmbedderSource) -> FaceEmbedderLike | None:
-    needing = [f.id for f in folders if f.needs_face_model]
-    if not needing:
-        return None
-    if face_embedder is None:
-        raise HypernetError(f"{len(needing)} identity folders hold photos but no {EMBEDDING_FILE} "
-                            f"(e.g. {', '.join(needing[:3])}): pass --face-model DIR, an insightface model folder "
-                            "such as models/insightface/models/antelopev2")
-    return face_embedder if hasattr(face_embedder, "embed_file") else face_embedder()
-
-
 def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Layout | None = None,
                   heldout: float = 0.1, seed: int = 0, face_embedder: EmbedderSource = None,
                   global_encoder: GlobalEncoderSource = None, progress: bool = True) -> BuildResult:
@@ -373,12 +191,12 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Lay
     """
     src, out = Path(src), Path(out)
     folders = scan_source(src)
-    plan = _global_plan(folders, global_encoder)
-    embedder = _resolve_embedder(folders, face_embedder)
+    plan = global_plan(folders, global_encoder)
+    embedder = resolve_embedder(folders, face_embedder)
     if embedder is not None:
         model_name = embedder.name
     else:
-        named = [_embedding_file_model(f.embedding_file) for f in folders if f.embedding_file]
+        named = [embedding_file_model(f.embedding_file) for f in folders if f.embedding_file]
         model_name = next((n for n in named if n), UNSPECIFIED_MODEL)
     builder = _Builder(src, out / WORK_DIR, layout, embedder, model_name, plan)
     builder.work.mkdir(parents=True, exist_ok=True)
@@ -386,7 +204,7 @@ def build_dataset(src: str | os.PathLike, out: str | os.PathLike, *, layout: Lay
     for folder in tqdm(folders, desc="identities", unit="identity", disable=not progress):
         try:
             record, from_cache = builder.process(folder)
-        except _Skip as skip:
+        except Skip as skip:
             skipped.append({"id": folder.id, "kind": skip.kind, "reason": str(skip)})
             tqdm.write(f"skipped {folder.id}: {skip}")
             continue

@@ -35,7 +35,7 @@ from safetensors import safe_open
 
 from ..errors import HypernetError
 from ..common.files import read_json_object, save_safetensors_atomic
-from ..encoders.global_features import check_encoder_info
+from ..encoders.encoder_info import check_encoder_info
 from ..lora.layout import Layout
 
 FORMAT = "lora-hypernet-dataset"

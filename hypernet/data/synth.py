@@ -47,8 +47,9 @@ from ..common.tensors import l2_normalize, seeded_generator
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
 from ..lora.layout import Layout
-from ..lora.lora_io import LoraWeights, ModuleWeights, write_lora
+from ..lora.lora_io import write_lora
 from ..lora.vectorize import module_slices, unflatten
+from ..lora.weights import LoraWeights, ModuleWeights
 
 EMBEDDING_DIM = 512
 EMBEDDING_MODEL = "synthetic-uniform-sphere-512"
@@ -118,6 +119,32 @@ def mix_factors(weights: LoraWeights, gen: torch.Generator) -> LoraWeights:
     return LoraWeights(mixed)
 
 
+def _check_arguments(count: int, spec: SynthSpec, global_dim: int, depends: str) -> None:
+    if count < 1:
+        raise HypernetError(f"--identities must be at least 1, not {count}")
+    if spec.manifold_dim < 1 or spec.noise < 0:
+        raise HypernetError("--manifold-dim must be at least 1 and --noise not negative")
+    if global_dim < 0 or depends not in DEPENDS:
+        raise HypernetError(f"--global-dim must not be negative and --depends one of {DEPENDS}, not {depends!r}")
+    if depends == "face+global" and global_dim == 0:
+        raise HypernetError("--depends face+global needs global vectors: give --global-dim")
+
+
+def _write_identity(folder: Path, lora: LoraWeights, base_model: str, spec: SynthSpec, index: int,
+                    embedding: torch.Tensor, embedding_model: str,
+                    global_vector: torch.Tensor | None, global_model: str) -> None:
+    """One identity folder in the builder's input format."""
+    folder.mkdir(exist_ok=True)
+    write_lora(folder / "lora.safetensors", lora, base_model=base_model,
+               metadata={"synth_seed": str(spec.seed), "synth_identity": str(index),
+                         "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
+    save_safetensors_atomic({"embedding": embedding.clone()}, folder / "embedding.safetensors",
+                            {"embedding_model": embedding_model})
+    if global_vector is not None:
+        save_safetensors_atomic({"embedding": global_vector.clone()}, folder / "global.safetensors",
+                                {"embedding_model": global_model})
+
+
 def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = SynthSpec(),
                 progress: bool = True, embedding_model: str = EMBEDDING_MODEL, global_dim: int = 0,
                 depends: str = "face", global_model: str = GLOBAL_MODEL) -> list[Path]:
@@ -127,14 +154,7 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
     them be used with that model's Face Embed output, e.g. in demos). `global_dim` > 0 adds
     global vectors labelled `global_model`; `depends` says whether the LoRAs depend on them.
     """
-    if count < 1:
-        raise HypernetError(f"--identities must be at least 1, not {count}")
-    if spec.manifold_dim < 1 or spec.noise < 0:
-        raise HypernetError("--manifold-dim must be at least 1 and --noise not negative")
-    if global_dim < 0 or depends not in DEPENDS:
-        raise HypernetError(f"--global-dim must not be negative and --depends one of {DEPENDS}, not {depends!r}")
-    if depends == "face+global" and global_dim == 0:
-        raise HypernetError("--depends face+global needs global vectors: give --global-dim")
+    _check_arguments(count, spec, global_dim, depends)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"layout": layout.to_dict(), "identities": count, "embedding_model": embedding_model, **asdict(spec)}
@@ -155,16 +175,9 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
             truths = synth_vectors(features[start:start + len(ids)], layout, spec, gens)
             for i, truth, gen in zip(ids, truths, gens):
                 folder = out / f"id-{i:05d}"
-                folder.mkdir(exist_ok=True)
-                lora = mix_factors(unflatten(truth, layout), gen)
-                write_lora(folder / "lora.safetensors", lora, base_model=layout.base_model,
-                           metadata={"synth_seed": str(spec.seed), "synth_identity": str(i),
-                                     "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
-                save_safetensors_atomic({"embedding": embeddings[i].clone()}, folder / "embedding.safetensors",
-                                        {"embedding_model": embedding_model})
-                if global_vectors is not None:
-                    save_safetensors_atomic({"embedding": global_vectors[i].clone()}, folder / "global.safetensors",
-                                            {"embedding_model": global_model})
+                _write_identity(folder, mix_factors(unflatten(truth, layout), gen), layout.base_model, spec, i,
+                                embeddings[i], embedding_model,
+                                None if global_vectors is None else global_vectors[i], global_model)
                 folders.append(folder)
                 bar.update()
     return folders

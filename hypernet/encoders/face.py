@@ -29,7 +29,6 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +38,8 @@ import torch
 from ..common.images import read_image
 from ..common.tensors import l2_normalize, mean_embedding
 from ..errors import HypernetError
+from .insightface_pack import insightface_modules, load_detector_and_recognizer, onnx_files
+from .onnx_providers import provider_name, resolve_providers, warn_about_runtime_conflict
 
 logger = logging.getLogger(__name__)
 
@@ -47,36 +48,6 @@ PAD_FRACTION = 0.25  # black border added on each side, as a fraction of the lon
 EMBEDDING_DIM = 512
 _TRIED = f"tried detection sizes {', '.join(map(str, DETECTION_SIZES))} and padding"
 
-# Detector and recogniser files of the public packs; their other files (landmarks,
-# gender/age) are skipped without loading.
-KNOWN_PACKS = {
-    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
-    "buffalo_m": ("det_2.5g.onnx", "w600k_r50.onnx"),
-    "buffalo_s": ("det_500m.onnx", "w600k_mbf.onnx"),
-    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
-}
-_UNUSED_PACK_FILES = {"1k3d68.onnx", "2d106det.onnx", "genderage.onnx"}
-_KNOWN_MODEL_FILES = {name for pair in KNOWN_PACKS.values() for name in pair}
-
-CPU_PROVIDER = "CPUExecutionProvider"
-PROVIDER_ALIASES = {
-    "cpu": CPU_PROVIDER,
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "rocm": "ROCMExecutionProvider",
-    "migraphx": "MIGraphXExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "directml": "DmlExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
-# Distributions that all install the same `onnxruntime` module.
-_RUNTIME_DISTRIBUTIONS = {
-    "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-    "onnxruntime-rocm", "onnxruntime-migraphx", "onnxruntime-silicon", "onnxruntime-qnn",
-}
-_runtime_conflict_checked = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,11 +83,6 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return l2_normalize(torch.as_tensor(np.asarray(vector, dtype=np.float64)), "a face embedding").numpy()
 
 
-def combine_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    """One identity from several embeddings [k, d]: mean of unit vectors, normalised again."""
-    return mean_embedding(np.atleast_2d(embeddings)).numpy()
-
-
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Spherical interpolation between the directions of `a` (t=0) and `b` (t=1); unit length.
 
@@ -139,97 +105,6 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return _unit(result).astype(np.float32)
 
 
-def provider_name(name: str) -> str:
-    """onnxruntime's name for a short provider name ("CUDA" -> "CUDAExecutionProvider")."""
-    if name.endswith("ExecutionProvider"):
-        return name
-    try:
-        return PROVIDER_ALIASES[name.lower()]
-    except KeyError:
-        raise HypernetError(
-            f"Unknown onnxruntime provider {name!r}; use one of "
-            f"{', '.join(sorted(set(PROVIDER_ALIASES)))} or a full name such as "
-            "'CUDAExecutionProvider'.") from None
-
-
-def resolve_providers(names: Sequence[str]) -> list[str]:
-    """Requested providers that this onnxruntime offers, in order, always ending with CPU."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    chosen: list[str] = []
-    for full_name in map(provider_name, names):
-        if full_name not in available:
-            logger.warning(
-                "onnxruntime provider %s is not available in this installation (available: %s); "
-                "the face models run on CPU.", full_name, ", ".join(available))
-        elif full_name not in chosen:
-            chosen.append(full_name)
-    if CPU_PROVIDER not in chosen:
-        chosen.append(CPU_PROVIDER)
-    return chosen
-
-
-def installed_onnxruntime_distributions() -> list[str]:
-    """Installed distributions that provide the `onnxruntime` module (normally exactly one)."""
-    names = set()
-    for distribution in metadata.distributions():
-        name = (distribution.metadata["Name"] or "").lower().replace("_", "-")
-        if name in _RUNTIME_DISTRIBUTIONS:
-            names.add(name)
-    return sorted(names)
-
-
-def _warn_about_runtime_conflict() -> None:
-    global _runtime_conflict_checked
-    if _runtime_conflict_checked:
-        return
-    _runtime_conflict_checked = True
-    found = installed_onnxruntime_distributions()
-    if len(found) > 1:
-        logger.warning(
-            "Several onnxruntime distributions are installed (%s). They overwrite each other's "
-            "'onnxruntime' module, so GPU providers can silently disappear. Keep exactly one: "
-            "pip uninstall %s, then pip install the one you want (onnxruntime-gpu for NVIDIA "
-            "GPUs, onnxruntime otherwise).", ", ".join(found), " ".join(found))
-
-
-def _pack_hint(folder: Path) -> str:
-    files = KNOWN_PACKS.get(folder.name)
-    if files:
-        return f"the {folder.name} files ({', '.join(files)})"
-    return ("an SCRFD face detector (e.g. det_10g.onnx from buffalo_l or scrfd_10g_bnkps.onnx "
-            "from antelopev2) and an ArcFace recogniser (e.g. w600k_r50.onnx or glintr100.onnx)")
-
-
-def _onnx_files(folder: Path) -> list[Path]:
-    """The folder's .onnx files; a HypernetError saying what to put where if there are none."""
-    if not folder.is_dir():
-        raise HypernetError(
-            f"insightface model folder not found: {folder}. Put {_pack_hint(folder)} in "
-            f"{folder} (nothing is downloaded automatically).")
-    files = sorted(path for path in folder.glob("*.onnx") if path.is_file())
-    if files:
-        return files
-    nested = sorted({path.parent for path in folder.glob("*/*.onnx")})
-    if nested:
-        raise HypernetError(
-            f"The insightface model files are in {nested[0]}, one folder too deep (the zip "
-            f"unpacks a folder of its own): move them into {folder}.")
-    raise HypernetError(f"No .onnx files in {folder}. Put {_pack_hint(folder)} there.")
-
-
-def _insightface():
-    try:
-        from insightface.model_zoo import model_zoo
-        from insightface.utils import face_align
-    except ImportError as error:
-        raise HypernetError(
-            f"insightface could not be imported ({error}). Install it with "
-            "'pip install insightface' (2.1 needs no compiler; 0.7.3 works too).") from error
-    return model_zoo, face_align
-
-
 def _as_rgb_uint8(image: np.ndarray, label: str) -> np.ndarray:
     """RGB uint8 HxWx3 from uint8 or [0, 1] float images, grey or with alpha."""
     array = np.asarray(image)
@@ -250,52 +125,26 @@ class FaceAnalyzer:
     """
 
     def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("CPU",)):
-        _warn_about_runtime_conflict()
+        warn_about_runtime_conflict()
         self.model_dir = Path(model_dir).expanduser().resolve()
-        files = _onnx_files(self.model_dir)
-        model_zoo, self._face_align = _insightface()
+        files = onnx_files(self.model_dir)
+        model_zoo, self._face_align = insightface_modules()
         requested = resolve_providers(providers)
+        pair = load_detector_and_recognizer(model_zoo, self.model_dir, files, requested)
+        self._detector, self._recognizer = pair.detector, pair.recognizer
+        self.detector_file, self.recognizer_file = pair.detector_file, pair.recognizer_file
+        self.providers = list(self._recognizer.session.get_providers())
+        self._warn_about_unstarted(requested)
+        self.name = f"insightface/{self.model_dir.name}/{self.recognizer_file.name}"
 
-        detector = recognizer = None
-        # Known detector/recogniser names first, so the rest usually need no loading.
-        for path in sorted(files, key=lambda p: (p.name not in _KNOWN_MODEL_FILES, p.name)):
-            if path.name in _UNUSED_PACK_FILES:
-                continue
-            try:
-                model = model_zoo.get_model(str(path), providers=requested)
-            except Exception as error:  # onnxruntime raises several types for bad files
-                raise HypernetError(
-                    f"Could not load {path}: {error}. The file may be incomplete; "
-                    "download it again.") from error
-            task = getattr(model, "taskname", None)
-            if task == "detection" and detector is None:
-                detector, self.detector_file = model, path
-            elif task == "recognition" and recognizer is None:
-                recognizer, self.recognizer_file = model, path
-            if detector is not None and recognizer is not None:
-                break
-        names = ", ".join(path.name for path in files)
-        if detector is None:
-            raise HypernetError(
-                f"No face detector (SCRFD) among the files in {self.model_dir} ({names}). "
-                f"Put {_pack_hint(self.model_dir)} there.")
-        if recognizer is None:
-            raise HypernetError(
-                f"No face recogniser (ArcFace) among the files in {self.model_dir} ({names}). "
-                f"Put {_pack_hint(self.model_dir)} there.")
-        if not getattr(detector, "use_kps", True):
-            raise HypernetError(
-                f"The detector {self.detector_file} gives no face landmarks, which alignment "
-                "needs; use an SCRFD model with keypoints such as det_10g.onnx.")
-        self._detector, self._recognizer = detector, recognizer
-        self.providers = list(recognizer.session.get_providers())
-        used = set(self.providers) & set(detector.session.get_providers())
+    def _warn_about_unstarted(self, requested: Sequence[str]) -> None:
+        """onnxruntime falls back to CPU quietly when a provider fails to start; say so."""
+        used = set(self.providers) & set(self._detector.session.get_providers())
         for provider in requested:
             if provider not in used:
                 logger.warning(
                     "onnxruntime could not start %s (see its log above); the face models run "
                     "on %s.", provider, self.providers[0])
-        self.name = f"insightface/{self.model_dir.name}/{self.recognizer_file.name}"
 
     def detect(self, image: np.ndarray, *, label: str = "The image") -> FaceResult | None:
         """The largest face in an RGB image with its embedding, or None if none is found.
@@ -370,7 +219,7 @@ class FaceAnalyzer:
                 f"No face detected in any of the {total} reference images ({_TRIED}). "
                 "Use photos where the face is clearly visible.")
         embeddings = np.stack([face.embedding for face in faces])
-        return FaceEmbeddings(embeddings=embeddings, identity=combine_embeddings(embeddings),
+        return FaceEmbeddings(embeddings=embeddings, identity=mean_embedding(embeddings).numpy(),
                               faces=faces, used=used, skipped=skipped, model_name=self.name)
 
 
@@ -388,7 +237,7 @@ def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",
     Replacing a file in the folder (new modification time or size) loads it afresh.
     """
     folder = Path(model_dir).expanduser().resolve()
-    files = _onnx_files(folder)
+    files = onnx_files(folder)
     stamps = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
     place = (str(folder), tuple(provider_name(name) for name in providers))
     with _cache_lock:

@@ -1,8 +1,9 @@
 """Global image features of the reference photos: a CLIP image encoder run through open_clip.
 
 DiffLoRA conditions on the face (ArcFace) and on global features of the whole reference image
-from a CLIP image encoder. This module loads such an encoder from a .safetensors file (never a
-pickle), preprocesses images and encodes them to L2-normalised vectors [n, dim].
+from a CLIP image encoder. This module builds such an encoder (weights read by clip_weights from
+a .safetensors file, never a pickle), preprocesses images and encodes them to L2-normalised
+vectors [n, dim].
 
 The same encoder runs in two places, and both must give the same features for the same weights:
 
@@ -18,17 +19,13 @@ preprocessed the way ComfyUI's CLIP vision preprocessing does it (shorter side r
 with antialias, centre crop, 8-bit quantisation, CLIP mean/std). tests/test_global_features.py
 checks the equality with random weights loaded both ways.
 
-Encoder identity (EncoderInfo): the open_clip architecture name, the output size and a
-fingerprint of the weights, recorded in the dataset manifest and the hypernet checkpoint so
-that features from another encoder are an error instead of a silent drift.
+Encoder identity (encoder_info.EncoderInfo): the open_clip architecture name, the output size
+and a fingerprint of the weights, recorded in the dataset manifest and the hypernet checkpoint
+so that features from another encoder are an error instead of a silent drift.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -36,150 +33,11 @@ import torch
 from ..common.images import read_image
 from ..common.tensors import l2_normalize
 from ..errors import HypernetError
+from .clip_weights import read_weights, vision_state_dict
+from .encoder_info import EncoderInfo, projection_fingerprint
 
-SYNTHETIC_FINGERPRINT = "synthetic"  # features from `python -m hypernet synth`, no real encoder
-FINGERPRINT_CHARS = 16
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """Which image encoder made a set of global features."""
-
-    name: str  # open_clip architecture, e.g. "ViT-H-14" (or a synthetic label)
-    dim: int  # size of the feature vector
-    fingerprint: str  # projection_fingerprint() of the weights, or "synthetic"
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dim": self.dim, "fingerprint": self.fingerprint}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "EncoderInfo":
-        if isinstance(data, EncoderInfo):
-            return data
-        if not isinstance(data, Mapping):
-            raise HypernetError(f"an image-encoder record must be a dict with name, dim and fingerprint, not {data!r}")
-        name, dim, fingerprint = data.get("name"), data.get("dim"), data.get("fingerprint")
-        if not isinstance(name, str) or not name or not isinstance(fingerprint, str) or not fingerprint \
-                or not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-            raise HypernetError(f"invalid image-encoder record {dict(data)!r}: need a name, a positive dim and a fingerprint")
-        return cls(name, dim, fingerprint)
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.dim}-d, weights {self.fingerprint})"
-
-
-def check_encoder_info(encoder, where: str) -> dict:
-    """A global image encoder's identity {"name": str, "dim": int, "fingerprint": str}, checked."""
-    try:
-        return EncoderInfo.from_dict(encoder).to_dict()
-    except HypernetError as exc:
-        raise HypernetError(f"{where}: {exc}") from exc
-
-
-def check_encoder(expected: Mapping | EncoderInfo, actual: Mapping | EncoderInfo) -> None:
-    """HypernetError unless `actual` is the encoder `expected` names (same name, dim and weights).
-
-    A "synthetic" fingerprint matches only "synthetic": features of a real encoder never pass
-    for the made-up ones a synthetic collection was built with, nor the other way round.
-    """
-    want, got = EncoderInfo.from_dict(expected), EncoderInfo.from_dict(actual)
-    if want == got:
-        return
-    if want.name != got.name or want.dim != got.dim:
-        what = "architecture" if want.name != got.name else "feature size"
-        raise HypernetError(f"global image features come from {got.describe()}, but this was built with "
-                            f"{want.describe()} (different {what}): load that image encoder")
-    if SYNTHETIC_FINGERPRINT in (want.fingerprint, got.fingerprint):
-        raise HypernetError(f"this was built with synthetic global features ({want.describe()}), which no real image "
-                            f"encoder reproduces; got features from {got.describe()}" if want.fingerprint == SYNTHETIC_FINGERPRINT
-                            else f"synthetic global features ({got.describe()}) cannot stand in for {want.describe()}")
-    raise HypernetError(f"global image features come from {got.describe()}: same architecture as {want.describe()} "
-                        "but different weights. Load the same CLIP vision file that the dataset was built with.")
-
-
-def projection_fingerprint(proj: torch.Tensor) -> str:
-    """Short sha256 of the output projection, oriented [width, dim] as open_clip's `visual.proj`.
-
-    Rounded through float16 first: ComfyUI holds CLIP vision weights in float16, so a float32
-    file loaded there and here must still give one fingerprint. (transformers' and ComfyUI's
-    `visual_projection.weight` is the transpose; callers pass it transposed back.)
-    """
-    if proj.dim() != 2:
-        raise HypernetError(f"an image encoder's projection must be a matrix, not shape {list(proj.shape)}")
-    values = proj.detach().to("cpu", torch.float16).to(torch.float32).contiguous().numpy().astype("<f4")
-    digest = hashlib.sha256(f"{values.shape[0]}x{values.shape[1]}:".encode())
-    digest.update(values.tobytes())
-    return digest.hexdigest()[:FINGERPRINT_CHARS]
-
-
-# ---------------------------------------------------------------- weights
-
-_HF_TOP = {  # transformers/ComfyUI name -> open_clip visual-tower name
-    "vision_model.embeddings.class_embedding": "class_embedding",
-    "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
-    "vision_model.embeddings.position_embedding.weight": "positional_embedding",
-    "vision_model.pre_layrnorm.weight": "ln_pre.weight",
-    "vision_model.pre_layrnorm.bias": "ln_pre.bias",
-    "vision_model.post_layernorm.weight": "ln_post.weight",
-    "vision_model.post_layernorm.bias": "ln_post.bias",
-}
-_HF_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-             "self_attn.out_proj": "attn.out_proj"}
-
-
-def _from_transformers_layout(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {new: sd[old] for old, new in _HF_TOP.items() if old in sd}
-    if "visual_projection.weight" in sd:
-        out["proj"] = sd["visual_projection.weight"].t()
-    prefix = "vision_model.encoder.layers."
-    layers = sorted({int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix)})
-    for i in layers:
-        src, dst = f"{prefix}{i}.", f"transformer.resblocks.{i}."
-        for old, new in _HF_BLOCK.items():
-            for kind in ("weight", "bias"):
-                if f"{src}{old}.{kind}" in sd:
-                    out[f"{dst}{new}.{kind}"] = sd[f"{src}{old}.{kind}"]
-        for kind in ("weight", "bias"):  # open_clip keeps q, k, v in one in_proj tensor
-            parts = [sd.get(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
-            if all(p is not None for p in parts):
-                out[f"{dst}attn.in_proj_{kind}"] = torch.cat(parts, 0)
-    return out
-
-
-def vision_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The visual tower's weights under open_clip's names, from any of the layouts we accept:
-    a whole open_clip CLIP (`visual.*`), a bare open_clip visual tower, or transformers/ComfyUI
-    (`vision_model.*` + `visual_projection.weight`). Text-tower weights are ignored."""
-    if any(k.startswith("vision_model.") for k in sd):
-        return _from_transformers_layout(sd)
-    if any(k.startswith("visual.") for k in sd):
-        return {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-    return dict(sd)
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors file, checked to be finite floating-point values."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise HypernetError(f"{path}: image-encoder weights must be a .safetensors file (pickled .bin/.pt files "
-                            "can run code when loaded and are refused)")
-    if not path.is_file():
-        raise HypernetError(f"image-encoder file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors' own error types: truncated or not a safetensors file
-        raise HypernetError(f"{path} is not a readable .safetensors file ({exc})") from exc
-    for key, tensor in sd.items():
-        if not tensor.is_floating_point():
-            continue  # e.g. transformers' position_ids buffer
-        if not bool(torch.isfinite(tensor).all()):
-            raise HypernetError(f"{path}: tensor {key} has NaN or Inf values")
-    return sd
 
 
 # ---------------------------------------------------------------- architecture
@@ -297,11 +155,6 @@ def preprocess_images(images: torch.Tensor, size: int, mean=OPENAI_MEAN, std=OPE
     return (pixels - mean) / std
 
 
-def load_image_file(path: str | os.PathLike) -> torch.Tensor:
-    """A photo as ComfyUI's LoadImage gives it: [H, W, 3] float32 in 0..1, EXIF rotation applied."""
-    return torch.from_numpy(read_image(path).astype(np.float32) / 255.0)
-
-
 # ---------------------------------------------------------------- the encoder
 
 class GlobalImageEncoder:
@@ -351,5 +204,9 @@ class GlobalImageEncoder:
         return l2_normalize(torch.cat(rows), "an image feature vector")
 
     def encode_file(self, path: str | os.PathLike) -> torch.Tensor:
-        """One photo file -> its L2-normalised feature vector [dim]."""
-        return self.encode(load_image_file(path)[None])[0]
+        """One photo file -> its L2-normalised feature vector [dim].
+
+        The photo becomes what ComfyUI's LoadImage gives the node ([H, W, 3] floats in 0..1, EXIF
+        rotation applied), read through read_image's pixel budget."""
+        pixels = torch.from_numpy(read_image(path).astype(np.float32) / 255.0)
+        return self.encode(pixels[None])[0]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .layout import Layout
-from .lora_io import LoraWeights, ModuleWeights
+from .weights import LoraWeights, ModuleWeights
 
 
 def canonical_factors(up: torch.Tensor, down: torch.Tensor, scale: float = 1.0,

@@ -15,18 +15,15 @@ Every format is read into one canonical in-memory form, `LoraWeights`: kohya mod
 
 Diffusers block names map to ldm names for SDXL (two res blocks per level); only the attention
 blocks (`attentions`) map, anything else outside them is refused with the keys named. Files are
-checked against their own header before safetensors reads them, so a truncated or lying file
-is an error that names the file, not a crash.
+checked against their own header before safetensors reads them (safetensors_header), so a
+truncated or lying file is an error that names the file, not a crash; values no trained LoRA
+has (non-float factors, rank 0, huge magnitudes, NaN) are refused the same way.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
-import struct
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -35,213 +32,19 @@ from safetensors import safe_open
 from .. import GENERATOR
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
-from .layout import UNET_PREFIX, Layout, LoraModule, kohya_unet_name, natural_key, sdxl_attention_shapes
+from .keys import kohya_name, split_key
+from .layout import MAX_MODULES, UNET_PREFIX, Layout, kohya_unet_name, natural_key
+from .presets import sdxl_attention_shapes
+from .safetensors_header import read_header
+from .weights import LoraWeights, ModuleWeights
 
-TEXT_ENCODER_PREFIXES = ("lora_te1_", "lora_te2_", "lora_te_")
-_LDM_UNET_ROOTS = ("input_blocks_", "middle_block_", "output_blocks_", "time_embed_", "label_emb_", "out_")
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-
-
-@dataclass
-class ModuleWeights:
-    """One module: delta W = (alpha / rank) * up @ down.
-
-    up is [out, rank] (conv: [out, rank, 1, 1]), down is [rank, in] (conv: [rank, in_ch, kh, kw]).
-    """
-
-    up: torch.Tensor
-    down: torch.Tensor
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def out_features(self) -> int:
-        return int(self.up.shape[0])
-
-    @property
-    def in_features(self) -> int:
-        return int(self.down[0].numel())
-
-    @property
-    def kind(self) -> str:
-        return "conv" if self.down.dim() == 4 else "linear"
-
-    @property
-    def kernel(self) -> tuple[int, int]:
-        return (int(self.down.shape[2]), int(self.down.shape[3])) if self.down.dim() == 4 else (1, 1)
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def up_matrix(self) -> torch.Tensor:
-        return self.up.reshape(self.out_features, self.rank)
-
-    def down_matrix(self) -> torch.Tensor:
-        return self.down.reshape(self.rank, self.in_features)
-
-    def delta(self) -> torch.Tensor:
-        return delta(self)
-
-    def describe(self, name: str) -> LoraModule:
-        return LoraModule(name, self.in_features, self.out_features, self.rank, float(self.alpha), self.kind, self.kernel)
-
-
-def delta(module: ModuleWeights) -> torch.Tensor:
-    """delta W [out, in_features] = (alpha / rank) * up @ down, conv kernels flattened."""
-    return module.scale * (module.up_matrix() @ module.down_matrix())
-
-
-class LoraWeights(Mapping):
-    """Kohya module name -> ModuleWeights, in natural-sort order, plus the file's metadata."""
-
-    def __init__(self, modules: Mapping[str, ModuleWeights], metadata: Mapping[str, str] | None = None):
-        self._modules = {name: modules[name] for name in sorted(modules, key=natural_key)}
-        self.metadata: dict[str, str] = dict(metadata or {})
-
-    def __getitem__(self, name: str) -> ModuleWeights:
-        return self._modules[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._modules)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def unet_only(self) -> "LoraWeights":
-        """The UNet modules alone: text-encoder modules dropped (a MODEL patch never uses them)."""
-        return LoraWeights({k: v for k, v in self.items() if k.startswith(UNET_PREFIX)}, self.metadata)
-
-    def __repr__(self) -> str:
-        return f"LoraWeights({len(self)} modules)"
-
-
-# --- key formats ----------------------------------------------------------------------------
-
-# (key suffix, role); the part of the key before the suffix names the module.
-_SUFFIXES = (
-    (".lora_up.weight", "up"), (".lora_down.weight", "down"),
-    ("_lora.up.weight", "up"), ("_lora.down.weight", "down"),
-    (".lora_B.weight", "up"), (".lora_A.weight", "down"),
-    (".lora_B.default.weight", "up"), (".lora_A.default.weight", "down"),
-    (".lora.up.weight", "up"), (".lora.down.weight", "down"),
-    (".alpha", "alpha"),
-)
-_DIFFUSERS_BLOCK = (
-    (re.compile(r"^down_blocks[._](\d+)[._]attentions[._](\d+)[._](.+)$"), lambda i, j: f"input_blocks.{3 * i + j + 1}.1"),
-    (re.compile(r"^mid_block[._]attentions[._]0[._](.+)$"), lambda: "middle_block.1"),
-    (re.compile(r"^up_blocks[._](\d+)[._]attentions[._](\d+)[._](.+)$"), lambda i, j: f"output_blocks.{3 * i + j}.1"),
-)
-_TRANSFORMER_SUBPATH = re.compile(
-    r"^(transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2)|proj_in|proj_out)$")
-_DIFFUSERS_STYLE_KOHYA = ("down_blocks_", "mid_block_", "up_blocks_")
-_TEXT_ENCODER_ROOTS = (("text_encoder.text_model.", "lora_te1_text_model_"),
-                       ("text_encoder_2.text_model.", "lora_te2_text_model_"))
-
-
-def _diffusers_to_ldm(path: str) -> str | None:
-    """`down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q` -> ldm dotted path, or None.
-
-    Accepts dots or underscores as separators (kohya's diffusers naming uses underscores).
-    """
-    for pattern, block in _DIFFUSERS_BLOCK:
-        match = pattern.match(path)
-        if match:
-            *indices, rest = match.groups()
-            rest = _underscores_to_dots(rest) if "." not in rest else rest
-            if rest is None or not _TRANSFORMER_SUBPATH.match(rest):
-                return None
-            return f"{block(*map(int, indices))}.{rest}"
-    return None
-
-
-_SUBPATH_WORDS = ("transformer_blocks", "proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out", "attn1", "attn2", "ff", "net", "proj")
-
-
-def _underscores_to_dots(rest: str) -> str | None:
-    """Kohya flattened `transformer_blocks_0_attn1_to_out_0` back to dots, knowing the sub-path words."""
-    out, pos = [], 0
-    while pos < len(rest):
-        for word in _SUBPATH_WORDS:
-            if rest.startswith(word, pos) and (pos + len(word) == len(rest) or rest[pos + len(word)] == "_"):
-                out.append(word)
-                pos += len(word) + 1
-                break
-        else:
-            number = re.match(r"\d+(?=_|$)", rest[pos:])
-            if not number:
-                return None
-            out.append(number.group())
-            pos += len(number.group()) + 1
-    return ".".join(out)
-
-
-def kohya_name(prefix: str) -> str | None:
-    """The kohya ldm module name for a key prefix in any accepted format, or None if unknown."""
-    if prefix.startswith(TEXT_ENCODER_PREFIXES):
-        return prefix
-    if prefix.startswith(UNET_PREFIX):
-        rest = prefix[len(UNET_PREFIX):]
-        if rest.startswith(_DIFFUSERS_STYLE_KOHYA):
-            ldm = _diffusers_to_ldm(rest)
-            return None if ldm is None else UNET_PREFIX + ldm.replace(".", "_")
-        return prefix if rest.startswith(_LDM_UNET_ROOTS) else None
-    path = prefix.removeprefix("base_model.model.")
-    for diffusers_root, kohya_root in _TEXT_ENCODER_ROOTS:
-        if path.startswith(diffusers_root):
-            return kohya_root + path[len(diffusers_root):].replace(".", "_")
-    path = path.removeprefix("unet.")
-    if ".processor." in path:
-        path = path.replace(".processor.to_out", ".to_out.0").replace(".processor.", ".")
-    ldm = _diffusers_to_ldm(path)
-    return None if ldm is None else UNET_PREFIX + ldm.replace(".", "_")
-
-
-def _split_key(key: str) -> tuple[str, str] | None:
-    for suffix, role in _SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], role
-    return None
-
-
-# --- reading --------------------------------------------------------------------------------
-
-def _read_header(path: Path) -> dict:
-    """The safetensors header, checked against the file size before any tensor is touched."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise HypernetError(f"{path}: not a safetensors file (only {size} bytes, too short for a header); "
-                                "the file is truncated or not a LoRA")
-        (header_len,) = struct.unpack("<Q", head)
-        if header_len > size - 8:
-            raise HypernetError(f"{path}: header claims {header_len} bytes but the file has only {size - 8} after "
-                                "the length field: the file is truncated or not a safetensors file; download it again")
-        if header_len > MAX_HEADER_BYTES:
-            raise HypernetError(f"{path}: header of {header_len} bytes is larger than safetensors allows; not a LoRA file")
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HypernetError(f"{path}: not a safetensors file (its header is not valid JSON: {exc})") from exc
-    data_size = size - 8 - header_len
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(v) for v in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HypernetError(f"{path}: not a safetensors file (tensor {name!r} has no valid data_offsets)") from exc
-        if not 0 <= begin <= end <= data_size:
-            raise HypernetError(f"{path}: tensor {name!r} needs bytes {begin}..{end} of the data section, but the file "
-                                f"holds only {data_size}: the file is truncated; download or copy it again")
-    return header
+# Trained LoRA factors stay below about 10 (kohya's are mostly 0.001-1). 1e4 leaves three orders
+# of magnitude for unusual trainers, yet refuses factors whose products overflow float16
+# (1e4 * 1e4 > 65504), the precision ComfyUI often patches in; so larger values, or a larger
+# alpha / rank, mean a damaged or hostile file.
+MAX_FACTOR_VALUE = 1e4
+MAX_KEY_CHARS = 500  # the longest kohya key of SDXL has about 90
+MAX_TENSORS = 3 * MAX_MODULES  # up, down and alpha of the most modules a layout may have
 
 
 def read_lora(path: str | os.PathLike) -> LoraWeights:
@@ -249,15 +52,20 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
     path = Path(path)
     if not path.is_file():
         raise HypernetError(f"LoRA file {path} does not exist")
-    header = _read_header(path)
+    header = read_header(path)
     metadata = header.get("__metadata__") or {}
+    count = len(header) - ("__metadata__" in header)
+    if count > MAX_TENSORS:  # refused before safetensors loads them all
+        raise HypernetError(f"{path}: holds {count:,} tensors, more than the {MAX_TENSORS:,} of the largest "
+                            "LoRA this pack reads; the file is damaged or not a LoRA")
     tensors = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
     except Exception as exc:  # safetensors raises its own error types for malformed files
-        raise HypernetError(f"{path}: safetensors could not read it ({exc}); the file is damaged or not a LoRA") from exc
+        reason = " ".join(str(exc).split())[:200]
+        raise HypernetError(f"{path}: safetensors could not read it ({reason}); the file is damaged or not a LoRA") from exc
     return lora_from_state_dict(tensors, metadata, source=str(path))
 
 
@@ -268,7 +76,10 @@ def lora_from_state_dict(tensors: Mapping[str, torch.Tensor], metadata: Mapping[
     prefix_of: dict[str, str] = {}
     unknown = []
     for key in sorted(tensors, key=natural_key):
-        split = _split_key(key)
+        if not key.isprintable() or len(key) > MAX_KEY_CHARS:  # it would end up in one-line messages
+            raise HypernetError(f"{source}: key {key[:80]!r} has control characters or more than {MAX_KEY_CHARS} "
+                                "characters; it is no LoRA key, the file is damaged")
+        split = split_key(key)
         name = kohya_name(split[0]) if split else None
         if name is None:
             unknown.append(key)
@@ -292,22 +103,52 @@ def _module(name: str, found: Mapping[str, torch.Tensor], source: str) -> Module
     if "up" not in found or "down" not in found:
         have = ", ".join(sorted(found))
         raise HypernetError(f"{source}: module {name} has {have} but not both up and down weights; the file is incomplete")
-    up, down = found["up"].float(), found["down"].float()
+    up, down = found["up"], found["down"]
     if up.dim() not in (2, 4) or up.dim() != down.dim() or (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
         raise HypernetError(f"{source}: module {name} has up {tuple(up.shape)} and down {tuple(down.shape)}, "
                             "which are not LoRA factor shapes")
     if up.shape[1] != down.shape[0]:
         raise HypernetError(f"{source}: module {name} mixes ranks: up has rank {up.shape[1]}, down has rank "
                             f"{down.shape[0]}; the file is damaged")
+    if up.numel() == 0 or down.numel() == 0:
+        raise HypernetError(f"{source}: module {name} has empty factors (up {tuple(up.shape)}, down "
+                            f"{tuple(down.shape)}): a LoRA module needs rank 1 or more; the file is damaged")
     rank = int(down.shape[0])
-    alpha = float(found["alpha"].float().reshape(-1)[0]) if "alpha" in found else float(rank)
-    for what, t in (("up", up), ("down", down)):
-        if not torch.isfinite(t).all():
-            raise HypernetError(f"{source}: module {name} has NaN or Inf values in its {what} weights; "
-                                "the LoRA is broken (diverged training?)")
-    if not math.isfinite(alpha):
-        raise HypernetError(f"{source}: module {name} has a NaN or Inf alpha")
+    alpha = _alpha(name, found.get("alpha"), rank, source)
+    up, down = _factor(name, "up", up, source), _factor(name, "down", down, source)
     return ModuleWeights(up.contiguous(), down.contiguous(), alpha)
+
+
+def _factor(name: str, what: str, tensor: torch.Tensor, source: str) -> torch.Tensor:
+    """The factor as float32, refused when it holds values no trained LoRA has."""
+    if not tensor.is_floating_point():
+        raise HypernetError(f"{source}: module {name} stores its {what} weights as {str(tensor.dtype)[6:]}, "
+                            "not floating point: the file is damaged or not a LoRA")
+    values = tensor.float()
+    low, high = (float(v) for v in torch.aminmax(values))  # one pass for both checks
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise HypernetError(f"{source}: module {name} has NaN or Inf values in its {what} weights; "
+                            "the LoRA is broken (diverged training?)")
+    if max(-low, high) > MAX_FACTOR_VALUE:
+        raise HypernetError(f"{source}: module {name} has {what} weights up to {max(-low, high):.3g}, beyond "
+                            f"{MAX_FACTOR_VALUE:g}, which no trained LoRA reaches; the file is damaged or not a LoRA")
+    return values
+
+
+def _alpha(name: str, alpha: torch.Tensor | None, rank: int, source: str) -> float:
+    if alpha is None:
+        return float(rank)
+    # An integer alpha is an exact number and is read as one; bool or complex is no alpha at all.
+    if alpha.numel() != 1 or alpha.dtype == torch.bool or alpha.is_complex():
+        raise HypernetError(f"{source}: module {name} has an alpha of shape {list(alpha.shape)} and type "
+                            f"{str(alpha.dtype)[6:]}; alpha is one number; the file is damaged")
+    value = float(alpha.reshape(-1)[0])
+    if not math.isfinite(value):
+        raise HypernetError(f"{source}: module {name} has a NaN or Inf alpha")
+    if abs(value) / rank > MAX_FACTOR_VALUE:
+        raise HypernetError(f"{source}: module {name} has alpha {value:.3g} at rank {rank}, a scale beyond "
+                            f"{MAX_FACTOR_VALUE:g}, which no trained LoRA reaches; the file is damaged or not a LoRA")
+    return value
 
 
 def layout_from_lora(weights: LoraWeights, base_model: str) -> Layout:

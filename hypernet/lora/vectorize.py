@@ -13,7 +13,7 @@ import torch
 from .canonical import canonical_module
 from ..errors import HypernetError
 from .layout import Layout
-from .lora_io import LoraWeights, ModuleWeights
+from .weights import LoraWeights, ModuleWeights
 
 
 @dataclass(frozen=True)

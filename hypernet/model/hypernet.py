@@ -15,7 +15,7 @@ from torch import nn
 from ..lora.alignment import align
 from .autoencoder import AutoencoderConfig, build_autoencoder
 from .condition import build_fusion, check_condition, fuse, needs_global
-from ..encoders.global_features import check_encoder_info
+from ..encoders.encoder_info import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
 from ..errors import HypernetError
 from ..lora.layout import Layout

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..common.tensors import l2_normalize
 from ..data.dataset import LoraDataset
-from ..encoders.global_features import check_encoder
+from ..encoders.encoder_info import check_encoder
 from ..errors import HypernetError
 from ..lora.layout import Layout
 from ..model.condition import needs_face, needs_global

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..common.files import save_safetensors_atomic, save_safetensors_new, sha256_file
 from ..errors import HypernetError
-from ..lora.lora_io import LoraWeights, lora_metadata, lora_to_state_dict
+from ..lora.lora_io import lora_metadata, lora_to_state_dict
+from ..lora.weights import LoraWeights
 from ..model.condition import needs_global
 from ..model.hypernet import Hypernet
 from .sampling import provenance

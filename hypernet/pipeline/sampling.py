@@ -12,7 +12,7 @@ import torch
 
 from ..common.tensors import all_finite, seeded_generator
 from ..errors import HypernetError
-from ..lora.lora_io import LoraWeights
+from ..lora.weights import LoraWeights
 from ..lora.vectorize import unflatten
 from ..model.hypernet import Hypernet
 from .condition_inputs import condition_inputs

@@ -9,45 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..common.tensors import mean_embedding
-from ..encoders.global_features import SYNTHETIC_FINGERPRINT, EncoderInfo, GlobalImageEncoder, check_encoder
+from ..data.identity_folders import load_embedding_file
+from ..encoders.encoder_info import SYNTHETIC_FINGERPRINT, EncoderInfo, check_encoder
+from ..encoders.global_features import GlobalImageEncoder
 from ..errors import HypernetError
 
 
-def _read_vectors(path: Path) -> tuple[torch.Tensor, dict]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if "embedding" not in f.keys():
-                raise HypernetError(f"{path} has no tensor named 'embedding'")
-            return f.get_tensor("embedding"), f.metadata() or {}
-    except HypernetError:
-        raise
-    except Exception as exc:  # safetensors' own error types
-        raise HypernetError(f"{path} is not a readable safetensors file ({exc})") from exc
-
-
-def read_embedding_file(path: Path, expected_model: str) -> torch.Tensor:
-    """An `embedding.safetensors` as the dataset builder reads it: [512] or [k, 512], averaged."""
-    embedding, metadata = _read_vectors(path)
+def read_embedding_file(path: Path, expected_model: str, dim: int) -> torch.Tensor:
+    """An `embedding.safetensors` as the dataset builder reads it: [dim] or [k, dim], averaged."""
+    embedding, metadata = load_embedding_file(path, dim)
     model = metadata.get("embedding_model")
     if model is not None and model != expected_model:
         raise HypernetError(f"{path} holds a '{model}' embedding but the hypernet needs '{expected_model}'")
-    return mean_embedding(embedding)
+    return embedding
 
 
 def read_global_file(path: Path, expected_encoder: dict) -> torch.Tensor:
     """A `global.safetensors` as the dataset builder reads it ([G] or [k, G], averaged), checked
     against the encoder the hypernet was trained with."""
-    features, metadata = _read_vectors(path)
+    features, metadata = load_embedding_file(path, dim=None)
     info = EncoderInfo(metadata.get("embedding_model") or "unspecified", int(features.shape[-1]),
                        metadata.get("encoder_fingerprint") or SYNTHETIC_FINGERPRINT)
     try:
         check_encoder(expected_encoder, info)
     except HypernetError as exc:
         raise HypernetError(f"{path}: {exc}") from exc
-    return mean_embedding(features)
+    return features
 
 
 def embed_face_photos(photos: list[Path], face_model: Path, expected_model: str) -> torch.Tensor:
