@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: repeated timing with its spread, the machine and commit a
-table was measured on, resident memory, and a real ComfyUI with this pack imported in-process.
+table was measured on, and a real ComfyUI with this pack imported in-process.
 
 Import this module before `hypernet` or the pack: it puts ComfyUI first on sys.path, so
 ComfyUI's `nodes` module wins over this repository's `nodes/` folder (as tests/conftest.py does).
@@ -152,42 +152,6 @@ def command_line() -> str:
     except ValueError:
         pass
     return " ".join([".venv/bin/python", str(script), *sys.argv[1:]])
-
-
-# --- resident memory (Linux) -------------------------------------------------------------------
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def rss_mib() -> float:
-    return _status_kib("VmRSS") / 1024
-
-
-def reset_peak_rss() -> None:
-    """Resets the kernel's high-water mark (VmHWM) to the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    return _status_kib("VmHWM") / 1024
-
-
-class PeakRss:
-    """`with PeakRss() as m: ...` then m.before, m.peak and m.after (MiB) and m.extra = peak - before."""
-
-    def __enter__(self):
-        reset_peak_rss()
-        self.before = rss_mib()
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = peak_rss_mib()
-        self.after = rss_mib()
-        self.extra = self.peak - self.before
 
 
 # --- ComfyUI and the pack, in-process -----------------------------------------------------------

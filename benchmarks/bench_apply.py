@@ -38,7 +38,8 @@ import tempfile
 from pathlib import Path
 
 import _bench  # noqa: F401  (first: ComfyUI before the pack)
-from _bench import PeakRss, Stats, Timer
+from _bench import Stats, Timer
+from _memory import PeakRss
 
 import torch  # noqa: E402
 

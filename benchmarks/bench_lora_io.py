@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _memory import PeakRss  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 from hypernet.lora.canonical import canonicalize  # noqa: E402
 from hypernet.lora.layout import load_layout  # noqa: E402
 from hypernet.lora.lora_io import read_lora  # noqa: E402
@@ -27,31 +29,20 @@ from hypernet.data.synth import write_synth  # noqa: E402
 from hypernet.lora.vectorize import flatten  # noqa: E402
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+class Stage(PeakRss):
+    """`with Stage(name, files) as s: ...` then s.seconds, and PeakRss's s.extra and s.after (MiB)."""
 
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-class Stage:
     def __init__(self, name: str, files: int):
         self.name, self.files = name, files
 
     def __enter__(self):
-        _reset_peak()
-        self.rss_before = _status_kib("VmRSS")
+        super().__enter__()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-        self.peak_mib = (_status_kib("VmHWM") - self.rss_before) / 1024
-        self.rss_after_mib = _status_kib("VmRSS") / 1024
+        super().__exit__(*exc)
 
 
 def main() -> None:
@@ -97,7 +88,7 @@ def main() -> None:
           f"{n} files, {size_mib:.0f} MiB on disk; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'stage':<26} {'total s':>8} {'ms/file':>8} {'peak +RSS MiB':>14} {'RSS after MiB':>14}")
     for s in stages:
-        print(f"{s.name:<26} {s.seconds:>8.2f} {1000 * s.seconds / s.files:>8.1f} {s.peak_mib:>14.0f} {s.rss_after_mib:>14.0f}")
+        print(f"{s.name:<26} {s.seconds:>8.2f} {1000 * s.seconds / s.files:>8.1f} {s.extra:>14.0f} {s.after:>14.0f}")
     if tmp:
         tmp.cleanup()
 

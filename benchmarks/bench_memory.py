@@ -25,7 +25,8 @@ import weakref
 from pathlib import Path
 
 import _bench  # noqa: F401  (first: ComfyUI before the pack)
-from _bench import PeakRss, Stats
+from _bench import Stats
+from _memory import PeakRss, rss_mib
 
 import torch  # noqa: E402
 
@@ -46,7 +47,7 @@ def malloc_trim() -> float | None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         return None
-    return _bench.rss_mib()
+    return rss_mib()
 
 
 def main() -> None:
@@ -63,15 +64,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         work = Path(tmp)
         gc.collect()
-        start = _bench.rss_mib()
+        start = rss_mib()
         analyzer, image = bench_personalize.face_setup(work)
         face_value, _ = face_nodes.FaceEmbed().embed(analyzer, image, False)
-        after_face = _bench.rss_mib()
+        after_face = rss_mib()
         name = bench_personalize.save_random_hypernet(work, args.layout, face_value.model_name)
         gc.collect()
-        before_load = _bench.rss_mib()
+        before_load = rss_mib()
         hypernet, _ = hypernet_nodes.LoadHypernet().load(name)
-        loaded = _bench.rss_mib()
+        loaded = rss_mib()
         module = hypernet.hypernet
         counts = module.parameter_counts()
         buffers = sum(b.numel() for b in module.buffers())
@@ -91,16 +92,16 @@ def main() -> None:
             if run > 0:
                 peaks.append(memory.extra)
         peak = Stats(tuple(peaks))
-        after_runs = _bench.rss_mib()
+        after_runs = rss_mib()
 
         free_path_step()
-        unloaded = _bench.rss_mib()
+        unloaded = rss_mib()
         alive_after_unload = (hypernet_ref() is not None, analyzer_ref() is not None)
 
         # free_memory: the executor's caches go, and with them every node output.
         del hypernet, outputs, latent, lora, face_value, analyzer
         free_path_step()
-        freed = _bench.rss_mib()
+        freed = rss_mib()
         alive_after_free = (hypernet_ref() is not None, analyzer_ref() is not None)
         trimmed = malloc_trim()
 
