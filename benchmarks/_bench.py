@@ -7,7 +7,6 @@ ComfyUI's `nodes` module wins over this repository's `nodes/` folder (as tests/c
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import platform
 import re
@@ -163,20 +162,27 @@ def comfy():
 
 def pack():
     """This pack imported the way ComfyUI imports a custom node folder (as tests/conftest.py)."""
-    comfy()
-    name = comfy_support.PACK_DIRNAME
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return comfy_support.import_pack()
 
 
 def pack_module(dotted: str):
     """A module of the pack as ComfyUI sees it, e.g. pack_module('nodes.lora_nodes')."""
     return importlib.import_module(f"{pack().__name__}.{dotted}")
+
+
+def random_hypernet(layout, train_preset: str, embedding_model: str = "x", seed: int = 0, library: str = "hypernet"):
+    """A Hypernet of a training preset's architecture with random weights: speed does not depend
+    on training. `library` is the package whose classes build it: `hypernet` (the library alone,
+    no ComfyUI) or the pack's own copy, `pack().__name__ + ".hypernet"`, which the nodes use."""
+    cfg = importlib.import_module(f"{library}.pipeline.training").load_train_config(train_preset)
+    model_mod = importlib.import_module(f"{library}.model.hypernet")
+    torch.manual_seed(seed)
+    model = model_mod.Hypernet(model_mod.HypernetConfig(
+        layout=layout, embedding_model=embedding_model, autoencoder=cfg.autoencoder, prior=cfg.prior,
+        diffusion=cfg.diffusion))
+    # The prior's output layer starts at zero; small random values make the samples non-trivial.
+    torch.nn.init.normal_(model.prior.latent_out.weight, std=0.02)
+    return model.eval()
 
 
 def register_folder(kind: str, folder: Path) -> None:

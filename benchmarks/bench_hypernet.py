@@ -79,15 +79,18 @@ def _variant_config(config: str, prior_steps: int | None, conditioning: str | No
     return cfg
 
 
-def train_autoencoder_once(dataset, work: Path, cfg, timings: dict) -> Path:
-    ae_file = work / "autoencoder.safetensors"
+def train_autoencoder_once(dataset, work: Path, cfg, timings: dict, name: str = "autoencoder",
+                           progress: bool = True) -> Path:
+    """The weight autoencoder every prior variant shares (cached in --work as `name`; the
+    autoencoder phase does not depend on the condition or the prior)."""
+    ae_file = work / f"{name}.safetensors"
     if not ae_file.is_file():
-        trainer = Trainer(dataset, cfg, torch.device("cpu"), ae_file)
+        trainer = Trainer(dataset, cfg, torch.device("cpu"), ae_file, progress=progress)
         started = time.perf_counter()
         state = trainer.fresh_state()
         trainer.train_autoencoder(state)
         trainer.fit_latent_normalizer(state.model)
-        timings["autoencoder"] = time.perf_counter() - started
+        timings[name] = time.perf_counter() - started
         save_hypernet(state.model, ae_file)
         trainer.state_file.unlink(missing_ok=True)
     return ae_file
