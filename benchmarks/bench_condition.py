@@ -34,7 +34,8 @@ from hypernet.lora.layout import Layout, preset  # noqa: E402
 from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
 from hypernet.pipeline.training import TrainConfig, load_train_config  # noqa: E402
 
-from bench_hypernet import train_autoencoder_once, train_prior_variant  # noqa: E402  (benchmarks/ is on the path when run as a script)
+from bench_hypernet import (  # noqa: E402  (benchmarks/ is on the path when run as a script)
+    Timings, print_header, print_row, train_autoencoder_once, train_prior_variant)
 
 SCENARIOS = ("face+global", "face")  # what the collection's LoRAs depend on
 VARIANTS = ("face/mlp", "face+global/mlp", "face+global/transformer")  # condition/prior kind
@@ -105,17 +106,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-class Timings(dict):
-    """Training minutes per model, kept in --work so a second run only evaluates."""
-
-    def __init__(self, path: Path):
-        super().__init__(json.loads(path.read_text()) if path.is_file() else {})
-        self.path = path
-
-    def save(self) -> None:
-        self.path.write_text(json.dumps(self))
-
-
 def print_heading(args: argparse.Namespace) -> None:
     cfg = train_config(args)
     print(f"Synthetic: {args.identities} identities ({args.heldout:.0%} held out), {args.modules} modules of "
@@ -124,8 +114,7 @@ def print_heading(args: argparse.Namespace) -> None:
           f"{args.seeds} seeds, {args.steps} DDIM steps, guidance {args.guidance}; CPU, {args.threads} thread(s).")
     header = ("LoRAs depend on", "condition", "prior", "prior train min", "sampled top1", "sampled cos",
               "diversity", "nearest-face top1", "mean top1", "ceiling top1")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header), flush=True)
+    print_header(header)
 
 
 def scenario_rows(args: argparse.Namespace, depends: str, timings: Timings):
@@ -157,7 +146,7 @@ def main() -> None:
     print_heading(args)
     for depends in args.scenarios.split(","):
         for row in scenario_rows(args, depends, timings):
-            print("| " + " | ".join(row) + " |", flush=True)
+            print_row(row)
 
 
 if __name__ == "__main__":
