@@ -120,18 +120,24 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     gpu = gpu_name() or "no GPU"
     return (f"{cpu_model()}, {os.cpu_count()} logical cores, {memory_gib():.0f} GiB RAM, {gpu}; "
             f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}; load average {load}; "
             f"commit {git_commit()}")
 
 
-def heading(title: str, command: str) -> None:
-    """A table's title, the machine it ran on and the command that made it."""
+def heading(title: str, command: str, measured_on: str | None = None) -> None:
+    """A table's title, the machine it ran on (`machine()` now, or as taken before a long
+    measurement: `measured_on`) and the command that made it."""
     print(f"\n### {title}\n")
-    print(f"Machine: {machine()}.  ")
+    print(f"Machine: {measured_on or machine()}.  ")
     print(f"Command: `{command}`\n", flush=True)
 
 

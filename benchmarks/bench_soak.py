@@ -99,12 +99,12 @@ def soak(server: ComfyServer, template: dict, photos: list[str], runs: int, ever
     return rows
 
 
-def report(args: argparse.Namespace, rows: list[dict], command: str, load_before: str, load_after: str) -> None:
+def report(args: argparse.Namespace, rows: list[dict], command: str, measured_on: str, load_after: str) -> None:
     _bench.heading(f"Soak: {args.runs} personalizations in one ComfyUI server (resident memory of the server "
-                   "process, MiB)", command)
+                   "process, MiB)", command, measured_on)
     print(f"Workflow example_workflows/{WORKFLOW}.json on the tiny SDXL-architecture model ({args.size} px, "
           f"its shipped steps), {args.photos} reference photos in turn, a new seed every run. Load average "
-          f"(1, 5, 15 min) before: {load_before}; after: {load_after}.\n")
+          f"(1, 5, 15 min) after the last run: {load_after} (before: in the machine line).\n")
     first = rows[1]["rss"]
     _bench.table(("after run", "RSS MiB", f"change since run {args.every} MiB", "peak RSS (VmHWM) MiB",
                   "seconds per run (median of the block)"),
@@ -126,10 +126,10 @@ def main() -> None:
         base, photos = prepare_base(work, args.photos)
         with ComfyServer(base, fixture_nodes=True) as server:
             template = demo_assets.example_prompt(WORKFLOW, server.get("/object_info"), args.size)
-            load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            measured_on = _bench.machine()  # commit and load as the runs start
             rows = soak(server, template, photos, args.runs, args.every)
-            load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    report(args, rows, command, load_before, load_after)
+            load_after = _bench.load_average()
+    report(args, rows, command, measured_on, load_after)
 
 
 if __name__ == "__main__":

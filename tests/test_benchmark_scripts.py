@@ -92,5 +92,5 @@ def test_soak_benchmark_prints_the_server_memory_every_few_runs_and_the_ratio(tm
     assert all(value > 100 for value in rss), rss  # a ComfyUI server holds far more than 100 MiB
     assert rows[1][2].strip() == "+0" and abs(float(rows[2][2]) - (rss[2] - rss[1])) <= 1  # rounded separately
     assert "RSS after run 4 / after run 2: " in result.stdout and "target within 5%" in result.stdout
-    assert "Load average (1, 5, 15 min) before: " in result.stdout
+    assert "; load average " in result.stdout and "Load average (1, 5, 15 min) after the last run: " in result.stdout
     assert len(list((tmp_path / "comfy_base" / "output").rglob("*.png"))) == 4  # every run drew its image
