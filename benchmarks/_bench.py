@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: repeated timing with its spread, the machine and commit a
-table was measured on, resident memory, and a real ComfyUI with this pack imported in-process.
+table was measured on, and a real ComfyUI with this pack imported in-process.
 
 Import this module before `hypernet` or the pack: it puts ComfyUI first on sys.path, so
 ComfyUI's `nodes` module wins over this repository's `nodes/` folder (as tests/conftest.py does).
@@ -7,7 +7,6 @@ ComfyUI's `nodes` module wins over this repository's `nodes/` folder (as tests/c
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import platform
 import re
@@ -121,18 +120,24 @@ def gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def machine() -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     gpu = gpu_name() or "no GPU"
     return (f"{cpu_model()}, {os.cpu_count()} logical cores, {memory_gib():.0f} GiB RAM, {gpu}; "
             f"torch {torch.__version__}, torch threads: {torch.get_num_threads()}; load average {load}; "
             f"commit {git_commit()}")
 
 
-def heading(title: str, command: str) -> None:
-    """A table's title, the machine it ran on and the command that made it."""
+def heading(title: str, command: str, measured_on: str | None = None) -> None:
+    """A table's title, the machine it ran on (`machine()` now, or as taken before a long
+    measurement: `measured_on`) and the command that made it."""
     print(f"\n### {title}\n")
-    print(f"Machine: {machine()}.  ")
+    print(f"Machine: {measured_on or machine()}.  ")
     print(f"Command: `{command}`\n", flush=True)
 
 
@@ -154,42 +159,6 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", str(script), *sys.argv[1:]])
 
 
-# --- resident memory (Linux) -------------------------------------------------------------------
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def rss_mib() -> float:
-    return _status_kib("VmRSS") / 1024
-
-
-def reset_peak_rss() -> None:
-    """Resets the kernel's high-water mark (VmHWM) to the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    return _status_kib("VmHWM") / 1024
-
-
-class PeakRss:
-    """`with PeakRss() as m: ...` then m.before, m.peak and m.after (MiB) and m.extra = peak - before."""
-
-    def __enter__(self):
-        reset_peak_rss()
-        self.before = rss_mib()
-        return self
-
-    def __exit__(self, *exc):
-        self.peak = peak_rss_mib()
-        self.after = rss_mib()
-        self.extra = self.peak - self.before
-
-
 # --- ComfyUI and the pack, in-process -----------------------------------------------------------
 
 def comfy():
@@ -199,20 +168,27 @@ def comfy():
 
 def pack():
     """This pack imported the way ComfyUI imports a custom node folder (as tests/conftest.py)."""
-    comfy()
-    name = comfy_support.PACK_DIRNAME
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return comfy_support.import_pack()
 
 
 def pack_module(dotted: str):
     """A module of the pack as ComfyUI sees it, e.g. pack_module('nodes.lora_nodes')."""
     return importlib.import_module(f"{pack().__name__}.{dotted}")
+
+
+def random_hypernet(layout, train_preset: str, embedding_model: str = "x", seed: int = 0, library: str = "hypernet"):
+    """A Hypernet of a training preset's architecture with random weights: speed does not depend
+    on training. `library` is the package whose classes build it: `hypernet` (the library alone,
+    no ComfyUI) or the pack's own copy, `pack().__name__ + ".hypernet"`, which the nodes use."""
+    cfg = importlib.import_module(f"{library}.pipeline.training").load_train_config(train_preset)
+    model_mod = importlib.import_module(f"{library}.model.hypernet")
+    torch.manual_seed(seed)
+    model = model_mod.Hypernet(model_mod.HypernetConfig(
+        layout=layout, embedding_model=embedding_model, autoencoder=cfg.autoencoder, prior=cfg.prior,
+        diffusion=cfg.diffusion))
+    # The prior's output layer starts at zero; small random values make the samples non-trivial.
+    torch.nn.init.normal_(model.prior.latent_out.weight, std=0.02)
+    return model.eval()
 
 
 def register_folder(kind: str, folder: Path) -> None:

@@ -35,10 +35,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import _bench  # noqa: F401  (first: ComfyUI before the pack)
-from _bench import PeakRss, Stats, Timer
+from _bench import Stats, Timer
+from _memory import PeakRss
+from random_weights import random_kohya_state  # noqa: E402  (tests/, put on the path by _bench)
 
 import torch  # noqa: E402
 
@@ -52,12 +55,7 @@ OURS, STOCK = "ours: Apply LoRA (in-memory LORA)", "stock: LoraLoaderModelOnly (
 def random_lora(layout_name: str, seed: int = 0):
     """A kohya LORA value of the layout with random factors (the arithmetic does not care)."""
     layout = _bench.pack_module("hypernet.lora.presets").preset(layout_name)
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for m in layout:
-        state[f"{m.name}.lora_up.weight"] = torch.randn(m.out_features, m.rank, generator=gen) * 0.01
-        state[f"{m.name}.lora_down.weight"] = torch.randn(m.rank, m.in_features, generator=gen) * 0.01
-        state[f"{m.name}.alpha"] = torch.tensor(float(m.rank))
+    state = random_kohya_state(layout, seed, scale=0.01)
     return _bench.pack_module("nodes.values").LoraValue(state, layout, {"generator": "bench_apply"})
 
 
@@ -127,6 +125,111 @@ def run_child(layout: str, path: str, folder: Path, live_memory: bool = False) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def in_turn(run: int) -> list[str]:
+    """Both paths interleaved, so both see the same machine load, and in turns first."""
+    return [OURS, STOCK] if run % 2 else [STOCK, OURS]
+
+
+@dataclass
+class Measured:
+    """Everything the table shows: node seconds per (path, mode), the children's node + patch
+    runs per path with the default allocator and with live memory, and whether the patches match."""
+
+    file_mib: float
+    node_times: dict[tuple[str, str], list[float]]
+    children: dict[str, list[dict]]
+    live: dict[str, list[dict]]
+    identical: bool
+
+    def node(self, name: str, mode: str) -> Stats:
+        return Stats(tuple(self.node_times[(name, mode)]))
+
+    def child(self, name: str, key: str, live: bool = False) -> Stats:
+        return Stats(tuple(c[key] for c in (self.live if live else self.children)[name]))
+
+    def patch_all(self) -> Stats:
+        # Identical patches (checked) make identical arithmetic: its time differs between the
+        # paths by machine noise only, so totals use the median over both paths' runs.
+        return Stats(tuple(c["patch"] for name in (OURS, STOCK) for c in self.children[name]))
+
+    def total(self, name: str) -> float:
+        return self.node(name, "cold").median + self.patch_all().median
+
+
+def time_nodes(paths: dict, runs: int) -> dict[tuple[str, str], list[float]]:
+    """Node seconds per (path, cold/warm) over `runs` runs after one warm-up run."""
+    node_times: dict[tuple[str, str], list[float]] = {}
+    for run in range(runs + 1):
+        for mode in ("cold", "warm"):
+            for name in in_turn(run):
+                with Timer() as t:
+                    patched = paths[name](mode == "cold")
+                if run > 0:  # run 0 warms up
+                    node_times.setdefault((name, mode), []).append(t.seconds)
+                del patched
+    return node_times
+
+
+def measure(layout: str, runs: int, patch_runs: int) -> tuple[object, Measured]:
+    """The in-process node timings, then node + patch per path in fresh processes."""
+    with tempfile.TemporaryDirectory(prefix="bench_apply_") as tmp:
+        folder = Path(tmp)
+        base, lora = _prepare(layout, folder)
+        file_mib = (folder / "lora.safetensors").stat().st_size / 2**20
+        paths = _paths(lora, base, "lora.safetensors")
+        node_times = time_nodes(paths, runs)
+        identical = same_patches(paths[OURS](True), paths[STOCK](True))
+        del paths, base
+        gc.collect()
+        children: dict[str, list[dict]] = {OURS: [], STOCK: []}
+        live: dict[str, list[dict]] = {OURS: [], STOCK: []}
+        for run in range(patch_runs):
+            for name in in_turn(run):
+                children[name].append(run_child(layout, name, folder))
+                live[name].append(run_child(layout, name, folder, live_memory=True))
+    return lora, Measured(file_mib, node_times, children, live, identical)
+
+
+def ratios(m: Measured) -> dict[str, float]:
+    """Ours / stock, medians."""
+    return {
+        "cold": m.node(OURS, "cold").median / m.node(STOCK, "cold").median,
+        "warm": m.node(OURS, "warm").median / m.node(STOCK, "warm").median,
+        "patch": m.child(OURS, "patch").median / m.child(STOCK, "patch").median,
+        "total": m.total(OURS) / m.total(STOCK),
+        "peak": m.child(OURS, "peak").median / m.child(STOCK, "peak").median,
+        "live": m.child(OURS, "peak", live=True).median / m.child(STOCK, "peak", live=True).median,
+    }
+
+
+def report(args: argparse.Namespace, command: str, lora, m: Measured) -> None:
+    first = m.children[OURS][0]
+    _bench.heading(f"Apply overhead at {args.layout}: our in-memory LORA vs the stock LoraLoader from a file "
+                   f"(seconds, median (min-max))", command)
+    print(f"LoRA: {len(lora.layout)} modules, {lora.layout.num_values:,} values, file {m.file_mib:.1f} MiB. "
+          f"Weights patched: {first['keys']}, {first['real_values']:,} real values ({first['dtype']}). "
+          f"Both paths give {'identical' if m.identical else '**different**'} patches (same keys, factors, alpha and "
+          f"strength), so ComfyUI does the same arithmetic for both. Node + patch runs each in a fresh process, so "
+          f"the peak memory is that path's own.\n")
+    ratio = ratios(m)
+    rows = [(name, m.node(name, "cold").fmt(), m.node(name, "warm").fmt(), m.child(name, "patch").fmt(),
+             f"{m.total(name):.3f}", m.child(name, "peak", live=True).fmt(digits=0), m.child(name, "peak").fmt(digits=0))
+            for name in (OURS, STOCK)]
+    rows.append(("**ratio ours / stock (medians)**", f"**{ratio['cold']:.2f}x**", f"**{ratio['warm']:.2f}x**",
+                 f"{ratio['patch']:.2f}x", f"**{ratio['total']:.2f}x**", f"**{ratio['live']:.2f}x**",
+                 f"{ratio['peak']:.2f}x"))
+    _bench.table(("path", f"node, cold ({args.runs} runs)", f"node, warm ({args.runs} runs)",
+                  f"patch arithmetic ({args.patch_runs} runs)", "node (cold) + patch (medians; patch over both paths)",
+                  "peak +RSS MiB, live (fixed mmap threshold)", "peak +RSS MiB, glibc default"),
+                 rows)
+    worst = max(ratio["total"], ratio["live"])
+    verdict = "met" if worst <= TARGET_RATIO and m.identical else "missed"
+    print(f"Target: apply overhead <= {TARGET_RATIO}x the stock LoraLoader path: time (node + patch) "
+          f"{ratio['total']:.2f}x, peak memory {ratio['live']:.2f}x (live bytes; {ratio['peak']:.2f}x with glibc's "
+          f"default allocator, which also counts freed blocks not yet handed back); **{verdict}**. The node alone: "
+          f"{ratio['cold']:.2f}x cold, {ratio['warm']:.2f}x warm.\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sdxl-attn-r4", choices=list(BASES))
@@ -139,80 +242,8 @@ def main() -> None:
         child(args.layout, args.child, args.child_dir)
         return
     command = _bench.command_line()
-
-    with tempfile.TemporaryDirectory(prefix="bench_apply_") as tmp:
-        folder = Path(tmp)
-        base, lora = _prepare(args.layout, folder)
-        file_mib = (folder / "lora.safetensors").stat().st_size / 2**20
-        paths = _paths(lora, base, "lora.safetensors")
-
-        def in_turn(run: int) -> list[str]:
-            """Both paths interleaved, so both see the same machine load, and in turns first."""
-            return [OURS, STOCK] if run % 2 else [STOCK, OURS]
-
-        node_times: dict[tuple[str, str], list[float]] = {}
-        for run in range(args.runs + 1):
-            for mode in ("cold", "warm"):
-                for name in in_turn(run):
-                    with Timer() as t:
-                        patched = paths[name](mode == "cold")
-                    if run > 0:  # run 0 warms up
-                        node_times.setdefault((name, mode), []).append(t.seconds)
-                    del patched
-        identical = same_patches(paths[OURS](True), paths[STOCK](True))
-        del paths, base
-        gc.collect()
-        children: dict[str, list[dict]] = {OURS: [], STOCK: []}
-        live: dict[str, list[dict]] = {OURS: [], STOCK: []}
-        for run in range(args.patch_runs):
-            for name in in_turn(run):
-                children[name].append(run_child(args.layout, name, folder))
-                live[name].append(run_child(args.layout, name, folder, live_memory=True))
-
-    def stats(name: str, key: str, runs=children) -> Stats:
-        return Stats(tuple(c[key] for c in runs[name]))
-
-    def node_stats(name: str, mode: str) -> Stats:
-        return Stats(tuple(node_times[(name, mode)]))
-
-    first = children[OURS][0]
-    _bench.heading(f"Apply overhead at {args.layout}: our in-memory LORA vs the stock LoraLoader from a file "
-                   f"(seconds, median (min-max))", command)
-    print(f"LoRA: {len(lora.layout)} modules, {lora.layout.num_values:,} values, file {file_mib:.1f} MiB. "
-          f"Weights patched: {first['keys']}, {first['real_values']:,} real values ({first['dtype']}). "
-          f"Both paths give {'identical' if identical else '**different**'} patches (same keys, factors, alpha and "
-          f"strength), so ComfyUI does the same arithmetic for both. Node + patch runs each in a fresh process, so "
-          f"the peak memory is that path's own.\n")
-    # Identical patches (checked above) make identical arithmetic: its time differs between the
-    # paths by machine noise only, so the total uses the median over both paths' runs.
-    patch_all = Stats(tuple(c["patch"] for name in (OURS, STOCK) for c in children[name]))
-    ratio = {
-        "cold": node_stats(OURS, "cold").median / node_stats(STOCK, "cold").median,
-        "warm": node_stats(OURS, "warm").median / node_stats(STOCK, "warm").median,
-        "patch": stats(OURS, "patch").median / stats(STOCK, "patch").median,
-        "total": (node_stats(OURS, "cold").median + patch_all.median)
-        / (node_stats(STOCK, "cold").median + patch_all.median),
-        "peak": stats(OURS, "peak").median / stats(STOCK, "peak").median,
-        "live": stats(OURS, "peak", live).median / stats(STOCK, "peak", live).median,
-    }
-    rows = []
-    for name in (OURS, STOCK):
-        total = node_stats(name, "cold").median + patch_all.median
-        rows.append((name, node_stats(name, "cold").fmt(), node_stats(name, "warm").fmt(), stats(name, "patch").fmt(),
-                     f"{total:.3f}", stats(name, "peak", live).fmt(digits=0), stats(name, "peak").fmt(digits=0)))
-    rows.append(("**ratio ours / stock (medians)**", f"**{ratio['cold']:.2f}x**", f"**{ratio['warm']:.2f}x**",
-                 f"{ratio['patch']:.2f}x", f"**{ratio['total']:.2f}x**", f"**{ratio['live']:.2f}x**",
-                 f"{ratio['peak']:.2f}x"))
-    _bench.table(("path", f"node, cold ({args.runs} runs)", f"node, warm ({args.runs} runs)",
-                  f"patch arithmetic ({args.patch_runs} runs)", "node (cold) + patch (medians; patch over both paths)",
-                  "peak +RSS MiB, live (fixed mmap threshold)", "peak +RSS MiB, glibc default"),
-                 rows)
-    worst = max(ratio["total"], ratio["live"])
-    verdict = "met" if worst <= TARGET_RATIO and identical else "missed"
-    print(f"Target: apply overhead <= {TARGET_RATIO}x the stock LoraLoader path: time (node + patch) "
-          f"{ratio['total']:.2f}x, peak memory {ratio['live']:.2f}x (live bytes; {ratio['peak']:.2f}x with glibc's "
-          f"default allocator, which also counts freed blocks not yet handed back); **{verdict}**. The node alone: "
-          f"{ratio['cold']:.2f}x cold, {ratio['warm']:.2f}x warm.\n", flush=True)
+    lora, measured = measure(args.layout, args.runs, args.patch_runs)
+    report(args, command, lora, measured)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,16 +26,17 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from hypernet.model.checkpoint import load_hypernet, save_hypernet  # noqa: E402
+from hypernet.model.checkpoint import load_hypernet  # noqa: E402
 from hypernet.data.dataset import open_dataset  # noqa: E402
 from hypernet.data.builder import build_dataset  # noqa: E402
 from hypernet.pipeline.evaluate import evaluate  # noqa: E402
 from hypernet.lora.layout import Layout  # noqa: E402
 from hypernet.lora.presets import preset  # noqa: E402
 from hypernet.data.synth import SynthSpec, write_synth  # noqa: E402
-from hypernet.pipeline.training import Trainer, TrainConfig, load_train_config  # noqa: E402
+from hypernet.pipeline.training import TrainConfig, load_train_config  # noqa: E402
 
-from bench_hypernet import train_prior_variant  # noqa: E402  (benchmarks/ is on the path when run as a script)
+from bench_hypernet import (  # noqa: E402  (benchmarks/ is on the path when run as a script)
+    Timings, print_header, print_row, train_autoencoder_once, train_prior_variant)
 
 SCENARIOS = ("face+global", "face")  # what the collection's LoRAs depend on
 VARIANTS = ("face/mlp", "face+global/mlp", "face+global/transformer")  # condition/prior kind
@@ -86,21 +86,7 @@ def train_config(args, condition: str = "face", kind: str = "mlp") -> TrainConfi
     return TrainConfig.from_dict(base)
 
 
-def autoencoder_once(dataset, work: Path, cfg: TrainConfig, timings: dict, key: str) -> Path:
-    out = work / f"{key}-autoencoder.safetensors"
-    if not out.is_file():
-        trainer = Trainer(dataset, cfg, torch.device("cpu"), out, progress=False)
-        started = time.perf_counter()
-        state = trainer.fresh_state()
-        trainer.train_autoencoder(state)
-        trainer.fit_latent_normalizer(state.model)
-        timings[f"{key}-autoencoder"] = time.perf_counter() - started
-        save_hypernet(state.model, out)
-        trainer.state_file.unlink(missing_ok=True)
-    return out
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "bench_work" / "condition")
     parser.add_argument("--identities", type=int, default=1000)
@@ -118,38 +104,50 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
-    timings_file = args.work / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    header = ("LoRAs depend on", "condition", "prior", "prior train min", "sampled top1", "sampled cos",
-              "diversity", "nearest-face top1", "mean top1", "ceiling top1")
+    return parser.parse_args()
+
+
+def print_heading(args: argparse.Namespace) -> None:
     cfg = train_config(args)
     print(f"Synthetic: {args.identities} identities ({args.heldout:.0%} held out), {args.modules} modules of "
           f"tiny-attn-r4, global dim {args.global_dim}, manifold {args.manifold_dim} per source, noise {args.noise}; "
           f"AE {cfg.ae_steps} steps, prior {cfg.prior_steps} steps ({cfg.prior.conditioning}); sampling "
           f"{args.seeds} seeds, {args.steps} DDIM steps, guidance {args.guidance}; CPU, {args.threads} thread(s).")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header), flush=True)
+    header = ("LoRAs depend on", "condition", "prior", "prior train min", "sampled top1", "sampled cos",
+              "diversity", "nearest-face top1", "mean top1", "ceiling top1")
+    print_header(header)
+
+
+def scenario_rows(args: argparse.Namespace, depends: str, timings: Timings):
+    """One table row per variant on the collection whose LoRAs depend on `depends`."""
+    dataset = open_dataset(scenario_dataset(args.work, depends, args))
+    ae_file = train_autoencoder_once(dataset, args.work, train_config(args), timings, f"{depends}-autoencoder",
+                                     progress=False)
+    timings.save()
+    for variant in args.variants.split(","):
+        condition, kind = variant.split("/")
+        key = f"{depends}-{condition}-{kind}"
+        ckpt = train_prior_variant(dataset, args.work, ae_file, train_config(args, condition, kind), key, timings,
+                                   progress=False)
+        timings.save()
+        result = evaluate(load_hypernet(ckpt), dataset, seeds=args.seeds, steps=args.steps,
+                          guidance=args.guidance, progress=False)
+        sampled, baselines = result["sampled"], result["baselines"]
+        yield (depends, result["condition"], kind, f"{timings[key] / 60:.1f}", f"{sampled['top1']:.3f}",
+               f"{sampled['cosine']:.3f}", f"{sampled['diversity']:.3f}",
+               f"{baselines['nearest_embedding']['top1']:.3f}", f"{baselines['mean']['top1']:.3f}",
+               f"{result['ceiling']['top1']:.3f}")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    timings = Timings(args.work / "timings.json")
+    print_heading(args)
     for depends in args.scenarios.split(","):
-        dataset = open_dataset(scenario_dataset(args.work, depends, args))
-        ae_file = autoencoder_once(dataset, args.work, train_config(args), timings, depends)
-        timings_file.write_text(json.dumps(timings))
-        for variant in args.variants.split(","):
-            condition, kind = variant.split("/")
-            key = f"{depends}-{condition}-{kind}"
-            ckpt = train_prior_variant(dataset, args.work, ae_file, train_config(args, condition, kind), key, timings,
-                                       progress=False)
-            timings_file.write_text(json.dumps(timings))
-            result = evaluate(load_hypernet(ckpt), dataset, seeds=args.seeds, steps=args.steps,
-                              guidance=args.guidance, progress=False)
-            sampled, baselines = result["sampled"], result["baselines"]
-            row = (depends, result["condition"], kind, f"{timings[key] / 60:.1f}", f"{sampled['top1']:.3f}",
-                   f"{sampled['cosine']:.3f}", f"{sampled['diversity']:.3f}",
-                   f"{baselines['nearest_embedding']['top1']:.3f}", f"{baselines['mean']['top1']:.3f}",
-                   f"{result['ceiling']['top1']:.3f}")
-            print("| " + " | ".join(row) + " |", flush=True)
+        for row in scenario_rows(args, depends, timings):
+            print_row(row)
 
 
 if __name__ == "__main__":

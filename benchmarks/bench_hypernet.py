@@ -79,15 +79,18 @@ def _variant_config(config: str, prior_steps: int | None, conditioning: str | No
     return cfg
 
 
-def train_autoencoder_once(dataset, work: Path, cfg, timings: dict) -> Path:
-    ae_file = work / "autoencoder.safetensors"
+def train_autoencoder_once(dataset, work: Path, cfg, timings: dict, name: str = "autoencoder",
+                           progress: bool = True) -> Path:
+    """The weight autoencoder every prior variant shares (cached in --work as `name`; the
+    autoencoder phase does not depend on the condition or the prior)."""
+    ae_file = work / f"{name}.safetensors"
     if not ae_file.is_file():
-        trainer = Trainer(dataset, cfg, torch.device("cpu"), ae_file)
+        trainer = Trainer(dataset, cfg, torch.device("cpu"), ae_file, progress=progress)
         started = time.perf_counter()
         state = trainer.fresh_state()
         trainer.train_autoencoder(state)
         trainer.fit_latent_normalizer(state.model)
-        timings["autoencoder"] = time.perf_counter() - started
+        timings[name] = time.perf_counter() - started
         save_hypernet(state.model, ae_file)
         trainer.state_file.unlink(missing_ok=True)
     return ae_file
@@ -113,35 +116,54 @@ def train_prior_variant(dataset, work: Path, ae_file: Path, cfg, name: str, timi
     return out
 
 
+class Timings(dict):
+    """Training seconds per model, kept in the work folder beside the cached checkpoints, so a
+    second run only evaluates and still shows how long training took."""
+
+    def __init__(self, path: Path):
+        super().__init__(json.loads(path.read_text()) if path.is_file() else {})
+        self.path = path
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self))
+
+
+def print_header(header: tuple[str, ...]) -> None:
+    """A markdown table's header; its rows follow one by one as they are measured (print_row)."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header), flush=True)
+
+
+def print_row(row: tuple[str, ...]) -> None:
+    print("| " + " | ".join(row) + " |", flush=True)
+
+
 def synthetic_table(work: Path, train: int, heldout: int, layout: str, config: str, prior_steps: int | None,
                     guidance: float, variants: list[tuple[str, str]] = VARIANTS) -> None:
     from hypernet.pipeline.evaluate import evaluate
     data = synthetic_dataset(work, train, heldout, layout)
     representation_table(data)
     dataset = open_dataset(data)
-    timings_file = work / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    timings = Timings(work / "timings.json")
     ae_file = train_autoencoder_once(dataset, work, _variant_config(config, prior_steps), timings)
-    timings_file.write_text(json.dumps(timings))
+    timings.save()
     print(f"\nSynthetic collection: {layout} ({dataset.layout.num_values:,} values), "
           f"{len(dataset.ids('train'))} training / {len(dataset.ids('heldout'))} held-out identities, CPU "
           f"({torch.get_num_threads()} threads). Autoencoder training: {timings['autoencoder'] / 60:.1f} min. "
           f"Sampling: 2 seeds, 25 DDIM steps, guidance {guidance}.")
-    header = ("prior", "prior train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
-              "mean top1", "nearest-emb top1", "nearest-emb cos", "ceiling top1")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header), flush=True)
+    print_header(("prior", "prior train min", "recon rel err", "sampled top1", "sampled cos", "diversity",
+                  "mean top1", "nearest-emb top1", "nearest-emb cos", "ceiling top1"))
     for conditioning, prediction in variants:
         name = f"{conditioning}-{prediction}"
         cfg = _variant_config(config, prior_steps, conditioning, prediction)
         ckpt = train_prior_variant(dataset, work, ae_file, cfg, name, timings)
-        timings_file.write_text(json.dumps(timings))
+        timings.save()
         result = evaluate(load_hypernet(ckpt), dataset, seeds=2, steps=25, guidance=guidance, eta=0.0, progress=False)
-        row = (name, f"{timings[name] / 60:.1f}", f"{result['recon']['rel_err']:.3f}", f"{result['sampled']['top1']:.3f}",
-               f"{result['sampled']['cosine']:.3f}", f"{result['sampled']['diversity']:.3f}",
-               f"{result['baselines']['mean']['top1']:.3f}", f"{result['baselines']['nearest_embedding']['top1']:.3f}",
-               f"{result['baselines']['nearest_embedding']['cosine']:.3f}", f"{result['ceiling']['top1']:.3f}")
-        print("| " + " | ".join(row) + " |", flush=True)
+        sampled, baselines = result["sampled"], result["baselines"]
+        print_row((name, f"{timings[name] / 60:.1f}", f"{result['recon']['rel_err']:.3f}", f"{sampled['top1']:.3f}",
+                   f"{sampled['cosine']:.3f}", f"{sampled['diversity']:.3f}", f"{baselines['mean']['top1']:.3f}",
+                   f"{baselines['nearest_embedding']['top1']:.3f}", f"{baselines['nearest_embedding']['cosine']:.3f}",
+                   f"{result['ceiling']['top1']:.3f}"))
 
 
 def _peak_rss_gib() -> float:

@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _memory import PeakRss  # noqa: E402  (benchmarks/ is on the path when run as a script)
+
 from hypernet.lora.canonical import canonicalize  # noqa: E402
 from hypernet.lora.presets import load_layout  # noqa: E402
 from hypernet.lora.lora_io import read_lora  # noqa: E402
@@ -27,55 +29,34 @@ from hypernet.data.synth import write_synth  # noqa: E402
 from hypernet.lora.vectorize import flatten  # noqa: E402
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+class Stage(PeakRss):
+    """`with Stage(name, files) as s: ...` then s.seconds, and PeakRss's s.extra and s.after (MiB)."""
 
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-class Stage:
     def __init__(self, name: str, files: int):
         self.name, self.files = name, files
 
     def __enter__(self):
-        _reset_peak()
-        self.rss_before = _status_kib("VmRSS")
+        super().__enter__()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
-        self.peak_mib = (_status_kib("VmHWM") - self.rss_before) / 1024
-        self.rss_after_mib = _status_kib("VmRSS") / 1024
+        super().__exit__(*exc)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--identities", type=int, default=32)
-    parser.add_argument("--layout", default="sdxl-attn-r4")
-    parser.add_argument("--dir", type=Path, help="synth folder to write or reuse (default: a temp dir)")
-    args = parser.parse_args()
-    layout = load_layout(args.layout)
-
-    tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="bench_lora_io_")
-    root = args.dir or Path(tmp.name)
+def reusable(root: Path, layout, identities: int) -> bool:
+    """Whether `root` already holds a synth collection of the layout with enough identities."""
     info = root / "synth.json"
-    reuse = info.is_file() and json.loads(info.read_text()).get("identities", 0) >= args.identities and \
-        json.loads(info.read_text())["layout"] == layout.to_dict()
-    n = args.identities
-    stages = []
-    if not reuse:
-        with Stage("synth (write files)", n) as stage:
-            write_synth(root, layout, n, progress=False)
-        stages.append(stage)
-    files = [root / f"id-{i:05d}" / "lora.safetensors" for i in range(n)]
-    size_mib = sum(f.stat().st_size for f in files) / 2**20
+    if not info.is_file():
+        return False
+    written = json.loads(info.read_text())
+    return written.get("identities", 0) >= identities and written["layout"] == layout.to_dict()
 
+
+def read_stages(files: list[Path], layout) -> list[Stage]:
+    """Read, canonicalise and flatten the files, each stage on its own, then streamed."""
+    n, stages = len(files), []
     with Stage("read_lora", n) as stage:
         loras = [read_lora(f) for f in files]
     stages.append(stage)
@@ -92,14 +73,35 @@ def main() -> None:
         for i, f in enumerate(files):
             vectors[i] = flatten(read_lora(f), layout)
     stages.append(stage)
+    return stages
 
-    print(f"layout {args.layout}: {len(layout)} modules, {layout.num_values:,} values per LoRA; "
-          f"{n} files, {size_mib:.0f} MiB on disk; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+def print_table(layout_name: str, layout, files: list[Path], stages: list[Stage]) -> None:
+    size_mib = sum(f.stat().st_size for f in files) / 2**20
+    print(f"layout {layout_name}: {len(layout)} modules, {layout.num_values:,} values per LoRA; "
+          f"{len(files)} files, {size_mib:.0f} MiB on disk; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'stage':<26} {'total s':>8} {'ms/file':>8} {'peak +RSS MiB':>14} {'RSS after MiB':>14}")
     for s in stages:
-        print(f"{s.name:<26} {s.seconds:>8.2f} {1000 * s.seconds / s.files:>8.1f} {s.peak_mib:>14.0f} {s.rss_after_mib:>14.0f}")
-    if tmp:
-        tmp.cleanup()
+        print(f"{s.name:<26} {s.seconds:>8.2f} {1000 * s.seconds / s.files:>8.1f} {s.extra:>14.0f} {s.after:>14.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--identities", type=int, default=32)
+    parser.add_argument("--layout", default="sdxl-attn-r4")
+    parser.add_argument("--dir", type=Path, help="synth folder to write or reuse (default: a temp dir)")
+    args = parser.parse_args()
+    layout = load_layout(args.layout)
+    with tempfile.TemporaryDirectory(prefix="bench_lora_io_") as tmp:
+        root = args.dir or Path(tmp)
+        stages = []
+        if not reusable(root, layout, args.identities):
+            with Stage("synth (write files)", args.identities) as stage:
+                write_synth(root, layout, args.identities, progress=False)
+            stages.append(stage)
+        files = [root / f"id-{i:05d}" / "lora.safetensors" for i in range(args.identities)]
+        stages += read_stages(files, layout)
+        print_table(args.layout, layout, files, stages)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ from _bench import Stats
 import torch  # noqa: E402
 
 from hypernet.lora.presets import preset  # noqa: E402
-from hypernet.model.hypernet import Hypernet, HypernetConfig  # noqa: E402
 from hypernet.pipeline.sampling import decode_lora, sample_latents  # noqa: E402
-from hypernet.pipeline.training import load_train_config  # noqa: E402
 
 SIZES = {  # label -> layout
     "synth-100k": lambda: preset("synth-100k"),
@@ -33,22 +31,13 @@ SIZES = {  # label -> layout
 SMOKE_SIZES = {"tiny-attn-r4": lambda: preset("tiny-attn-r4"), "tiny-attn-r8": lambda: preset("tiny-attn-r4").with_rank(8)}
 
 
-def random_hypernet(layout, train_preset: str) -> Hypernet:
-    cfg = load_train_config(train_preset)
-    torch.manual_seed(0)
-    model = Hypernet(HypernetConfig(layout=layout, embedding_model="x", autoencoder=cfg.autoencoder,
-                                    prior=cfg.prior, diffusion=cfg.diffusion))
-    torch.nn.init.normal_(model.prior.latent_out.weight, std=0.02)
-    return model.eval()
-
-
 def timed(fn, runs: int) -> tuple[Stats, object]:
     result = fn()  # warm-up
     stats = _bench.repeat(fn, runs, warmup=0)
     return stats, result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50, 100])
@@ -56,28 +45,42 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--smoke", action="store_true", help="two tiny layouts instead of the SDXL sizes")
     parser.add_argument("--png", type=Path, default=Path(__file__).resolve().parent / "scaling.png")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def by_layout_size(sizes: dict, face: torch.Tensor, args: argparse.Namespace) -> list[tuple]:
+    """(label, values, latent size, sample 25 steps, decode) per layout size."""
+    rows = []
+    for label, make in sizes.items():
+        layout = make()
+        model = _bench.random_hypernet(layout, args.preset)
+        sample, latent = timed(lambda: sample_latents(model, face, seed=0, steps=25, guidance=args.guidance), args.runs)
+        decode, _ = timed(lambda: decode_lora(model, latent), args.runs)
+        rows.append((label, layout.num_values, model.latent_size, sample, decode))
+        print(f"  {label}: sample {sample.median:.3f} s, decode {decode.median:.3f} s", flush=True)
+        model = None  # freed before the next size is built: SDXL-size hypernets are large
+    return rows
+
+
+def by_step_count(layout, face: torch.Tensor, args: argparse.Namespace) -> tuple[list[tuple[int, Stats]], Stats]:
+    """Sampling time per step count at one layout, and its decode time."""
+    model = _bench.random_hypernet(layout, args.preset)
+    rows = []
+    for steps in args.steps:
+        sample, latent = timed(lambda: sample_latents(model, face, seed=0, steps=steps, guidance=args.guidance), args.runs)
+        rows.append((steps, sample))
+    decode, _ = timed(lambda: decode_lora(model, latent), args.runs)
+    return rows, decode
+
+
+def main() -> None:
+    args = parse_args()
     command = _bench.command_line()
     face = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(0)), dim=0)
     sizes = SMOKE_SIZES if args.smoke else SIZES
-
-    by_size = []
-    for label, make in sizes.items():
-        layout = make()
-        model = random_hypernet(layout, args.preset)
-        sample, latent = timed(lambda: sample_latents(model, face, seed=0, steps=25, guidance=args.guidance), args.runs)
-        decode, _ = timed(lambda: decode_lora(model, latent), args.runs)
-        by_size.append((label, layout.num_values, model.latent_size, sample, decode))
-        print(f"  {label}: sample {sample.median:.3f} s, decode {decode.median:.3f} s", flush=True)
-        del model
-
+    by_size = by_layout_size(sizes, face, args)
     largest_label, largest = list(sizes.items())[-1]
-    model = random_hypernet(largest(), args.preset)
-    by_steps = []
-    for steps in args.steps:
-        sample, latent = timed(lambda: sample_latents(model, face, seed=0, steps=steps, guidance=args.guidance), args.runs)
-        by_steps.append((steps, sample))
-    decode, _ = timed(lambda: decode_lora(model, latent), args.runs)
+    by_steps, decode = by_step_count(largest(), face, args)
 
     _bench.heading(f"Scaling with layout size and steps (seconds, median (min-max) of {args.runs} runs; preset "
                    f"`{args.preset}`, random weights, guidance {args.guidance})", command)

@@ -67,27 +67,17 @@ def throughput(dataset, cfg, device: torch.device, work: Path) -> dict[str, Stat
     return {phase: Stats(tuple(b - a for a, b in zip(times, times[1:]))) for phase, times in stamps.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sdxl-attn-r4")
     parser.add_argument("--preset", default="sdxl", help="training preset (batch sizes and architecture)")
     parser.add_argument("--ae-steps", type=int, default=3, help="timed autoencoder steps (one more runs first)")
     parser.add_argument("--prior-steps", type=int, default=5, help="timed prior steps (one more runs first)")
     parser.add_argument("--identities", type=int, default=32, help="random LoRAs to draw batches from")
-    args = parser.parse_args()
-    command = _bench.command_line()
+    return parser.parse_args()
 
-    layout = load_layout(args.layout)
-    # Checkpoints only at the end: saving is not what is measured here.
-    cfg = dataclasses.replace(load_train_config(args.preset), ae_steps=args.ae_steps + 1,
-                              prior_steps=args.prior_steps + 1, checkpoint_every=10**9)
-    dataset = RandomDataset(layout, args.identities)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        for device in devices:
-            results[device.type] = throughput(dataset, cfg, device, Path(tmp))
 
+def report(args: argparse.Namespace, command: str, layout, cfg, results: dict[str, dict[str, Stats]]) -> None:
     _bench.heading(f"Training throughput at {args.layout} ({layout.num_values:,} values), preset `{args.preset}` "
                    "(samples/s, median (min-max) over steps)", command)
     print(f"Autoencoder: {cfg.autoencoder.kind}, batch {cfg.ae_batch}, {args.ae_steps} timed steps; prior: "
@@ -106,6 +96,20 @@ def main() -> None:
             gpu_cell = "not measured: no GPU lent"
         rows.append((phase, rate.fmt(digits=1), cpu.fmt(), gpu_cell))
     _bench.table(header, rows)
+
+
+def main() -> None:
+    args = parse_args()
+    command = _bench.command_line()
+    layout = load_layout(args.layout)
+    # Checkpoints only at the end: saving is not what is measured here.
+    cfg = dataclasses.replace(load_train_config(args.preset), ae_steps=args.ae_steps + 1,
+                              prior_steps=args.prior_steps + 1, checkpoint_every=10**9)
+    dataset = RandomDataset(layout, args.identities)
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        results = {device.type: throughput(dataset, cfg, device, Path(tmp)) for device in devices}
+    report(args, command, layout, cfg, results)
 
 
 if __name__ == "__main__":

@@ -76,19 +76,27 @@ def section(command: str, reports: dict[str, str], failed: list[str], minutes: f
     return "\n".join(lines)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest settings: checks the scripts run, nothing more")
     parser.add_argument("--only", nargs="+", choices=list(SUITE), help="run these scripts only")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def command_text(args: argparse.Namespace) -> str:
+    """The command as RESULTS.md shows it: `make bench`, or the script with its flags."""
     command = "make bench" if not (args.quick or args.only) else " ".join(
         [".venv/bin/python benchmarks/run_all.py", *sys.argv[1:]])
     if os.environ.get("OMP_NUM_THREADS"):  # it changes every number: part of the command
         command = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} {command}"
-    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    started = time.perf_counter()
+    return command
+
+
+def run_suite(args: argparse.Namespace) -> tuple[dict[str, str], list[str], str | None]:
+    """Every script in turn: (tables per script that ran, scripts that failed, the plot's path
+    relative to the results file, or None)."""
     reports, failed, png = {}, [], None
     for script in args.only or SUITE:
         full, quick = SUITE[script]
@@ -105,6 +113,15 @@ def main() -> int:
                 png = None
             continue
         reports[script] = tables_only(output)
+    return reports, failed, png
+
+
+def main() -> int:
+    args = parse_args()
+    command = command_text(args)
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    started = time.perf_counter()
+    reports, failed, png = run_suite(args)
     minutes = (time.perf_counter() - started) / 60
     print(f"\nAll benchmarks: {minutes:.1f} min" + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
     if not args.no_write:

@@ -78,7 +78,8 @@ class SaveLoRA:
     def save(self, lora: LoraValue, filename_prefix: str, destination: str):
         import folder_paths
 
-        from ..hypernet.common.files import save_safetensors_new
+        from ..hypernet.common.files import check_filename_prefix, save_safetensors_new
+        check_filename_prefix(filename_prefix)  # before ComfyUI's path code sees it: its errors are bare
         root = folder_paths.get_folder_paths("loras")[0] if destination == "loras" else folder_paths.get_output_directory()
         os.makedirs(root, exist_ok=True)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)

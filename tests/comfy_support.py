@@ -87,10 +87,29 @@ def tiny_sdxl_patcher(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(build_sdxl_model(TINY_SDXL_UNET, seed=seed), load_device=cpu, offload_device=cpu)
 
 
+def import_pack():
+    """This pack imported the way ComfyUI imports a custom node folder: as a package named after
+    its folder, so its modules see `<pack>.hypernet` through relative imports."""
+    import importlib.util
+
+    import_comfy()
+    if PACK_DIRNAME in sys.modules:
+        return sys.modules[PACK_DIRNAME]
+    spec = importlib.util.spec_from_file_location(PACK_DIRNAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_DIRNAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# The websocket events that end a prompt.
+FINISHED = ("execution_success", "execution_error", "execution_interrupted")
 
 
 class ComfyServer:
@@ -185,14 +204,32 @@ class ComfyServer:
 
     def run_prompt(self, prompt: dict, timeout: float = 600) -> tuple[dict, list[tuple[str, float]]]:
         """Queue a prompt and follow ComfyUI's websocket: (history entry, [(node id, seconds)])."""
+        timings, current, started = [], None, time.monotonic()
+
+        async def time_nodes(kind: str, data: dict, session) -> bool:
+            nonlocal current, started
+            if kind not in ("executing", *FINISHED):
+                return False
+            now = time.monotonic()
+            if current is not None:
+                timings.append((current, now - started))
+            current, started = data.get("node"), now
+            return kind != "executing" or current is None
+
+        prompt_id = self.follow_prompt(prompt, time_nodes, timeout)
+        return self.wait_history(prompt_id, timeout=60), timings
+
+    def follow_prompt(self, prompt: dict, on_event, timeout: float = 600) -> str:
+        """Queue `prompt` with ComfyUI's websocket open and hand each of its events to
+        `await on_event(type, data, session)` (an aiohttp session, e.g. to POST /interrupt)
+        until that returns True; returns the prompt id."""
         import asyncio
         import uuid
 
         import aiohttp
 
-        async def follow():
+        async def follow() -> str:
             client_id = uuid.uuid4().hex
-            timings, current, started = [], None, time.monotonic()
             async with aiohttp.ClientSession() as session:
                 async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
                     async with session.post(f"{self.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as resp:
@@ -205,19 +242,11 @@ class ComfyServer:
                             continue
                         event = json.loads(msg.data)
                         data = event.get("data", {})
-                        if data.get("prompt_id") != prompt_id:
-                            continue
-                        if event["type"] in ("executing", "execution_success", "execution_error", "execution_interrupted"):
-                            now = time.monotonic()
-                            if current is not None:
-                                timings.append((current, now - started))
-                            current, started = data.get("node"), now
-                            if event["type"] != "executing" or current is None:
-                                break
-            return prompt_id, timings
+                        if data.get("prompt_id") == prompt_id and await on_event(event["type"], data, session):
+                            break
+            return prompt_id
 
-        prompt_id, timings = asyncio.run(asyncio.wait_for(follow(), timeout))
-        return self.wait_history(prompt_id, timeout=60), timings
+        return asyncio.run(asyncio.wait_for(follow(), timeout))
 
     def __enter__(self):
         return self.start()

@@ -1,8 +1,6 @@
 """Shared fixtures: a real ComfyUI in-process and as a server, and small SDXL-shaped models."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 import comfy_support
@@ -42,17 +40,7 @@ def sdxl_meta(comfy):
 @pytest.fixture(scope="session")
 def pack(comfy):
     """This pack imported the way ComfyUI imports a custom node folder."""
-    import importlib.util
-
-    name = comfy_support.PACK_DIRNAME
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, comfy_support.REPO / "__init__.py",
-                                                  submodule_search_locations=[str(comfy_support.REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return comfy_support.import_pack()
 
 
 @pytest.fixture(scope="session")

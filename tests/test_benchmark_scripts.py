@@ -76,3 +76,21 @@ def test_results_section_is_replaced_in_place_and_the_rest_of_the_file_kept():
     assert "first" not in twice and "second" in twice
     assert twice.startswith(original) and twice.rstrip().endswith("## Later section")
     assert twice.count(run_all.BEGIN) == 1 and twice.count(run_all.END) == 1
+
+
+def test_soak_benchmark_prints_the_server_memory_every_few_runs_and_the_ratio(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_soak.py"), "--runs", "4", "--every", "2",
+                             "--photos", "3", "--work", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| after run |"))
+    rows = [line.strip("|").split("|") for line in lines[header + 2:header + 5]]
+    assert [int(row[0]) for row in rows] == [0, 2, 4] and lines[header + 5] == ""
+    rss = [float(row[1]) for row in rows]
+    assert all(value > 100 for value in rss), rss  # a ComfyUI server holds far more than 100 MiB
+    assert rows[1][2].strip() == "+0" and abs(float(rows[2][2]) - (rss[2] - rss[1])) <= 1  # rounded separately
+    assert "RSS after run 4 / after run 2: " in result.stdout and "target within 5%" in result.stdout
+    assert "; load average " in result.stdout and "Load average (1, 5, 15 min) after the last run: " in result.stdout
+    assert len(list((tmp_path / "comfy_base" / "output").rglob("*.png"))) == 4  # every run drew its image

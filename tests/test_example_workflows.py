@@ -5,13 +5,12 @@ MODEL with a CLIP and VAE of matching shapes), the insightface model files (gene
 models, routed by insightface like the real ones) and the hypernet (trained in this session
 on a synthetic collection for the tiny UNet's layout). Everything else runs as shipped.
 """
-import asyncio
 import json
-import uuid
 
 import pytest
 
 import demo_assets
+from comfy_support import FINISHED
 
 TEST_IMAGE_SIZE = 256  # the shipped 1024 px run in `make demo`; here the graph matters, not the picture
 
@@ -68,38 +67,23 @@ def _cached(entry) -> set:
 
 
 def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_server, object_info):
-    import aiohttp
-
     prompt = demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE)
     sample_id = next(k for k, v in prompt.items() if v["class_type"] == "LoraHypernetSample")
     prompt[sample_id]["inputs"]["steps"] = 1000
     prompt[sample_id]["inputs"]["seed"] = 12345  # not cached from the other tests
+    progress, outcome = [], []
 
-    async def run_and_cancel():
-        client_id = uuid.uuid4().hex
-        progress, outcome = [], None
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{comfy_server.url}/ws?clientId={client_id}") as ws:
-                async with session.post(f"{comfy_server.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as r:
-                    prompt_id = (await r.json())["prompt_id"]
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    event = json.loads(msg.data)
-                    data = event.get("data", {})
-                    if data.get("prompt_id") != prompt_id:
-                        continue
-                    if event["type"] == "progress" and data.get("node") == sample_id:
-                        progress.append(data["value"])
-                        if len(progress) == 3:
-                            await session.post(f"{comfy_server.url}/interrupt")
-                    if event["type"] in ("execution_interrupted", "execution_success", "execution_error"):
-                        outcome = event["type"]
-                        break
-        return outcome, progress
+    async def cancel_after_three_steps(kind: str, data: dict, session) -> bool:
+        if kind == "progress" and data.get("node") == sample_id:
+            progress.append(data["value"])
+            if len(progress) == 3:
+                await session.post(f"{comfy_server.url}/interrupt")
+        if kind in FINISHED:
+            outcome.append(kind)
+        return kind in FINISHED
 
-    outcome, progress = asyncio.run(asyncio.wait_for(run_and_cancel(), 300))
-    assert outcome == "execution_interrupted"
+    comfy_server.follow_prompt(prompt, cancel_after_three_steps, timeout=300)
+    assert outcome == ["execution_interrupted"]
     assert len(progress) >= 3 and max(progress) < 1000, "Sample LoRA ran to the end despite Cancel"
     # The server still works: the same workflow with normal settings succeeds afterwards.
     entry, _ = comfy_server.run_prompt(demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE))

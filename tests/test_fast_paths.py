@@ -14,21 +14,14 @@ from hypernet.common.tensors import all_finite, seeded_generator
 from hypernet.pipeline.condition_inputs import condition_rows
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.pipeline.train_config import load_train_config
+from random_weights import randomised
 
 SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 
 
-def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    return module
-
-
 @pytest.mark.parametrize("conditioning", ["adalora", "adanorm"])
 def test_prepared_condition_gives_the_same_output_bit_for_bit(conditioning):
-    prior = _randomised(Denoiser(16, 8, 1000, PriorConfig(width=32, blocks=2, conditioning=conditioning, time_dim=16)))
+    prior = randomised(Denoiser(16, 8, 1000, PriorConfig(width=32, blocks=2, conditioning=conditioning, time_dim=16)), scale=0.3)
     x, t, cond = torch.randn(4, 16), torch.tensor([0, 10, 500, 999]), torch.randn(4, 8)
     drop = torch.tensor([True, False, True, False])
     assert torch.equal(prior(x, t, prior.prepare(cond, 4)), prior(x, t, cond))
@@ -65,7 +58,7 @@ def test_sampled_latents_are_those_of_the_plain_ddim_loop(conditioning, eta):
                             diffusion=cfg.diffusion)
     torch.manual_seed(0)
     model = Hypernet(config).eval()
-    _randomised(model.prior, seed=1)
+    randomised(model.prior, seed=1, scale=0.3)
     faces = torch.nn.functional.normalize(torch.randn(2, 512, generator=torch.Generator().manual_seed(2)), dim=1)
     got = sample_latents(model, faces, seed=5, steps=8, guidance=3.0, eta=eta)
     assert torch.equal(got, _reference_latents(model, faces, 5, 8, 3.0, eta))

@@ -12,6 +12,7 @@ from hypernet.lora.presets import preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet.model.prior import AdaLoraBlock, Denoiser, PriorConfig
 from hypernet.lora.vectorize import module_views
+from random_weights import randomised
 
 SMALL = Layout(preset("tiny-attn-r4").modules[:6], "sdxl")
 
@@ -73,18 +74,9 @@ def test_bad_config_values_are_refused():
         AutoencoderConfig(kind="transformer")
 
 
-def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Zero-initialised output layers make every condition look alike; give all weights values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return module
-
-
 @pytest.mark.parametrize("conditioning", ["adanorm", "adalora"])
 def test_denoiser_output_depends_on_the_condition_and_null_means_dropped(conditioning):
-    prior = _randomised(Denoiser(16, 8, 1000, PriorConfig(width=32, blocks=2, conditioning=conditioning, time_dim=16)))
+    prior = randomised(Denoiser(16, 8, 1000, PriorConfig(width=32, blocks=2, conditioning=conditioning, time_dim=16)))
     x, t = torch.randn(4, 16), torch.tensor([1, 100, 500, 999])
     cond = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
     other = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
@@ -96,7 +88,7 @@ def test_denoiser_output_depends_on_the_condition_and_null_means_dropped(conditi
 
 
 def test_adalora_factors_have_the_target_spread_whatever_the_condition_scale():
-    block = _randomised(AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4))
+    block = randomised(AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4))
     for scale in (0.01, 100.0):
         a, b = block.factors(block.cond_norm(torch.randn(3, 8) * scale)).view(-1, 2, 32, 4).unbind(1)
         a, b = block._rescaled(a, 32 ** -0.5), block._rescaled(b, 4 ** -0.5)

@@ -5,21 +5,18 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from hypernet.common.files import check_filename_prefix
+from hypernet.errors import HypernetError
 from hypernet.lora.layout import attention_layout
 from hypernet.lora.presets import preset
+from random_weights import random_kohya_state
 
 
 def random_lora(pack, model, rank=2, seed=0):
     shapes = {k: v.shape for k, v in model.model.diffusion_model.state_dict().items()}
     layout = attention_layout(shapes, rank=rank, base_model="sdxl")
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for m in layout:
-        state[f"{m.name}.lora_up.weight"] = torch.randn(m.out_features, m.rank, generator=gen) * 0.1
-        state[f"{m.name}.lora_down.weight"] = torch.randn(m.rank, m.in_features, generator=gen) * 0.1
-        state[f"{m.name}.alpha"] = torch.tensor(float(m.rank))
     values = importlib.import_module(f"{pack.__name__}.nodes.values")
-    return values.LoraValue(state, layout, {"seed": "0"})
+    return values.LoraValue(random_kohya_state(layout, seed, scale=0.1), layout, {"seed": "0"})
 
 
 def patched_weights(comfy, patcher) -> dict:
@@ -98,3 +95,63 @@ def test_save_never_overwrites_and_keeps_metadata(comfy, pack, lora_nodes, tiny_
         assert f.metadata()["seed"] == "0"
         assert set(f.keys()) == set(lora.state_dict)
     assert not list(loras_dir.glob(".*partial"))
+
+
+# Prefixes a user (or a shared workflow) may type; each must be refused before anything is written.
+HOSTILE_PREFIXES = {
+    "parent folder": "../escaped",
+    "parent folder deeper": "hypernet/../../escaped",
+    "absolute path": "/tmp/escaped",
+    "backslashes": "..\\..\\escaped",
+    "NUL byte": "person\x00.png",
+    "newline": "person\nname",
+    "empty": "",
+    "hidden file": ".person",
+    "hidden folder": "hypernet/.cache/person",
+    "empty folder name": "hypernet//person",
+    "trailing slash": "hypernet/",
+    "drive letter": "C:person",
+    "name too long": "p" * 300,
+    "path too long": "/".join(["folder"] * 80),
+}
+
+
+@pytest.fixture
+def save_roots(comfy, tmp_path, monkeypatch):
+    """models/loras and output two levels below tmp_path, so a prefix that escapes them still
+    lands inside tmp_path, where the test can see it."""
+    import folder_paths
+    loras, output = tmp_path / "base" / "models" / "loras", tmp_path / "base" / "output"
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(loras)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(folder_paths, "output_directory", str(output))
+    return tmp_path
+
+
+@pytest.mark.parametrize("destination", ["loras", "output"])
+@pytest.mark.parametrize("prefix", list(HOSTILE_PREFIXES.values()), ids=list(HOSTILE_PREFIXES))
+def test_save_refuses_a_hostile_prefix_with_what_is_allowed_and_writes_nothing(
+        pack, lora_nodes, tiny_sdxl, save_roots, prefix, destination):
+    errors = importlib.import_module(f"{pack.__name__}.hypernet.errors")
+    with pytest.raises(errors.HypernetError) as caught:
+        lora_nodes.SaveLoRA().save(random_lora(pack, tiny_sdxl), prefix, destination)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "use letters, digits, spaces and - _ . with / between sub-folders" in message
+    assert not [p for p in save_roots.rglob("*")], "something was written"
+
+
+@pytest.mark.parametrize("prefix", ["hypernet/person", "person", "my person-1.v2", "Jos\u00e9/\u674e_2", "a/b/c/d"])
+def test_ordinary_prefixes_pass_unchanged(prefix):
+    assert check_filename_prefix(prefix) == prefix
+
+
+def test_prefix_messages_name_the_problem():
+    cases = {"../x": "goes up a folder", "/x": "absolute path", "a\\b": "backslash", "a\x00b": "control character",
+             "": "is empty", ".x": "starting with '.'", "a//b": "empty folder", "a?b": "contains '?'",
+             "x" * 201: "longer than 200 bytes"}
+    for prefix, problem in cases.items():
+        with pytest.raises(HypernetError, match=problem):
+            check_filename_prefix(prefix)
+    with pytest.raises(HypernetError, match=r"^file name prefix 'xxxx.*\.\.\.' is longer"):
+        check_filename_prefix("x" * 5000)  # the value is shown cut short, not echoed whole

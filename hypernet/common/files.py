@@ -70,3 +70,50 @@ def read_json_object(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise HypernetError(f"{path} must hold a JSON object of {what}")
     return data
+
+
+# What a save prefix may hold: any letter or digit (names in every script), space, - _ . and /
+# between sub-folders. Everything else is refused rather than cleaned up: a prefix that silently
+# became another name would write where the user does not look.
+_PART_BYTES, _PREFIX_BYTES = 200, 400  # file names are at most 255 bytes; the counter adds 19
+_PREFIX_RULE = ("use letters, digits, spaces and - _ . with / between sub-folders, "
+                "like 'hypernet/person'")
+
+
+def check_filename_prefix(prefix: str) -> str:
+    """`prefix` if it names a file (and sub-folders) safely inside the save folder; otherwise a
+    HypernetError saying what is wrong and what is allowed. Refuses empty prefixes, absolute
+    paths, '..' and hidden ('.'-first) names, backslashes, control characters and overlong names."""
+    if not isinstance(prefix, str):
+        raise HypernetError(f"the file name prefix must be text; {_PREFIX_RULE}")
+    shown = repr(prefix if len(prefix) <= 40 else prefix[:40] + "...")
+    problem = _prefix_problem(prefix)
+    if problem:
+        raise HypernetError(f"file name prefix {shown} {problem}: {_PREFIX_RULE}")
+    return prefix
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    if not prefix:
+        return "is empty"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in prefix):
+        return "contains a control character"
+    if "\\" in prefix:
+        return "contains a backslash"
+    if prefix.startswith("/"):
+        return "is an absolute path (it must stay inside the save folder)"
+    if len(prefix.encode()) > _PREFIX_BYTES:
+        return f"is longer than {_PREFIX_BYTES} bytes"
+    for part in prefix.split("/"):
+        if part == "..":
+            return "goes up a folder with '..' (it must stay inside the save folder)"
+        if not part:
+            return "has an empty folder or file name (a '/' at the start or end, or '//')"
+        if part.startswith("."):
+            return f"has a name starting with '.' ({part[:40]!r}), which would be hidden"
+        if len(part.encode()) > _PART_BYTES:
+            return f"has a name longer than {_PART_BYTES} bytes"
+        bad = next((ch for ch in part if not (ch.isalnum() or ch in " -_.")), None)
+        if bad is not None:
+            return f"contains {bad!r}"
+    return None
