@@ -8,7 +8,8 @@ import torch
 
 from hypernet.lora.layout import Layout, preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
-from hypernet.model.prior import Denoiser, PriorConfig
+from hypernet.model.denoiser_mlp import Denoiser
+from hypernet.model.prior_config import PriorConfig
 from hypernet.common.tensors import all_finite, seeded_generator
 from hypernet.pipeline.sampling import condition_rows, sample_latents
 from hypernet.pipeline.training import load_train_config

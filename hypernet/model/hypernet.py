@@ -19,7 +19,8 @@ from ..encoders.global_features import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
 from ..errors import HypernetError
 from ..lora.layout import Layout
-from .prior import PriorConfig, build_denoiser
+from .denoisers import build_denoiser
+from .prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 
 

@@ -34,7 +34,7 @@ from ..model.diffusion import DiffusionConfig
 from ..errors import HypernetError
 from ..common.files import read_json_object, save_safetensors_atomic
 from ..model.hypernet import Hypernet, HypernetConfig
-from ..model.prior import PriorConfig
+from ..model.prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 
 STATE_FORMAT = "lora-hypernet-train-state"
