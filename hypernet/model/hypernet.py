@@ -20,6 +20,7 @@ from .diffusion import Diffusion, DiffusionConfig
 from ..errors import HypernetError
 from ..lora.layout import Layout
 from .denoisers import build_denoiser
+from .messages import one_line
 from .prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 
@@ -78,8 +79,9 @@ class HypernetConfig:
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HypernetError(f"invalid hypernet config ({type(exc).__name__}: {exc})") from exc
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: int() of a JSON number such as 1e999, which Python reads as inf.
+            raise HypernetError(f"invalid hypernet config ({type(exc).__name__}: {one_line(str(exc), 200)})") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
