@@ -13,4 +13,5 @@
 - hypernet.py: HypernetConfig and Hypernet (normalisers + autoencoder + prior + diffusion).
 - config_bounds.py: checks a checkpoint's config against its tensors before anything is built.
 - checkpoint.py: saving and loading hypernet .safetensors checkpoints.
+- messages.py: quoting untrusted values in one-line error messages.
 """

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import HypernetError
 from .embeddings import sinusoid
+from .messages import brief
 from ..lora.layout import Layout
 from ..lora.vectorize import module_slices
 
@@ -43,7 +44,7 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise HypernetError(f"autoencoder kind must be one of {KINDS}, not {self.kind!r}")
+            raise HypernetError(f"autoencoder kind must be one of {KINDS}, not {brief(self.kind)}")
         for name in ("latent_dim", "hidden", "chunk", "token_dim"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"autoencoder {name} must be at least 1")

@@ -103,7 +103,8 @@ def config_from_metadata(metadata: dict[str, str], name: str, sizes: HeaderSizes
     except RecursionError:
         raise HypernetError(f"{name}: its config is nested too deeply to be a hypernet config") from None
     except HypernetError as exc:
-        raise HypernetError(f"{name}: {exc}") from exc
+        # Messages below quote config values; the file decides how long those are.
+        raise HypernetError(f"{name}: {one_line(str(exc), 300)}") from exc
     if sizes is not None:
         check_config_against_tensors(config, sizes, name)
     return config

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import HypernetError
+from .messages import brief
 
 CONDITIONINGS = ("adanorm", "adalora")
 KINDS = ("mlp", "transformer")
@@ -31,9 +32,9 @@ class PriorConfig:
 
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
-            raise HypernetError(f"conditioning must be one of {CONDITIONINGS}, not {self.conditioning!r}")
+            raise HypernetError(f"conditioning must be one of {CONDITIONINGS}, not {brief(self.conditioning)}")
         if self.kind not in KINDS:
-            raise HypernetError(f"prior kind must be one of {KINDS}, not {self.kind!r}")
+            raise HypernetError(f"prior kind must be one of {KINDS}, not {brief(self.kind)}")
         if self.width < 2 or self.blocks < 1 or self.adalora_rank < 1 or self.time_dim < 2:
             raise HypernetError("prior width, blocks, adalora_rank and time_dim must be positive")
         if self.tokens < 1 or self.depth < 1 or self.heads < 1 or self.token_width < 2:
@@ -41,7 +42,7 @@ class PriorConfig:
         if self.token_width % self.heads:
             raise HypernetError(f"prior token_width {self.token_width} must be a multiple of heads {self.heads}")
         if not isinstance(self.adalora_gate, bool):
-            raise HypernetError(f"adalora_gate must be true or false, not {self.adalora_gate!r}")
+            raise HypernetError(f"adalora_gate must be true or false, not {brief(self.adalora_gate)}")
         if self.adalora_gate and (self.kind != "mlp" or self.conditioning != "adalora"):
             raise HypernetError("adalora_gate applies to the MLP prior with adalora conditioning only")
         if not 0 <= self.cond_dropout < 1:
