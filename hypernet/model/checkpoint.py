@@ -132,6 +132,29 @@ def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, tuple[list
             raise HypernetError(f"{name}: tensor {key} has dtype {dtype}; only float tensors are allowed")
 
 
+def build_skeleton(config: HypernetConfig, name: str) -> Hypernet:
+    """The model the config describes, on the meta device: names and shapes, no memory."""
+    try:
+        with torch.device("meta"):
+            return Hypernet(config)
+    except (RuntimeError, ValueError, OverflowError) as exc:
+        raise HypernetError(f"{name}: its config describes a model that cannot be built "
+                            f"({one_line(str(exc), 200)})") from exc
+
+
+def read_weights(path: Path, keys) -> dict[str, torch.Tensor]:
+    """The named tensors as float32, refusing NaN and infinities."""
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in keys:
+            tensor = f.get_tensor(key).float()
+            if not bool(torch.isfinite(tensor).all()):
+                raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
+                                    "broken (was training diverging?)")
+            state[key] = tensor
+    return state
+
+
 def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Hypernet:
     """A checked Hypernet in eval mode on `device`; HypernetError for anything untrustworthy."""
     path = Path(path)
@@ -139,23 +162,10 @@ def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -
     config = config_from_metadata(metadata, path.name, HeaderSizes.of(found))
     if config.condition == "face+global" and FIRST_FUSION_KEY in found:
         raise HypernetError(f"{path.name} was trained with the first face+global fusion, which this version replaced "
-                            "(its global features could make held-out results worse, see hypernet/condition.py); "
+                            "(its global features could make held-out results worse, see hypernet/model/condition.py); "
                             "train it again with --condition face+global")
-    try:
-        with torch.device("meta"):
-            skeleton = Hypernet(config)
-    except (RuntimeError, ValueError, OverflowError) as exc:
-        raise HypernetError(f"{path.name}: its config describes a model that cannot be built "
-                            f"({one_line(str(exc), 200)})") from exc
+    skeleton = build_skeleton(config, path.name)
     check_tensors(skeleton.state_dict(), found, path.name)
     model = skeleton.to_empty(device=device)
-    state = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in found:
-            tensor = f.get_tensor(key).float()
-            if not bool(torch.isfinite(tensor).all()):
-                raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
-                                    "broken (was training diverging?)")
-            state[key] = tensor
-    model.load_state_dict(state)
+    model.load_state_dict(read_weights(path, found))
     return model.eval().requires_grad_(False)
