@@ -31,7 +31,7 @@ import hypernet.model.checkpoint as checkpoint
 from hypernet.errors import HypernetError
 from hypernet.model.autoencoder import AutoencoderConfig
 from hypernet.model.checkpoint import load_hypernet, save_hypernet
-from hypernet.model.config_bounds import MAX_TENSORS
+from hypernet.model.config_bounds import MAX_TENSORS, MIN_BLOCK_TENSORS
 from hypernet.model.hypernet import Hypernet, HypernetConfig
 from hypernet.model.prior_config import PriorConfig
 from hypernet_support import SMALL_LAYOUT
@@ -296,6 +296,34 @@ def test_absurd_sizes_are_refused_before_anything_is_built(good, tmp_path, secti
         refuse(path)
     else:  # a field this kind of model does not read: whatever happens, it costs nothing more
         load_or_refuse(path, good)
+
+
+def test_block_indices_without_the_weights_of_a_block(good, tmp_path):
+    """Many block indices with one small tensor each: the count matches, the weights do not."""
+    prefix, field = ("prior", "blocks") if good.variant == "mlp" else ("prior", "depth")
+    have = good.config[prefix][field]
+    extra = {f"prior.blocks.{i}.x": torch.zeros(1) for i in range(have, have + 300)}
+    config = good.config
+    config[prefix][field] = have + 300
+    refuse(write(tmp_path, {**good.tensors, **extra}, {**good.metadata, "config": json.dumps(config)}),
+           "need at least")
+
+
+@pytest.mark.parametrize("prior", [dict(conditioning="adanorm"), dict(conditioning="adalora", adalora_gate=True),
+                                   dict(kind="transformer", conditioning="adalora", tokens=2, token_width=8, heads=2),
+                                   dict(kind="transformer", conditioning="adanorm", tokens=2, token_width=8, heads=2)])
+def test_every_block_kind_has_at_least_the_minimum_tensors_the_bound_assumes(prior):
+    for autoencoder in (AutoencoderConfig(latent_dim=8, hidden=8), AutoencoderConfig(kind="chunks", chunk=64, hidden=8)):
+        config = HypernetConfig(layout=SMALL_LAYOUT, embedding_model="x", autoencoder=autoencoder,
+                                prior=PriorConfig(width=8, blocks=2, time_dim=8, depth=2, **prior))
+        with torch.device("meta"):
+            keys = Hypernet(config).state_dict()
+        for prefix in ("prior.blocks.", "vae.enc_blocks.", "vae.dec_blocks."):
+            per_block = {}
+            for key in (k for k in keys if k.startswith(prefix)):
+                index = key[len(prefix):].split(".")[0]
+                per_block[index] = per_block.get(index, 0) + 1
+            assert len(per_block) == 2 and min(per_block.values()) >= MIN_BLOCK_TENSORS, (prefix, per_block)
 
 
 @pytest.mark.parametrize("field,value", [("embedding_dim", 1e999), ("embedding_dim", 10**6),
