@@ -40,7 +40,6 @@ AUTOENCODER_SIZES = {"mlp": ("latent_dim", "hidden"), "chunks": ("chunk", "token
 class HeaderSizes:
     """What the tensors of a file can support, from its header alone."""
 
-    tensors: int
     largest_dim: int
     reference_size: int
     block_counts: dict[str, int]
@@ -57,7 +56,7 @@ class HeaderSizes:
                     indices[prefix].add(key[len(prefix):].split(".", 1)[0])
                     tensors[prefix] += 1
         reference = found.get(REFERENCE_KEY, ([0], ""))[0]
-        return cls(tensors=len(found), largest_dim=max((d for shape, _ in found.values() for d in shape), default=0),
+        return cls(largest_dim=max((d for shape, _ in found.values() for d in shape), default=0),
                    reference_size=reference[0] if len(reference) == 1 else 0,
                    block_counts={prefix: len(found_indices) for prefix, found_indices in indices.items()},
                    block_tensors=tensors)
