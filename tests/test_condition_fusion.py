@@ -11,7 +11,9 @@ from hypernet.model.condition import GatedFusion, GlobalProjection, build_fusion
 from hypernet.errors import HypernetError
 from hypernet.common.files import save_safetensors_atomic
 from hypernet.model.hypernet import Hypernet, HypernetConfig
-from hypernet.model.prior import Denoiser, PriorConfig, build_denoiser
+from hypernet.model.denoiser_mlp import Denoiser
+from hypernet.model.denoisers import build_denoiser
+from hypernet.model.prior_config import PriorConfig
 from hypernet.model.denoiser_transformer import TransformerDenoiser
 from hypernet.pipeline.sampling import sample_latents
 from hypernet_support import SMALL_LAYOUT

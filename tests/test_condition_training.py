@@ -242,7 +242,7 @@ def test_sample_cli_encodes_the_reference_photos_with_the_checkpoint_image_encod
     from hypernet.model.autoencoder import AutoencoderConfig
     from hypernet.model.checkpoint import save_hypernet
     from hypernet.model.hypernet import Hypernet, HypernetConfig
-    from hypernet.model.prior import PriorConfig
+    from hypernet.model.prior_config import PriorConfig
 
     register_tiny_arch()
     torch.manual_seed(0)

@@ -9,7 +9,8 @@ import torch
 from hypernet.lora.layout import Layout
 from hypernet.lora.presets import preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
-from hypernet.model.prior import Denoiser, PriorConfig
+from hypernet.model.denoiser_mlp import Denoiser
+from hypernet.model.prior_config import PriorConfig
 from hypernet.common.tensors import all_finite, seeded_generator
 from hypernet.pipeline.condition_inputs import condition_rows
 from hypernet.pipeline.sampling import sample_latents

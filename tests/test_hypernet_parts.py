@@ -10,7 +10,9 @@ from hypernet.errors import HypernetError
 from hypernet.lora.layout import Layout
 from hypernet.lora.presets import preset
 from hypernet.model.hypernet import Hypernet, HypernetConfig
-from hypernet.model.prior import AdaLoraBlock, Denoiser, PriorConfig
+from hypernet.model.denoiser_mlp import AdaLoraBlock, Denoiser
+from hypernet.model.lowrank import rescaled
+from hypernet.model.prior_config import PriorConfig
 from hypernet.lora.vectorize import module_views
 from random_weights import randomised
 
@@ -91,7 +93,7 @@ def test_adalora_factors_have_the_target_spread_whatever_the_condition_scale():
     block = randomised(AdaLoraBlock(width=32, emb_dim=16, cond_dim=8, rank=4))
     for scale in (0.01, 100.0):
         a, b = block.factors(block.cond_norm(torch.randn(3, 8) * scale)).view(-1, 2, 32, 4).unbind(1)
-        a, b = block._rescaled(a, 32 ** -0.5), block._rescaled(b, 4 ** -0.5)
+        a, b = rescaled(a, 32 ** -0.5), rescaled(b, 4 ** -0.5)
         torch.testing.assert_close(a.std(dim=(1, 2)), torch.full((3,), 32 ** -0.5), rtol=1e-3, atol=1e-5)
         torch.testing.assert_close(b.std(dim=(1, 2)), torch.full((3,), 0.5), rtol=1e-3, atol=1e-5)
 

@@ -15,7 +15,6 @@ values) is our own "weight-preserving" term, not a formula from the papers.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HypernetError
+from .embeddings import sinusoid
+from .messages import brief
 from ..lora.layout import Layout
 from ..lora.vectorize import module_slices
 
@@ -43,7 +44,7 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise HypernetError(f"autoencoder kind must be one of {KINDS}, not {self.kind!r}")
+            raise HypernetError(f"autoencoder kind must be one of {KINDS}, not {brief(self.kind)}")
         for name in ("latent_dim", "hidden", "chunk", "token_dim"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"autoencoder {name} must be at least 1")
@@ -89,14 +90,6 @@ class MlpAutoencoder(nn.Module):
         for block in self.dec_blocks:
             h = block(h)
         return self.dec_out(F.silu(h))
-
-
-def sinusoid(positions: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """[..] positions (any real values) -> [.., dim] sin/cos features."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=positions.device) / half)
-    angles = positions.float()[..., None] * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class ChunkAutoencoder(nn.Module):

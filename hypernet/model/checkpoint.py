@@ -2,9 +2,9 @@
 the JSON config plus format version in the safetensors metadata.
 
 Loading trusts nothing in the file: the header is parsed by safetensors (no pickle), the
-config is validated, the model is first built on the `meta` device (no memory, so an absurd
-config cannot exhaust it) and every tensor name, shape and dtype is checked against it before
-a single weight is read. The prior's weights in the file are its EMA weights.
+config is validated and bounded by the tensors in the header (config_bounds.py), the model is
+then built on the `meta` device (no memory) and every tensor name, shape and dtype is checked
+against it before a single weight is read. The prior's weights in the file are its EMA weights.
 """
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ from safetensors import SafetensorError, safe_open
 from .. import GENERATOR
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
+from .config_bounds import HeaderSizes, check_config_against_tensors, check_layout_size, check_tensor_count
 from .hypernet import Hypernet, HypernetConfig
+from .messages import brief, one_line
 
 FORMAT = "lora-hypernet"
 FORMAT_VERSION = 1
+# The config of an SDXL hypernet is about 100 KB (its layout); far more is no config of ours.
+MAX_CONFIG_CHARS = 8_000_000
 
 
 def hypernet_metadata(model: Hypernet, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -46,36 +50,64 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tupl
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
+            check_tensor_count(len(f.keys()), path.name)
             shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except HypernetError:
+        raise
     except (SafetensorError, OSError, ValueError) as exc:
-        raise HypernetError(f"{path.name} is not a readable safetensors file ({exc}); it may be truncated or "
-                            "corrupt: download or train it again") from exc
+        raise HypernetError(f"{path.name} is not a readable safetensors file ({one_line(str(exc))}); it may be "
+                            "truncated or corrupt: download or train it again") from exc
     return metadata, shapes
 
 
-def config_from_metadata(metadata: dict[str, str], name: str) -> HypernetConfig:
+def check_format(metadata: dict[str, str], name: str) -> None:
     if metadata.get("format") != FORMAT:
         raise HypernetError(f"{name} is not a LoRA hypernet checkpoint (its metadata has no format={FORMAT!r}); "
                             "is it a LoRA or a model for another node pack?")
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError:
-        raise HypernetError(f"{name} has an invalid format_version {metadata.get('format_version')!r}") from None
+        raise HypernetError(f"{name} has an invalid format_version {brief(metadata.get('format_version'))}") from None
     if version > FORMAT_VERSION:
-        raise HypernetError(f"{name} was written in checkpoint format {version}, newer than this pack reads "
+        raise HypernetError(f"{name} was written in checkpoint format {brief(version)}, newer than this pack reads "
                             f"({FORMAT_VERSION}): update the node pack")
     if version < 1:
-        raise HypernetError(f"{name} has an invalid format_version {version}")
+        raise HypernetError(f"{name} has an invalid format_version {brief(version)}")
+
+
+def config_dict(metadata: dict[str, str], name: str) -> dict:
+    """The config JSON object of a checkpoint's metadata, parsed with bounded work."""
+    text = metadata.get("config")
+    if text is None or len(text) > MAX_CONFIG_CHARS:
+        size = "no" if text is None else f"a {len(text):,}-character"
+        raise HypernetError(f"{name} has {size} config in its metadata; it is not a checkpoint of this node pack")
     try:
-        data = json.loads(metadata["config"])
-    except (KeyError, ValueError) as exc:
-        raise HypernetError(f"{name} has no valid JSON config in its metadata ({exc})") from exc
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested thousands of levels deep (json.loads recurses per level).
+        raise HypernetError(f"{name} has no valid JSON config in its metadata ({type(exc).__name__}: "
+                            f"{one_line(str(exc), 120)})") from None
     if not isinstance(data, dict):
         raise HypernetError(f"{name}: the config in its metadata is not a JSON object")
+    return data
+
+
+def config_from_metadata(metadata: dict[str, str], name: str, sizes: HeaderSizes | None = None) -> HypernetConfig:
+    """The checked config; with `sizes` (from the file's header) also bounded by the file's tensors."""
+    check_format(metadata, name)
+    data = config_dict(metadata, name)
+    if sizes is not None:
+        check_layout_size(data, sizes, name)
     try:
-        return HypernetConfig.from_dict(data)
+        config = HypernetConfig.from_dict(data)
+    except RecursionError:
+        raise HypernetError(f"{name}: its config is nested too deeply to be a hypernet config") from None
     except HypernetError as exc:
-        raise HypernetError(f"{name}: {exc}") from exc
+        # Messages below quote config values; the file decides how long those are.
+        raise HypernetError(f"{name}: {one_line(str(exc), 300)}") from exc
+    if sizes is not None:
+        check_config_against_tensors(config, sizes, name)
+    return config
 
 
 # Only the first face+global fusion (main before the residual fusion) had biased experts.
@@ -100,29 +132,40 @@ def check_tensors(expected: dict[str, torch.Tensor], found: dict[str, tuple[list
             raise HypernetError(f"{name}: tensor {key} has dtype {dtype}; only float tensors are allowed")
 
 
-def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Hypernet:
-    """A checked Hypernet in eval mode on `device`; HypernetError for anything untrustworthy."""
-    path = Path(path)
-    metadata, found = read_header(path)
-    config = config_from_metadata(metadata, path.name)
+def build_skeleton(config: HypernetConfig, name: str) -> Hypernet:
+    """The model the config describes, on the meta device: names and shapes, no memory."""
     try:
         with torch.device("meta"):
-            skeleton = Hypernet(config)
+            return Hypernet(config)
     except (RuntimeError, ValueError, OverflowError) as exc:
-        raise HypernetError(f"{path.name}: its config describes a model that cannot be built ({exc})") from exc
-    if config.condition == "face+global" and FIRST_FUSION_KEY in found:
-        raise HypernetError(f"{path.name} was trained with the first face+global fusion, which this version replaced "
-                            "(its global features could make held-out results worse, see hypernet/condition.py); "
-                            "train it again with --condition face+global")
-    check_tensors(skeleton.state_dict(), found, path.name)
-    model = skeleton.to_empty(device=device)
+        raise HypernetError(f"{name}: its config describes a model that cannot be built "
+                            f"({one_line(str(exc), 200)})") from exc
+
+
+def read_weights(path: Path, keys) -> dict[str, torch.Tensor]:
+    """The named tensors as float32, refusing NaN and infinities."""
     state = {}
     with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in found:
+        for key in keys:
             tensor = f.get_tensor(key).float()
             if not bool(torch.isfinite(tensor).all()):
                 raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
                                     "broken (was training diverging?)")
             state[key] = tensor
-    model.load_state_dict(state)
+    return state
+
+
+def load_hypernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Hypernet:
+    """A checked Hypernet in eval mode on `device`; HypernetError for anything untrustworthy."""
+    path = Path(path)
+    metadata, found = read_header(path)
+    config = config_from_metadata(metadata, path.name, HeaderSizes.of(found))
+    if config.condition == "face+global" and FIRST_FUSION_KEY in found:
+        raise HypernetError(f"{path.name} was trained with the first face+global fusion, which this version replaced "
+                            "(its global features could make held-out results worse, see hypernet/model/condition.py); "
+                            "train it again with --condition face+global")
+    skeleton = build_skeleton(config, path.name)
+    check_tensors(skeleton.state_dict(), found, path.name)
+    model = skeleton.to_empty(device=device)
+    model.load_state_dict(read_weights(path, found))
     return model.eval().requires_grad_(False)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HypernetError
+from .messages import brief
 
 CONDITIONS = ("face", "global", "face+global")
 GATE_HIDDEN = 64  # ours: the gate only has to pick between three experts
@@ -52,7 +53,7 @@ GATE_HIDDEN = 64  # ours: the gate only has to pick between three experts
 
 def check_condition(condition: str) -> str:
     if condition not in CONDITIONS:
-        raise HypernetError(f"condition must be one of {CONDITIONS}, not {condition!r}")
+        raise HypernetError(f"condition must be one of {CONDITIONS}, not {brief(condition)}")
     return condition
 
 

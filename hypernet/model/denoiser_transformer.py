@@ -7,16 +7,16 @@ blocks of multi-head self-attention (torch's scaled_dot_product_attention) and a
 then a zero-initialised linear map back to the pieces, so training starts from output 0 like
 the MLP denoiser.
 
-The timestep and the condition enter every block the two ways prior.py offers:
+The timestep and the condition enter every block the two ways denoiser_mlp.py offers:
 
 - `adanorm`: adaLN-Zero as in DiT: scale, shift and a residual gate for the attention and the
   MLP branch come from (time + condition) embedding; all zero-initialised, so every block
   starts as the identity.
 - `adalora`: the time + condition embedding is added to every token, then the LayerNormed
   tokens get h <- h + h A(c) B(c)^T with per-sample low-rank factors made from the raw
-  condition (same factors and rescaling as prior.AdaLoraBlock) before attention.
+  condition (lowrank.py, as in denoiser_mlp.AdaLoraBlock) before attention.
 
-Same interface as prior.Denoiser: `forward(x, t, cond, drop)`, `null_cond`, `condition()`,
+Same interface as denoiser_mlp.Denoiser: `forward(x, t, cond, drop)`, `null_cond`, `condition()`,
 and an optional `fusion` module (condition.py) for global-feature conditions.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import sinusoid
-from .prior import AdaLoraBlock, Denoiser, PriorConfig
+from .denoiser_base import DenoiserBase, zero_init
+from .lowrank import LowRankConditioned
+from .prior_config import PriorConfig
 
 
 class SelfAttention(nn.Module):
@@ -56,9 +57,7 @@ class AdaNormTransformerBlock(nn.Module):
         self.attn = SelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
         self.mlp = _mlp(width)
-        self.modulation = nn.Linear(width, 6 * width)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
+        self.modulation = zero_init(nn.Linear(width, 6 * width))
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, raw_cond: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(F.silu(emb)).unsqueeze(1).chunk(6, dim=-1)
@@ -66,22 +65,18 @@ class AdaNormTransformerBlock(nn.Module):
         return h + gate2 * self.mlp(self.norm2(h) * (1 + scale2) + shift2)
 
 
-class AdaLoraTransformerBlock(nn.Module):
+class AdaLoraTransformerBlock(LowRankConditioned):
     def __init__(self, width: int, heads: int, cond_dim: int, rank: int):
         super().__init__()
-        self.width, self.rank = width, rank
         self.time = nn.Linear(width, width)
-        self.cond_norm = nn.LayerNorm(cond_dim)
-        self.factors = nn.Linear(cond_dim, 2 * width * rank)
+        self.add_factor_layers(cond_dim, width, rank)
         self.norm1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = _mlp(width)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, raw_cond: torch.Tensor) -> torch.Tensor:
-        a, b = self.factors(self.cond_norm(raw_cond)).view(-1, 2, self.width, self.rank).unbind(1)
-        a = AdaLoraBlock._rescaled(a, self.width ** -0.5)
-        b = AdaLoraBlock._rescaled(b, self.rank ** -0.5)
+        a, b = self.low_rank_factors(raw_cond)
         h = h + self.time(F.silu(emb)).unsqueeze(1)
         x = self.norm1(h)
         x = x + (x @ a) @ b.transpose(1, 2)
@@ -89,7 +84,7 @@ class AdaLoraTransformerBlock(nn.Module):
         return h + self.mlp(self.norm2(h))
 
 
-class TransformerDenoiser(nn.Module):
+class TransformerDenoiser(DenoiserBase):
     def __init__(self, latent_size: int, cond_dim: int, timesteps: int, cfg: PriorConfig,
                  fusion: nn.Module | None = None):
         super().__init__()
@@ -107,12 +102,8 @@ class TransformerDenoiser(nn.Module):
             self.blocks = nn.ModuleList(AdaLoraTransformerBlock(width, cfg.heads, cond_dim, cfg.adalora_rank)
                                         for _ in range(cfg.depth))
         self.out_norm = nn.LayerNorm(width)
-        self.latent_out = nn.Linear(width, self.piece)
-        nn.init.zeros_(self.latent_out.weight)
-        nn.init.zeros_(self.latent_out.bias)
+        self.latent_out = zero_init(nn.Linear(width, self.piece))
         self.fusion = fusion
-
-    condition = Denoiser.condition  # the null condition where cond is None or dropped
 
     def prepare(self, cond: torch.Tensor | None, batch: int, drop: torch.Tensor | None = None) -> torch.Tensor:
         """The sampler's once-per-sample condition step (see Denoiser.prepare): here only the
@@ -123,8 +114,7 @@ class TransformerDenoiser(nn.Module):
                 drop: torch.Tensor | None = None) -> torch.Tensor:
         n = x.shape[0]
         c = self.condition(cond, n, drop)
-        time_emb = self.time_mlp(sinusoid(t.float() * (1000.0 / self.timesteps), self.cfg.time_dim))
-        emb = time_emb + self.cond_proj(c)
+        emb = self.time_embedding(t) + self.cond_proj(c)
         pad = self.cfg.tokens * self.piece - self.latent_size
         pieces = F.pad(x, (0, pad)).view(n, self.cfg.tokens, self.piece)
         h = self.latent_in(pieces) + self.positions

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import HypernetError
+from .messages import brief
 
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -29,9 +30,9 @@ class DiffusionConfig:
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
-            raise HypernetError(f"prediction target must be one of {PREDICTIONS}, not {self.prediction!r}")
+            raise HypernetError(f"prediction target must be one of {PREDICTIONS}, not {brief(self.prediction)}")
         if self.schedule != "cosine":
-            raise HypernetError(f"only the cosine schedule is implemented, not {self.schedule!r}")
+            raise HypernetError(f"only the cosine schedule is implemented, not {brief(self.schedule)}")
         if not 2 <= self.timesteps <= 100_000:
             raise HypernetError("diffusion timesteps must be between 2 and 100000")
 

@@ -19,7 +19,9 @@ from ..encoders.encoder_info import check_encoder_info
 from .diffusion import Diffusion, DiffusionConfig
 from ..errors import HypernetError
 from ..lora.layout import Layout
-from .prior import PriorConfig, build_denoiser
+from .denoisers import build_denoiser
+from .messages import brief, one_line
+from .prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 
 
@@ -41,15 +43,15 @@ class HypernetConfig:
     def __post_init__(self):
         check_condition(self.condition)
         if not 1 <= self.embedding_dim <= 65536:
-            raise HypernetError(f"embedding_dim {self.embedding_dim} is out of range")
+            raise HypernetError(f"embedding_dim {brief(self.embedding_dim)} is out of range")
         if not needs_global(self.condition):
             if self.global_dim or self.global_encoder is not None:
                 raise HypernetError(f"condition {self.condition!r} takes no global features, but the config "
-                                    f"has global_dim {self.global_dim} and encoder {self.global_encoder}")
+                                    f"has global_dim {brief(self.global_dim)} and encoder {brief(self.global_encoder)}")
             return
         if not 1 <= self.global_dim <= 65536:
             raise HypernetError(f"condition {self.condition!r} needs global_dim between 1 and 65536, "
-                                f"not {self.global_dim}")
+                                f"not {brief(self.global_dim)}")
         encoder = check_encoder_info(self.global_encoder, f"condition {self.condition!r}")
         if encoder["dim"] != self.global_dim:
             raise HypernetError(f"global_encoder {encoder['name']} gives {encoder['dim']} values but global_dim "
@@ -77,8 +79,10 @@ class HypernetConfig:
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HypernetError(f"invalid hypernet config ({type(exc).__name__}: {exc})") from exc
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
+            # OverflowError: int() of a JSON number such as 1e999, which Python reads as inf;
+            # AttributeError: a JSON list or number where an object belongs.
+            raise HypernetError(f"invalid hypernet config ({type(exc).__name__}: {one_line(str(exc), 200)})") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -9,7 +9,7 @@ from ..errors import HypernetError
 from ..model.autoencoder import AutoencoderConfig
 from ..model.condition import check_condition
 from ..model.diffusion import DiffusionConfig
-from ..model.prior import PriorConfig
+from ..model.prior_config import PriorConfig
 
 
 @dataclass(frozen=True)

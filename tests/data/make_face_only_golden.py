@@ -3,11 +3,18 @@ global-feature condition existed (run once with the code of main at 5180c60, bef
 
 For two tiny face-only models (ADALoRA and AdaNorm blocks) it records the exact config JSON
 main wrote into checkpoints, a digest of the state dict (names, shapes, bytes) and the latents
-and decoded vectors sampled for fixed faces and seeds after a save/load round trip.
+and decoded vectors sampled for fixed faces and seeds after a save/load round trip (the vectors
+as sha256 digests, and since issue 14 as tensors too).
 tests/test_condition_compat.py rebuilds the same models with the current code and demands
-the same config JSON, the same digest and bit-identical samples.
+the same config JSON and digest exactly, and the same samples within float tolerance (they are
+computed, and another CPU kind rounds differently).
 
-    .venv/bin/python tests/data/make_face_only_golden.py
+    .venv/bin/python tests/data/make_face_only_golden.py               # write the file anew
+    .venv/bin/python tests/data/make_face_only_golden.py --add-vectors  # add the vector tensors
+
+`--add-vectors` (run once for issue 14, on the CPU kind that wrote the file) keeps everything
+main 5180c60 recorded and adds the decoded vectors of the recorded latents as tensors, after
+checking that their sha256 equals the digests main recorded: they are main's values exactly.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +100,22 @@ def samples(model: Hypernet) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return latents, vectors
 
 
+def add_vectors() -> None:
+    with safe_open(str(GOLDEN), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            model = build(variant, Path(tmp))
+            assert state_digest(model) == metadata[f"{variant}.state_digest"], variant
+            for guidance, eta in SETTINGS:
+                key = f"{variant}.vectors_g{guidance}_e{eta}"
+                vectors = model.decode_latents(tensors[f"{variant}.latents_g{guidance}_e{eta}"])
+                assert tensor_digest(vectors) == metadata[key], f"{key}: not main's values on this CPU"
+                tensors[key] = vectors.contiguous()
+    save_file(tensors, str(GOLDEN), metadata)
+    print(f"added the vector tensors to {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
+
+
 def main() -> None:
     tensors, metadata = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,10 +126,11 @@ def main() -> None:
             latents, vectors = samples(model)
             tensors.update({f"{variant}.latents_{k}": v.contiguous() for k, v in latents.items()})
             metadata.update({f"{variant}.vectors_{k}": v for k, v in vectors.items()})
+            tensors.update({f"{variant}.vectors_{k}": model.decode_latents(v).contiguous() for k, v in latents.items()})
     metadata["made_with"] = "main 5180c60 (before issue 7)"
     save_file(tensors, str(GOLDEN), metadata)
     print(f"wrote {GOLDEN} ({GOLDEN.stat().st_size} bytes): {json.dumps(sorted(tensors))}")
 
 
 if __name__ == "__main__":
-    main()
+    add_vectors() if "--add-vectors" in sys.argv[1:] else main()
