@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save as save_bytes
 
 import hypernet.lora.lora_io as lora_io
-import hypernet.lora.safetensors_header as safetensors_header
+import hypernet.common.safetensors_header as safetensors_header
 from hypernet.data.builder import build_dataset
 from hypernet.data.synth import write_synth
 from hypernet.errors import HypernetError

@@ -14,7 +14,8 @@ from safetensors import safe_open
 from ..common.tensors import mean_embedding
 from ..encoders.encoder_info import SYNTHETIC_FINGERPRINT, EncoderInfo
 from ..errors import HypernetError
-from ..lora.safetensors_header import read_header
+from ..common.messages import one_line
+from ..common.safetensors_header import read_header
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 EMBEDDING_FILE = "embedding.safetensors"
@@ -60,7 +61,7 @@ class Skip(Exception):
     """An identity folder that cannot be used: `kind` groups the summary, the message explains."""
 
     def __init__(self, kind: str, message: str):
-        super().__init__(" ".join(message.split()))  # one line in the log and the manifest, whatever the cause said
+        super().__init__(one_line(message, 500))  # one line in the log and the manifest, whatever the cause said
         self.kind = kind
 
 

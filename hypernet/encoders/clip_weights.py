@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 
 from ..errors import HypernetError
-from ..lora.safetensors_header import read_header
+from ..common.safetensors_header import read_header
 
 
 _HF_TOP = {  # transformers/ComfyUI name -> open_clip visual-tower name

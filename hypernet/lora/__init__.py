@@ -4,7 +4,6 @@
 - presets: SDXL-architecture UNet specs and the named layouts (`--layout sdxl-attn-r4`).
 - weights: ModuleWeights and LoraWeights, the in-memory LoRA every format is read into.
 - keys: kohya, diffusers and PEFT key names mapped to kohya ldm module names.
-- safetensors_header: the checked header reader every untrusted .safetensors goes through.
 - lora_io: reading LoRA files (refusing implausible ones) and writing kohya files.
 - canonical: canonical SVD factors: one (up, down) pair per weight update.
 - alignment: reference-aligned factors, the smooth representation the autoencoder learns on.

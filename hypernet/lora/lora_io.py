@@ -15,7 +15,7 @@ Every format is read into one canonical in-memory form, `LoraWeights`: kohya mod
 
 Diffusers block names map to ldm names for SDXL (two res blocks per level); only the attention
 blocks (`attentions`) map, anything else outside them is refused with the keys named. Files are
-checked against their own header before safetensors reads them (safetensors_header), so a
+checked against their own header before safetensors reads them (common.safetensors_header), so a
 truncated or lying file is an error that names the file, not a crash; values no trained LoRA
 has (non-float factors, rank 0, huge magnitudes, NaN) are refused the same way.
 """
@@ -35,7 +35,7 @@ from ..common.files import save_safetensors_atomic
 from .keys import kohya_name, split_key
 from .layout import MAX_MODULES, UNET_PREFIX, Layout, kohya_unet_name, natural_key
 from .presets import sdxl_attention_shapes
-from .safetensors_header import read_header
+from ..common.safetensors_header import read_header
 from .weights import LoraWeights, ModuleWeights
 
 # Trained LoRA factors stay below about 10 (kohya's are mostly 0.001-1). 1e4 leaves three orders

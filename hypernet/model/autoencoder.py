@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import HypernetError
 from .embeddings import sinusoid
-from .messages import brief
+from ..common.messages import brief
 from ..lora.layout import Layout
 from ..lora.vectorize import module_slices
 

@@ -1,7 +1,8 @@
 """Hypernet checkpoints: one .safetensors file, tensors under `vae.`, `prior.`, `norm.`, and
 the JSON config plus format version in the safetensors metadata.
 
-Loading trusts nothing in the file: the header is parsed by safetensors (no pickle), the
+Loading trusts nothing in the file: the header is parsed and checked by common.safetensors_header
+(no pickle), the
 config is validated and bounded by the tensors in the header (config_bounds.py), the model is
 then built on the `meta` device (no memory) and every tensor name, shape and dtype is checked
 against it before a single weight is read. The prior's weights in the file are its EMA weights.
@@ -13,14 +14,15 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from .. import GENERATOR
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
+from ..common.safetensors_header import read_header as read_safetensors_header
 from .config_bounds import HeaderSizes, check_config_against_tensors, check_layout_size, check_tensor_count
 from .hypernet import Hypernet, HypernetConfig
-from .messages import brief, one_line
+from ..common.messages import brief, one_line
 
 FORMAT = "lora-hypernet"
 FORMAT_VERSION = 1
@@ -48,16 +50,13 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tupl
         raise HypernetError(f"{path.name}: hypernet checkpoints are .safetensors files; other formats "
                             "(.pt, .ckpt, .bin) are refused because loading them can run arbitrary code")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            check_tensor_count(len(f.keys()), path.name)
-            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
-    except HypernetError:
-        raise
-    except (SafetensorError, OSError, ValueError) as exc:
+        header = read_safetensors_header(path)
+    except HypernetError as exc:
         raise HypernetError(f"{path.name} is not a readable safetensors file ({one_line(str(exc))}); it may be "
                             "truncated or corrupt: download or train it again") from exc
-    return metadata, shapes
+    metadata = header.pop("__metadata__", {})
+    check_tensor_count(len(header), path.name)
+    return metadata, {name: (info["shape"], info["dtype"]) for name, info in header.items()}
 
 
 def check_format(metadata: dict[str, str], name: str) -> None:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HypernetError
-from .messages import brief
+from ..common.messages import brief
 
 CONDITIONS = ("face", "global", "face+global")
 GATE_HIDDEN = 64  # ours: the gate only has to pick between three experts

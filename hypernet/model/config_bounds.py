@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..errors import HypernetError
 from .hypernet import HypernetConfig
-from .messages import brief
+from ..common.messages import brief
 
 # The presets' hypernets have under 100 tensors and 64 ADALoRA blocks about 800: a header with
 # more describes no model of this pack, and meta-building what it could describe takes ~0.2 s.

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from ..errors import HypernetError
-from .messages import brief
+from ..common.messages import brief
 
 PREDICTIONS = ("eps", "x0", "v")
 

@@ -20,7 +20,7 @@ from .diffusion import Diffusion, DiffusionConfig
 from ..errors import HypernetError
 from ..lora.layout import Layout
 from .denoisers import build_denoiser
-from .messages import brief, one_line
+from ..common.messages import brief, one_line
 from .prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 

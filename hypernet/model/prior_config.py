@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import HypernetError
-from .messages import brief
+from ..common.messages import brief
 
 CONDITIONINGS = ("adanorm", "adalora")
 KINDS = ("mlp", "transformer")
