@@ -1,6 +1,8 @@
 """Layout presets built from the UNet spec table, and layouts named on the command line."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hypernet.errors import HypernetError
@@ -8,10 +10,21 @@ from hypernet.lora.presets import PRESETS, load_layout, preset
 
 
 @pytest.mark.parametrize("name, modules, values", [("sdxl-attn-r4", 560, 5_806_080), ("sdxl-qv-r1", 280, 725_760),
-                                                   ("tiny-attn-r4", 88, 66_560), ("synth-100k", 88, 99_840)])
+                                                   ("tiny-attn-r4", 88, 66_560), ("synth-100k", 88, 99_840),
+                                                   ("sd15-w2w", 64, 99_648), ("sd15-attn-r4", 128, 797_184)])
 def test_preset_sizes(name, modules, values):
     layout = preset(name)
-    assert (len(layout), layout.num_values, layout.base_model) == (modules, values, "sdxl")
+    assert (len(layout), layout.num_values) == (modules, values)
+    assert layout.base_model == ("sd15" if name.startswith("sd15") else "sdxl")
+
+
+def test_w2w_preset_is_rank_1_alpha_27_on_q_and_v_of_both_attentions():
+    layout = preset("sd15-w2w")
+    assert {(m.rank, m.alpha) for m in layout} == {(1, 27.0)}
+    assert {re.search(r"(attn[12])_to_(\w+)$", n).groups() for n in layout.names} == \
+        {("attn1", "q"), ("attn1", "v"), ("attn2", "q"), ("attn2", "v")}
+    cross_v = layout["lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_v"]
+    assert (cross_v.out_features, cross_v.in_features) == (320, 768)  # CLIP-L context
 
 
 def test_tiny_preset_follows_the_tiny_test_unet():
@@ -27,7 +40,7 @@ def test_tiny_preset_follows_the_tiny_test_unet():
 
 
 def test_load_layout_takes_a_preset_or_a_json_file(tmp_path):
-    assert set(PRESETS) >= {"sdxl-attn-r4", "sdxl-qv-r1", "tiny-attn-r4", "synth-100k"}
+    assert set(PRESETS) >= {"sdxl-attn-r4", "sdxl-qv-r1", "tiny-attn-r4", "synth-100k", "sd15-w2w", "sd15-attn-r4"}
     path = tmp_path / "layout.json"
     path.write_text(preset("tiny-attn-r4").with_rank(2).to_json())
     assert load_layout(str(path)) == preset("tiny-attn-r4").with_rank(2)

@@ -1,5 +1,5 @@
-"""Named layouts and the UNets they are cut from: SDXL-architecture UNets described by where
-their attention is, without building them, and the presets the CLI and tests name."""
+"""Named layouts and the UNets they are cut from: SDXL- and SD1.5-architecture UNets described
+by where their attention is, without building them, and the presets the CLI and tests name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,33 +12,37 @@ from .layout import Layout, attention_layout
 
 @dataclass(frozen=True)
 class UnetSpec:
-    """Where an SDXL-architecture UNet has attention: (ldm prefix, channels, depth) per transformer."""
+    """Where a UNet has attention: (ldm prefix, channels, depth) per transformer, and its base model."""
 
     context_dim: int
     transformers: tuple[tuple[str, int, int], ...]
+    base_model: str = "sdxl"
 
 
-def _sdxl_style_transformers(channels: Sequence[int], depths: Sequence[int]) -> tuple[tuple[str, int, int], ...]:
-    """Transformers of a 3-level SDXL-style UNet (num_res_blocks 2) from per-level channels and depths.
+def _unet_transformers(channels: Sequence[int], depths: Sequence[int], middle_depth: int
+                       ) -> tuple[tuple[str, int, int], ...]:
+    """Transformers of an ldm UNet with two res blocks per level, from per-level channels and depths.
 
-    Levels 1 and 2 carry transformers: input_blocks 4,5 and 7,8, the middle block, output_blocks
-    0-2 (level 2) and 3-5 (level 1); level 0 has none, as in SDXL.
+    Level L has input_blocks 3L+1 and 3L+2 and, counted from the deepest level, output_blocks
+    3(levels-1-L) to 3(levels-1-L)+2; the middle block works at the deepest level's channels.
     """
-    (_, c1, c2), (_, d1, d2) = channels, depths
+    levels = list(enumerate(zip(channels, depths)))
+    last = len(channels) - 1
     return tuple(
-        [(f"input_blocks.{i}.1", c1, d1) for i in (4, 5)]
-        + [(f"input_blocks.{i}.1", c2, d2) for i in (7, 8)]
-        + [("middle_block.1", c2, d2)]
-        + [(f"output_blocks.{i}.1", c2, d2) for i in (0, 1, 2)]
-        + [(f"output_blocks.{i}.1", c1, d1) for i in (3, 4, 5)]
+        [(f"input_blocks.{3 * level + i}.1", c, d) for level, (c, d) in levels if d for i in (1, 2)]
+        + ([("middle_block.1", channels[-1], middle_depth)] if middle_depth else [])
+        + [(f"output_blocks.{3 * (last - level) + i}.1", c, d) for level, (c, d) in levels if d for i in (0, 1, 2)]
     )
 
 
 UNET_SPECS = {
     # The SDXL base UNet: model_channels 320, channel_mult [1,2,4], transformer depth 2 and 10.
-    "sdxl": UnetSpec(2048, _sdxl_style_transformers((320, 640, 1280), (0, 2, 10))),
+    "sdxl": UnetSpec(2048, _unet_transformers((320, 640, 1280), (0, 2, 10), 10)),
     # DESIGN.md's tiny SDXL test UNet: model_channels 32, channel_mult [1,2,4], depth 1, context 64.
-    "tiny-sdxl": UnetSpec(64, _sdxl_style_transformers((32, 64, 128), (0, 1, 1))),
+    "tiny-sdxl": UnetSpec(64, _unet_transformers((32, 64, 128), (0, 1, 1), 1)),
+    # The SD1.5 UNet: model_channels 320, channel_mult [1,2,4,4], depth 1 on the first three
+    # levels and in the middle, CLIP-L context 768 (ComfyUI's supported_models.SD15).
+    "sd15": UnetSpec(768, _unet_transformers((320, 640, 1280, 1280), (1, 1, 1, 0), 1), "sd15"),
 }
 SDXL_CONTEXT_DIM = UNET_SPECS["sdxl"].context_dim
 SDXL_TRANSFORMERS = UNET_SPECS["sdxl"].transformers
@@ -70,6 +74,10 @@ def sdxl_attention_shapes() -> dict[str, tuple[int, int]]:
 # The tiny presets have base model "sdxl": the tiny test UNet is ComfyUI's SDXL model class, and
 # its module shapes, not the tag, tell it apart from the real one.
 PRESETS = {
+    # weights2weights' identity LoRAs (PEFT, rank 1, lora_alpha 27 on to_q and to_v of every
+    # self- and cross-attention): 99,648 values, the layout LoRA Diffusion trained on.
+    "sd15-w2w": dict(unet="sd15", rank=1, projections=("q", "v"), alpha=27.0),
+    "sd15-attn-r4": dict(unet="sd15", rank=4, projections=("q", "k", "v", "out")),
     "sdxl-attn-r4": dict(unet="sdxl", rank=4, projections=("q", "k", "v", "out")),
     "sdxl-qv-r1": dict(unet="sdxl", rank=1, projections=("q", "v")),
     "tiny-attn-r4": dict(unet="tiny-sdxl", rank=4, projections=("q", "k", "v", "out")),
@@ -80,11 +88,13 @@ PRESETS = {
 
 def preset(name: str) -> Layout:
     """A named layout: `sdxl-attn-r4` has 560 modules and 5,806,080 values, `sdxl-qv-r1` 280 and
-    725,760, `tiny-attn-r4` 88 and 66,560, `synth-100k` 88 and 99,840."""
+    725,760, `tiny-attn-r4` 88 and 66,560, `synth-100k` 88 and 99,840, `sd15-w2w` 64 and 99,648,
+    `sd15-attn-r4` 128 and 797,184."""
     if name not in PRESETS:
         raise ValueError(f"unknown layout preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     spec = dict(PRESETS[name])
-    return attention_layout(unet_attention_shapes(spec.pop("unet")), base_model="sdxl", **spec)
+    unet = spec.pop("unet")
+    return attention_layout(unet_attention_shapes(unet), base_model=UNET_SPECS[unet].base_model, **spec)
 
 
 def load_layout(spec: str) -> Layout:
