@@ -14,6 +14,7 @@ from ..errors import HypernetError
 COMMANDS = {
     "synth": ("synth", "write a synthetic collection of identity LoRAs"),
     "dataset": ("dataset", "build a training dataset from identity folders"),
+    "import-w2w": ("import_w2w", "write the weights2weights collection as identity folders (SD1.5)"),
     "train": ("train", "train the weight autoencoder and the diffusion prior"),
     "sample": ("sample", "sample a LoRA for a face and write it as .safetensors"),
     "evaluate": ("evaluate", "measure a checkpoint on held-out identities"),

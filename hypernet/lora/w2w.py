@@ -35,6 +35,7 @@ W2W_PRESET = "sd15-w2w"
 _PEFT_KEY = re.compile(r"^(?P<path>.+)\.lora_(?P<role>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
 _W2W_KEY = re.compile(r"^lora_unet_(?P<path>.+)[._]lora[._](?P<role>[AB])\.weight$")
 _ROLES = {"A": "down", "B": "up"}
+KEY_QUOTE = 160  # a PEFT key of SD1.5 has up to 95 characters: quote it whole
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,12 @@ def row_entries(dimensions: Sequence[tuple[str, Sequence[int]]], layout: Layout)
     for key, shape in dimensions:
         found = peft_module(key)
         if found is None or found[0] not in layout:
-            raise HypernetError(f"weight_dimensions key {brief(key)} is not a module of layout {W2W_PRESET}")
+            raise HypernetError(f"weight_dimensions key {brief(key, KEY_QUOTE)} is not a module of layout {W2W_PRESET}")
         if found in seen:
             raise HypernetError(f"weight_dimensions lists the {found[1]} factor of {found[0]} twice")
         expected = _expected_shape(layout, *found)
         if tuple(shape) != expected:
-            raise HypernetError(f"weight_dimensions gives {brief(key)} the shape {list(shape)}; layout "
+            raise HypernetError(f"weight_dimensions gives {brief(key, KEY_QUOTE)} the shape {list(shape)}; layout "
                                 f"{W2W_PRESET} needs {list(expected)}")
         seen.add(found)
         entries.append(RowEntry(key, found[0], found[1], start, tuple(int(d) for d in shape)))
@@ -122,7 +123,7 @@ def to_w2w_row(weights: LoraWeights, keys: Sequence[str] | None = None) -> torch
     for key in w2w_peft_keys() if keys is None else keys:
         found = peft_module(key)
         if found is None or found[0] not in weights:
-            raise HypernetError(f"the LoRA has no module for weights2weights key {brief(key)}")
+            raise HypernetError(f"the LoRA has no module for weights2weights key {brief(key, KEY_QUOTE)}")
         module = weights[found[0]]
         if module.rank != W2W_RANK or module.kind != "linear":
             raise HypernetError(f"{found[0]} is a {module.kind} module of rank {module.rank}; weights2weights "

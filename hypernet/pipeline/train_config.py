@@ -68,6 +68,14 @@ PRESETS: dict[str, dict] = {
     # SDXL layouts (millions of values): the chunked autoencoder; the prior as in "default".
     "sdxl": dict(autoencoder=dict(kind="chunks", chunk=4096, token_dim=4, hidden=512, blocks=2), ae_batch=8,
                  prior=dict(width=512, blocks=4, conditioning="adanorm"), prior_lr=1e-3),
+    # LoRA Diffusion on weights2weights (layout sd15-w2w, 99,648 values): the paper's dense MLP
+    # VAE with residual blocks, latent 512, MSE + 0.1 KL, x0 target over 1000 cosine steps, and
+    # ADALoRA conditioning. Widths, steps and learning rates are ours, sized for ~65 k identities.
+    "sd15-w2w": dict(autoencoder=dict(kind="mlp", latent_dim=512, hidden=512, blocks=2, kl_weight=0.1),
+                     diffusion=dict(prediction="x0", timesteps=1000), normalizer="dim",
+                     prior=dict(width=1024, blocks=6, conditioning="adalora"),
+                     ae_steps=20000, ae_batch=128, ae_lr=1e-3, prior_steps=60000, prior_batch=256, prior_lr=3e-4,
+                     warmup_steps=500, checkpoint_every=1000),
 }
 
 
