@@ -19,7 +19,7 @@ from PIL import Image
 from face_models import synthetic_photo, write_face_models
 from hypernet.cli import main
 from hypernet.data.dataset import open_dataset
-from hypernet.data.w2w import DIMENSIONS_FILE, WEIGHTS_FILE, import_w2w
+from hypernet.data.w2w import DIMENSIONS_FILE, WEIGHTS_FILE, import_w2w, open_rows
 from hypernet.errors import HypernetError
 from hypernet.lora.lora_io import read_lora, write_lora
 from hypernet.lora.presets import preset
@@ -208,6 +208,14 @@ def test_a_hostile_pickle_is_refused_without_running_it(w2w, tmp_path, which, co
     assert not marker.exists() and not (tmp_path / "out").exists()
     pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is live: unpickled, it leaves the marker
     assert marker.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux /proc")
+def test_rows_are_memory_mapped_not_read_into_memory(w2w):
+    files, _, rows = w2w
+    mapped = open_rows(files / WEIGHTS_FILE, LAYOUT.num_values)
+    assert str(files / WEIGHTS_FILE) in Path("/proc/self/maps").read_text()
+    assert torch.equal(mapped[5], rows[5])
 
 
 def test_cli_imports_and_reports_errors(w2w, tmp_path, capsys):

@@ -40,7 +40,7 @@ from ..errors import HypernetError
 from ..lora.layout import natural_key
 from ..lora.lora_io import write_lora
 from ..lora.presets import preset
-from ..lora.w2w import W2W_PRESET, RowEntry, row_entries, row_to_lora
+from ..lora.w2w import KEY_QUOTE, W2W_PRESET, RowEntry, row_entries, row_to_lora
 from .identity_folders import NOT_LORAS, PHOTO_SUFFIXES
 
 WEIGHTS_FILE = "all_weights.pt"
@@ -79,7 +79,7 @@ def read_dimensions(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     """weight_dimensions.pt as (key, shape) in file order, each numel checked against its shape."""
     data = load_restricted(path)
     if not isinstance(data, dict) or not data:
-        raise HypernetError(f"{path} holds {type(data).__name__}, not the dict key -> (numel, shape) of weights2weights")
+        raise HypernetError(f"{path} holds {type(data).__name__}, not weights2weights' dict key -> (numel, shape)")
     out = []
     for key, value in data.items():
         try:
@@ -87,9 +87,11 @@ def read_dimensions(path: Path) -> list[tuple[str, tuple[int, ...]]]:
             numel = int(numel[0]) if isinstance(numel, (tuple, list, torch.Size)) else int(numel)
             shape = tuple(int(d) for d in shape)
         except (TypeError, ValueError, IndexError):
-            raise HypernetError(f"{path}: the entry of {brief(key)} is {brief(value)}, not (numel, shape)") from None
+            raise HypernetError(f"{path}: the entry of {brief(key, KEY_QUOTE)} is {brief(value)}, "
+                                "not (numel, shape)") from None
         if not isinstance(key, str) or numel != math.prod(shape) or numel < 1:
-            raise HypernetError(f"{path}: {brief(key)} has numel {numel} but shape {list(shape)}; the file is damaged")
+            raise HypernetError(f"{path}: {brief(key, KEY_QUOTE)} has numel {numel} but shape {list(shape)}; "
+                                "the file is damaged")
         out.append((key, shape))
     return out
 

@@ -1,7 +1,8 @@
-"""LoRA key names in the formats ComfyUI accepts for SDXL UNets, mapped to kohya ldm module names.
+"""LoRA key names in the formats ComfyUI accepts for SDXL and SD1.5 UNets, mapped to kohya ldm names.
 
 See lora_io's docstring for the accepted formats. Diffusers block names map to ldm names for
-SDXL (two res blocks per level); only the attention blocks (`attentions`) map.
+UNets with two res blocks per level (SDXL, SD1.5; test_layout_sd15 checks SD1.5 against ComfyUI's map);
+only the attention blocks (`attentions`) map.
 """
 from __future__ import annotations
 
