@@ -121,6 +121,23 @@ def test_rows_follow_the_sorted_folder_names(imported, w2w):
     assert not (out / ".cache").exists() and json.loads((out / "w2w_import.json").read_text())["values"] == 99_648
 
 
+def _w2w_spelling(key: str) -> str:
+    """`lora_unet_<diffusers path>_lora_A.weight`: the keys weights2weights' own conversion renames from."""
+    path, role = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+    return f"lora_unet_{path}_lora_{role}"
+
+
+@pytest.mark.parametrize("spelling", [lambda k: k.replace(".weight", ".identity1.weight"), _w2w_spelling],
+                         ids=["peft-with-adapter-name", "w2w-lora_unet"])
+def test_other_key_spellings_import_the_same_loras(w2w, tmp_path, spelling):
+    _, images, rows = w2w
+    dims = [(spelling(key), shape) for key, shape in w2w_dimensions(LAYOUT)]
+    files = write_w2w_files(tmp_path / "files", rows, dims)
+    import_w2w(files, images, tmp_path / "out", progress=False)
+    weights = read_lora(tmp_path / "out" / "10" / "lora.safetensors")
+    assert torch.equal(to_w2w_row(weights), rows[2]) and torch.equal(to_w2w_row(weights, [k for k, _ in dims]), rows[2])
+
+
 def test_natural_order_and_copies(w2w, tmp_path):
     files, images, rows = w2w
     result = import_w2w(files, images, tmp_path / "out", order="natural", link=False, progress=False)
