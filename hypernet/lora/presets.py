@@ -26,12 +26,12 @@ def _unet_transformers(channels: Sequence[int], depths: Sequence[int], middle_de
     Level L has input_blocks 3L+1 and 3L+2 and, counted from the deepest level, output_blocks
     3(levels-1-L) to 3(levels-1-L)+2; the middle block works at the deepest level's channels.
     """
-    levels = list(enumerate(zip(channels, depths)))
+    levels = [(level, c, d) for level, (c, d) in enumerate(zip(channels, depths)) if d]
     last = len(channels) - 1
     return tuple(
-        [(f"input_blocks.{3 * level + i}.1", c, d) for level, (c, d) in levels if d for i in (1, 2)]
+        [(f"input_blocks.{3 * level + i}.1", c, d) for level, c, d in levels for i in (1, 2)]
         + ([("middle_block.1", channels[-1], middle_depth)] if middle_depth else [])
-        + [(f"output_blocks.{3 * (last - level) + i}.1", c, d) for level, (c, d) in levels if d for i in (0, 1, 2)]
+        + [(f"output_blocks.{3 * (last - level) + i}.1", c, d) for level, c, d in reversed(levels) for i in (0, 1, 2)]
     )
 
 
