@@ -19,7 +19,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI").resolve()
+# A relative COMFYUI_PATH is taken from the repository root (where `make` runs), also in the
+# server process, whose working directory is the ComfyUI folder.
+COMFYUI_PATH = (REPO / (os.environ.get("COMFYUI_PATH") or ".comfyui/ComfyUI")).resolve()
 PACK_DIRNAME = "comfyui-lora-hypernet"
 FIXTURE_DIRNAME = "lora_hypernet_test_fixtures"
 
@@ -37,6 +39,18 @@ REAL_SDXL_UNET = dict(
     TINY_SDXL_UNET, model_channels=320, transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
     transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
 )
+
+
+def comfyui_version() -> str:
+    """The version of the ComfyUI under test, from its comfyui_version.py."""
+    try:
+        text = (COMFYUI_PATH / "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return "unknown"
 
 
 def prepare_comfy() -> None:
