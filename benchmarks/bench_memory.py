@@ -65,12 +65,12 @@ def main() -> None:
         gc.collect()
         start = _bench.rss_mib()
         analyzer, image = bench_personalize.face_setup(work)
-        face_value, _ = face_nodes.FaceEmbed().embed(analyzer, image, False)
+        face_value, _ = face_nodes.FaceEmbed.execute(analyzer, image, False)
         after_face = _bench.rss_mib()
         name = bench_personalize.save_random_hypernet(work, args.layout, face_value.model_name)
         gc.collect()
         before_load = _bench.rss_mib()
-        hypernet, _ = hypernet_nodes.LoadHypernet().load(name)
+        hypernet, _ = hypernet_nodes.LoadHypernet.execute(name)
         loaded = _bench.rss_mib()
         module = hypernet.hypernet
         counts = module.parameter_counts()
@@ -85,8 +85,8 @@ def main() -> None:
             outputs = None  # ComfyUI replaces a node's cached output when it runs again
             gc.collect()
             with PeakRss() as memory:
-                (latent,) = hypernet_nodes.SampleLoRA().sample(hypernet, face_value, run, args.steps, args.guidance, 0.0)
-                (lora,) = hypernet_nodes.DecodeLoRA().decode(hypernet, latent)
+                (latent,) = hypernet_nodes.SampleLoRA.execute(hypernet, face_value, run, args.steps, args.guidance, 0.0)
+                (lora,) = hypernet_nodes.DecodeLoRA.execute(hypernet, latent)
             outputs = (latent, lora)
             if run > 0:
                 peaks.append(memory.extra)

@@ -75,7 +75,7 @@ def measure_layout(work: Path, layout_name: str, face_value, steps_list: list[in
     lora_nodes = _bench.pack_module("nodes.lora_nodes")
     name = save_random_hypernet(work, layout_name, face_value.model_name)
     with Timer() as load:
-        hypernet, _ = hypernet_nodes.LoadHypernet().load(name)
+        hypernet, _ = hypernet_nodes.LoadHypernet.execute(name)
     base = _bench.base_model(LAYOUTS[layout_name][1])
     sample_steps = TARGET_STEPS if TARGET_STEPS in steps_list else steps_list[0]
     times: dict[str, list[float]] = {}
@@ -88,14 +88,14 @@ def measure_layout(work: Path, layout_name: str, face_value, steps_list: list[in
         latent = None
         for steps in steps_list:
             with Timer() as t:
-                (value,) = hypernet_nodes.SampleLoRA().sample(hypernet, face_value, run, steps, guidance, 0.0)
+                (value,) = hypernet_nodes.SampleLoRA.execute(hypernet, face_value, run, steps, guidance, 0.0)
             record(f"sample {steps}", t.seconds, run)
             if steps == sample_steps:
                 latent, sample_seconds = value, t.seconds
         with Timer() as decode:
-            (lora,) = hypernet_nodes.DecodeLoRA().decode(hypernet, latent)
+            (lora,) = hypernet_nodes.DecodeLoRA.execute(hypernet, latent)
         with Timer() as apply:
-            patched, _ = lora_nodes.ApplyLoRA().apply(base, lora, 1.0)
+            patched, _ = lora_nodes.ApplyLoRA.execute(base, lora, 1.0)
         record("decode", decode.seconds, run)
         record("apply", apply.seconds, run)
         record("to MODEL", sample_seconds + decode.seconds + apply.seconds, run)
@@ -120,9 +120,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_personalize_") as tmp:
         work = Path(tmp)
         analyzer, image = face_setup(work)
-        embed = face_nodes.FaceEmbed()
-        face = _bench.repeat(lambda: embed.embed(analyzer, image, False), args.runs)
-        face_value, _ = embed.embed(analyzer, image, False)
+        embed = face_nodes.FaceEmbed
+        face = _bench.repeat(lambda: embed.execute(analyzer, image, False), args.runs)
+        face_value, _ = embed.execute(analyzer, image, False)
         results = {name: measure_layout(work, name, face_value, args.steps, args.runs, args.guidance)
                    for name in args.layouts}
 

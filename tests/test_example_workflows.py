@@ -35,7 +35,7 @@ def test_every_workflow_has_a_thumbnail_and_uses_only_core_and_pack_nodes(pack):
         workflow = json.loads((demo_assets.WORKFLOWS / f"{name}.json").read_text())
         for node in workflow["nodes"]:
             kind = node["type"]
-            assert kind in pack.NODE_CLASS_MAPPINGS or not kind.startswith("LoraHypernet"), kind
+            assert kind in pack.nodes.node_ids() or not kind.startswith("LoraHypernet"), kind
             assert kind != "TinySDXLCheckpointLoader"
 
 
@@ -90,8 +90,10 @@ def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_s
                     if data.get("prompt_id") != prompt_id:
                         continue
                     if event["type"] == "progress" and data.get("node") == sample_id:
+                        # ComfyUI 0.33 throttles progress messages (the first and the last are
+                        # always sent): press Cancel at the first one.
                         progress.append(data["value"])
-                        if len(progress) == 3:
+                        if len(progress) == 1:
                             await session.post(f"{comfy_server.url}/interrupt")
                     if event["type"] in ("execution_interrupted", "execution_success", "execution_error"):
                         outcome = event["type"]
@@ -100,7 +102,7 @@ def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_s
 
     outcome, progress = asyncio.run(asyncio.wait_for(run_and_cancel(), 300))
     assert outcome == "execution_interrupted"
-    assert len(progress) >= 3 and max(progress) < 1000, "Sample LoRA ran to the end despite Cancel"
+    assert progress and max(progress) < 1000, f"Sample LoRA ran to the end despite Cancel: {progress}"
     # The server still works: the same workflow with normal settings succeeds afterwards.
     entry, _ = comfy_server.run_prompt(demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE))
     assert entry["status"]["status_str"] == "success"
