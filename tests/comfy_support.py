@@ -101,6 +101,18 @@ def tiny_sdxl_patcher(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(build_sdxl_model(TINY_SDXL_UNET, seed=seed), load_device=cpu, offload_device=cpu)
 
 
+TINY_CHECKPOINT_MARK = "tiny-sdxl"
+
+
+def write_tiny_checkpoint(path) -> None:
+    """A small safetensors file that the test pack's CheckpointLoaderSimple loads as the tiny
+    SDXL model (tests/fixture_nodes): the shipped workflows run unchanged in the frontend."""
+    import torch
+    from safetensors.torch import save_file
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": TINY_CHECKPOINT_MARK})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -79,3 +79,12 @@ def comfy_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(comfy_server, tmp_path_factory):
+    """The example workflows' models in the server's folders: generated face models, the tiny
+    CLIP vision file and two tiny hypernets trained here on synthetic collections."""
+    import demo_assets
+    return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
+                                      with_global=True)

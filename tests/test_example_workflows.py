@@ -17,12 +17,6 @@ TEST_IMAGE_SIZE = 256  # the shipped 1024 px run in `make demo`; here the graph 
 
 
 @pytest.fixture(scope="session")
-def installed(comfy_server, tmp_path_factory):
-    return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
-                                      with_global=True)
-
-
-@pytest.fixture(scope="session")
 def object_info(comfy_server, installed):
     return comfy_server.get("/object_info")
 

@@ -4,7 +4,7 @@ can exist on the test machines. Linked into the test server's custom_nodes folde
 
 For the browser test, which runs the shipped workflows unchanged through the real frontend,
 the stock CheckpointLoaderSimple gives the same tiny model for a checkpoint file that is a
-marked stand-in (`write_tiny_checkpoint`, safetensors metadata `lora_hypernet_test`); every
+marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`); every
 other file loads as usual.
 
 It also teaches the stock CLIPVisionLoader the tiny CLIP ViT of tests/global_support.py:
@@ -38,21 +38,12 @@ comfy.clip_vision.load_clipvision_from_sd = _load_clipvision_from_sd
 
 import comfy.sd  # noqa: E402
 
-TINY_CHECKPOINT_MARK = "tiny-sdxl"
-
-
-def write_tiny_checkpoint(path) -> None:
-    """A small safetensors file that CheckpointLoaderSimple loads as the tiny SDXL model here."""
-    from safetensors.torch import save_file
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": TINY_CHECKPOINT_MARK})
-
 
 def _is_tiny_checkpoint(path) -> bool:
     from safetensors import safe_open
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("lora_hypernet_test") == TINY_CHECKPOINT_MARK
+            return (f.metadata() or {}).get("lora_hypernet_test") == comfy_support.TINY_CHECKPOINT_MARK
     except Exception:
         return False
 
