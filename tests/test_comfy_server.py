@@ -45,3 +45,16 @@ def test_every_custom_socket_type_carries_the_pack_prefix(comfy_server, pack):
                 assert makers <= set(ours_ids := pack.nodes.node_ids()), (kind, makers - set(ours_ids))
     # ComfyUI's own nodes are there too: the server is a real, complete ComfyUI.
     assert {"KSampler", "CheckpointLoaderSimple", "LoraLoader", "SaveImage"} <= info.keys()
+
+
+def test_tooltips_and_descriptions_reach_the_frontend(comfy_server, pack):
+    info = comfy_server.get("/object_info")
+    for key in pack.nodes.node_ids():
+        node = info[key]
+        assert node["description"], f"{key} has no description"
+        specs = {**node["input"]["required"], **node["input"].get("optional", {})}
+        for name, spec in specs.items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"{key}.{name} has no tooltip"
+        assert all(node["output_tooltips"]), f"{key} has an output without a tooltip"
+    assert info["LoraHypernetSaveLoRA"]["output_node"] is True
+    assert info["LoraHypernetSample"]["input"]["required"]["seed"][1]["control_after_generate"] is True
