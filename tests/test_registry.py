@@ -4,12 +4,16 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from comfy_support import REPO
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: comfy-cli brings tomlkit
+    import tomlkit as tomllib
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
