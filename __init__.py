@@ -1,4 +1,4 @@
-"""ComfyUI entry point of the LoRA hypernet pack: registration only, nothing heavy at import."""
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+"""ComfyUI entry point of the LoRA hypernet pack (V3 schema): registration only, nothing heavy at import."""
+from .nodes import comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["comfy_entrypoint"]

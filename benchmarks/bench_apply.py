@@ -68,7 +68,7 @@ def _paths(lora, base, lora_name: str):
     def ours(cold: bool):
         if cold:
             glue._unet_shapes.clear()
-        return lora_nodes.ApplyLoRA().apply(base, lora, 1.0)[0]
+        return lora_nodes.ApplyLoRA.execute(base, lora, 1.0)[0]
 
     def stock(cold: bool):
         node = comfy_nodes.LoraLoaderModelOnly() if cold else stock_node

@@ -62,12 +62,12 @@ def load_networks(work: Path, layout: str, rss: dict[str, float]):
     gc.collect()
     rss["start"] = rss_mib()
     analyzer, image = bench_personalize.face_setup(work)
-    face_value, _ = _bench.pack_module("nodes.face_nodes").FaceEmbed().embed(analyzer, image, False)
+    face_value, _ = _bench.pack_module("nodes.face_nodes").FaceEmbed.execute(analyzer, image, False)
     rss["after face"] = rss_mib()
     name = bench_personalize.save_random_hypernet(work, layout, face_value.model_name)
     gc.collect()
     rss["before load"] = rss_mib()
-    hypernet, _ = _bench.pack_module("nodes.hypernet_nodes").LoadHypernet().load(name)
+    hypernet, _ = _bench.pack_module("nodes.hypernet_nodes").LoadHypernet.execute(name)
     rss["loaded"] = rss_mib()
     return analyzer, face_value, hypernet
 
@@ -81,8 +81,8 @@ def sample_and_decode(hypernet, face_value, args: argparse.Namespace) -> tuple[S
         outputs = None  # ComfyUI replaces a node's cached output when it runs again
         gc.collect()
         with PeakRss() as memory:
-            (latent,) = hypernet_nodes.SampleLoRA().sample(hypernet, face_value, run, args.steps, args.guidance, 0.0)
-            (lora,) = hypernet_nodes.DecodeLoRA().decode(hypernet, latent)
+            (latent,) = hypernet_nodes.SampleLoRA.execute(hypernet, face_value, run, args.steps, args.guidance, 0.0)
+            (lora,) = hypernet_nodes.DecodeLoRA.execute(hypernet, latent)
         outputs = (latent, lora)
         del latent, lora
         if run > 0:

@@ -65,14 +65,14 @@ def personalize_once(hypernet, face_value, base, run: int, steps_list: list[int]
     seconds, latent = {}, None
     for steps in steps_list:
         with Timer() as t:
-            (value,) = hypernet_nodes.SampleLoRA().sample(hypernet, face_value, run, steps, guidance, 0.0)
+            (value,) = hypernet_nodes.SampleLoRA.execute(hypernet, face_value, run, steps, guidance, 0.0)
         seconds[f"sample {steps}"] = t.seconds
         if steps == sample_steps:
             latent = value
     with Timer() as decode:
-        (lora,) = hypernet_nodes.DecodeLoRA().decode(hypernet, latent)
+        (lora,) = hypernet_nodes.DecodeLoRA.execute(hypernet, latent)
     with Timer() as apply:
-        patched, _ = _bench.pack_module("nodes.lora_nodes").ApplyLoRA().apply(base, lora, 1.0)
+        patched, _ = _bench.pack_module("nodes.lora_nodes").ApplyLoRA.execute(base, lora, 1.0)
     seconds.update({"decode": decode.seconds, "apply": apply.seconds})
     seconds["to MODEL"] = seconds[f"sample {sample_steps}"] + decode.seconds + apply.seconds
     return seconds
@@ -82,7 +82,7 @@ def measure_layout(work: Path, layout_name: str, face_value, steps_list: list[in
                    guidance: float) -> dict[str, Stats]:
     name = save_random_hypernet(work, layout_name, face_value.model_name)
     with Timer() as load:
-        hypernet, _ = _bench.pack_module("nodes.hypernet_nodes").LoadHypernet().load(name)
+        hypernet, _ = _bench.pack_module("nodes.hypernet_nodes").LoadHypernet.execute(name)
     base = _bench.base_model(LAYOUTS[layout_name][1])
     sample_steps = TARGET_STEPS if TARGET_STEPS in steps_list else steps_list[0]
     times: dict[str, list[float]] = {}
@@ -109,12 +109,12 @@ def parse_args() -> argparse.Namespace:
 
 def measure(args: argparse.Namespace) -> tuple[Stats, dict[str, dict[str, Stats]]]:
     """Face Embed's time, then every stage per layout on that face."""
-    embed = _bench.pack_module("nodes.face_nodes").FaceEmbed()
+    embed = _bench.pack_module("nodes.face_nodes").FaceEmbed
     with tempfile.TemporaryDirectory(prefix="bench_personalize_") as tmp:
         work = Path(tmp)
         analyzer, image = face_setup(work)
-        face = _bench.repeat(lambda: embed.embed(analyzer, image, False), args.runs)
-        face_value, _ = embed.embed(analyzer, image, False)
+        face = _bench.repeat(lambda: embed.execute(analyzer, image, False), args.runs)
+        face_value, _ = embed.execute(analyzer, image, False)
         results = {name: measure_layout(work, name, face_value, args.steps, args.runs, args.guidance)
                    for name in args.layouts}
     return face, results

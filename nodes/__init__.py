@@ -1,11 +1,21 @@
-"""The pack's nodes, one module per stage; each module lists its classes in NODES."""
+"""The pack's nodes (ComfyUI V3 schema), one module per stage; each module lists its classes in NODES."""
 from . import face_nodes, global_nodes, hypernet_nodes, lora_nodes
+from .comfy_glue import ComfyExtension, io
 
 hypernet_nodes.register_model_folder()
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (face_nodes, global_nodes, hypernet_nodes, lora_nodes):
-    for _key, (_cls, _display) in _module.NODES.items():
-        NODE_CLASS_MAPPINGS[_key] = _cls
-        NODE_DISPLAY_NAME_MAPPINGS[_key] = _display
+NODES: list[type[io.ComfyNode]] = [*face_nodes.NODES, *global_nodes.NODES, *hypernet_nodes.NODES, *lora_nodes.NODES]
+
+
+class LoraHypernetExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> LoraHypernetExtension:
+    return LoraHypernetExtension()
+
+
+def node_ids() -> dict[str, type[io.ComfyNode]]:
+    """{node id: class}, as ComfyUI registers them (for tests and scripts)."""
+    return {cls.GET_SCHEMA().node_id: cls for cls in NODES}

@@ -1,4 +1,5 @@
-"""What the nodes need from ComfyUI, in one place: key maps, shapes, progress, cancel, CLIP vision."""
+"""What the nodes need from ComfyUI, in one place: the V3 node API, our socket types, key maps,
+shapes, progress, cancel, CLIP vision."""
 from __future__ import annotations
 
 import weakref
@@ -7,6 +8,31 @@ import comfy.lora
 import comfy.model_management
 import comfy.utils
 import torch
+# A versioned V3 API module, not `latest` (which moves): v0_0_2 ships in every ComfyUI we
+# support (0.3.75 through 0.33.0) and re-exports the same `io`, `ui` and `ComfyExtension`.
+from comfy_api.v0_0_2 import ComfyExtension, io, ui  # noqa: F401
+
+from . import values
+
+# Socket types (prefixed: see values.py), categories and display names of this pack.
+FaceAnalyzerType = io.Custom(values.FACE_ANALYZER)
+FaceEmbeddingType = io.Custom(values.FACE_EMBEDDING)
+GlobalFeaturesType = io.Custom(values.GLOBAL_FEATURES)
+HypernetType = io.Custom(values.HYPERNET)
+LoraLatentType = io.Custom(values.LORA_LATENT)
+LoraType = io.Custom(values.LORA)
+
+PACK = "LoRA Hypernet"
+CATEGORY_FACE = f"{PACK}/face"
+CATEGORY_GLOBAL = f"{PACK}/global features"
+CATEGORY_HYPERNET = f"{PACK}/hypernet"
+CATEGORY_LORA = f"{PACK}/lora"
+
+
+def display_name(name: str) -> str:
+    """Every display name starts with the pack's name, so a search for it finds all our nodes
+    and none collides with another pack's "Apply LoRA"."""
+    return f"{PACK}: {name}"
 
 
 # Per base model (every clone of a MODEL shares it): building the map walks the whole UNet
@@ -55,8 +81,11 @@ def clip_vision_spec(clip_vision) -> tuple[dict, torch.Tensor]:
     model = getattr(clip_vision, "model", None)
     vision = getattr(model, "vision_model", None)
     projection = getattr(model, "visual_projection", None)
+    # Without a projection (SigLIP-style configs) ComfyUI 0.3.75 sets a lambda there and 0.33
+    # a torch.nn.Identity(): neither has a weight matrix.
+    weight = getattr(projection, "weight", None)
     if (vision is None or getattr(vision.embeddings, "class_embedding", None) is None
-            or not isinstance(projection, torch.nn.Module)):
+            or not isinstance(projection, torch.nn.Module) or not isinstance(weight, torch.Tensor) or weight.ndim != 2):
         raise HypernetError("Encode Global Image Features needs a CLIP ViT image encoder with a projection (such as "
                             "CLIP-ViT-H-14 in models/clip_vision); SigLIP and DINOv2 models give other features.")
     layer = vision.encoder.layers[0]

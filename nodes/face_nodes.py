@@ -8,10 +8,8 @@ import numpy as np
 import torch
 
 from ..hypernet.errors import HypernetError
-from .comfy_glue import progress_callback
-from .values import FaceEmbeddingValue
-
-CATEGORY = "LoRA Synthesis"
+from .comfy_glue import CATEGORY_FACE, FaceAnalyzerType, FaceEmbeddingType, display_name, io, progress_callback
+from .values import FACE_ANALYZER, FACE_EMBEDDING, FaceEmbeddingValue, expect
 PROVIDERS = ["CPU", "CUDA", "ROCm", "CoreML"]
 DEFAULT_FACE_MODEL = "antelopev2"
 
@@ -46,43 +44,62 @@ def images_to_uint8(image: torch.Tensor) -> list[np.ndarray]:
     return list(arrays)
 
 
-class LoadFaceAnalyzer:
+class LoadFaceAnalyzer(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (face_model_names(), {"tooltip": "insightface model folder in models/insightface/models/ (antelopev2 or buffalo_l). "
-                                                            "Use the one the hypernet was trained with."}),
-            "provider": (PROVIDERS, {"default": "CPU", "tooltip": "onnxruntime device; falls back to CPU with a warning when not available."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetLoadFaceAnalyzer",
+            display_name=display_name("Load Face Analyzer (insightface)"),
+            category=CATEGORY_FACE,
+            description="Loads an insightface face model folder (never downloads).",
+            inputs=[
+                io.Combo.Input("model_name", options=face_model_names(),
+                               tooltip="insightface model folder in models/insightface/models/ (antelopev2 or "
+                                       "buffalo_l). Use the one the hypernet was trained with."),
+                io.Combo.Input("provider", options=PROVIDERS, default="CPU",
+                               tooltip="onnxruntime device; falls back to CPU with a warning when not available."),
+            ],
+            outputs=[FaceAnalyzerType.Output("face_analyzer", display_name="face_analyzer",
+                                             tooltip="Face detector and ArcFace recogniser, for Face Embed.")],
+        )
 
-    RETURN_TYPES = ("FACE_ANALYZER",)
-    OUTPUT_TOOLTIPS = ("Face detector and ArcFace recogniser, for Face Embed.",)
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads an insightface face model folder (never downloads)."
-
-    def load(self, model_name: str, provider: str):
+    @classmethod
+    def execute(cls, model_name: str, provider: str) -> io.NodeOutput:
         from ..hypernet.encoders.face import load_face_analyzer
-        return (load_face_analyzer(face_model_dir(model_name), providers=(provider,)),)
+        return io.NodeOutput(load_face_analyzer(face_model_dir(model_name), providers=(provider,)))
 
 
-class FaceEmbed:
+def _face_analyzer(value):
+    from ..hypernet.encoders.face import FaceAnalyzer
+    return expect(value, FaceAnalyzer, FACE_ANALYZER, "Face Embed's face_analyzer input", "Load Face Analyzer")
+
+
+class FaceEmbed(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_analyzer": ("FACE_ANALYZER",),
-            "images": ("IMAGE", {"tooltip": "One or more reference photos of the same person (a batch)."}),
-            "skip_photos_without_face": ("BOOLEAN", {"default": False, "tooltip": "Skip photos where no face is found instead of stopping with an error."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetFaceEmbed",
+            display_name=display_name("Face Embed"),
+            category=CATEGORY_FACE,
+            description="Finds the largest face in each photo and embeds it with ArcFace; several photos average "
+                        "into one identity.",
+            inputs=[
+                FaceAnalyzerType.Input("face_analyzer", tooltip="From Load Face Analyzer."),
+                io.Image.Input("images", tooltip="One or more reference photos of the same person (a batch)."),
+                io.Boolean.Input("skip_photos_without_face", default=False,
+                                 tooltip="Skip photos where no face is found instead of stopping with an error."),
+            ],
+            outputs=[
+                FaceEmbeddingType.Output("face_embedding", display_name="face_embedding",
+                                         tooltip="The identity: mean of the photos' ArcFace embeddings."),
+                io.Image.Output("face_crops", display_name="face_crops",
+                                tooltip="The aligned faces that were used (preview)."),
+            ],
+        )
 
-    RETURN_TYPES = ("FACE_EMBEDDING", "IMAGE")
-    RETURN_NAMES = ("face_embedding", "face_crops")
-    OUTPUT_TOOLTIPS = ("The identity: mean of the photos' ArcFace embeddings.", "The aligned faces that were used (preview).")
-    FUNCTION = "embed"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Finds the largest face in each photo and embeds it with ArcFace; several photos average into one identity."
-
-    def embed(self, face_analyzer, images: torch.Tensor, skip_photos_without_face: bool):
+    @classmethod
+    def execute(cls, face_analyzer, images: torch.Tensor, skip_photos_without_face: bool) -> io.NodeOutput:
+        face_analyzer = _face_analyzer(face_analyzer)
         photos = images_to_uint8(images)
         result = face_analyzer.embed_images(photos, skip_missing=skip_photos_without_face,
                                             on_progress=progress_callback(len(photos)))
@@ -94,36 +111,42 @@ class FaceEmbed:
             used_images=tuple(result.used),
             skipped_images=tuple(result.skipped),
         )
-        return (value, crops)
+        return io.NodeOutput(value, crops)
 
 
-class MixIdentities:
+def face_embedding(value, where: str) -> FaceEmbeddingValue:
+    return expect(value, FaceEmbeddingValue, FACE_EMBEDDING, where, "Face Embed or Mix Identities")
+
+
+class MixIdentities(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "face_a": ("FACE_EMBEDDING",),
-            "face_b": ("FACE_EMBEDDING",),
-            "ratio": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
-                                "tooltip": "0 gives face A, 1 gives face B; in between walks the sphere of identities from A to B."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetMixIdentities",
+            display_name=display_name("Mix Identities"),
+            category=CATEGORY_FACE,
+            description="Blends two people by spherical interpolation of their face embeddings.",
+            inputs=[
+                FaceEmbeddingType.Input("face_a", tooltip="The first person, from Face Embed."),
+                FaceEmbeddingType.Input("face_b", tooltip="The second person, from Face Embed."),
+                io.Float.Input("ratio", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="0 gives face A, 1 gives face B; in between walks the sphere of identities "
+                                       "from A to B."),
+            ],
+            outputs=[FaceEmbeddingType.Output("face_embedding", display_name="face_embedding",
+                                              tooltip="The blended identity, for Sample LoRA.")],
+        )
 
-    RETURN_TYPES = ("FACE_EMBEDDING",)
-    RETURN_NAMES = ("face_embedding",)
-    FUNCTION = "mix"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Blends two people by spherical interpolation of their face embeddings."
-
-    def mix(self, face_a: FaceEmbeddingValue, face_b: FaceEmbeddingValue, ratio: float):
+    @classmethod
+    def execute(cls, face_a: FaceEmbeddingValue, face_b: FaceEmbeddingValue, ratio: float) -> io.NodeOutput:
         from ..hypernet.encoders.face import slerp
+        face_a = face_embedding(face_a, "Mix Identities' face_a input")
+        face_b = face_embedding(face_b, "Mix Identities' face_b input")
         if face_a.model_name != face_b.model_name:
             raise HypernetError(f"Mix Identities needs two embeddings from the same face model, got "
                                 f"'{face_a.model_name}' and '{face_b.model_name}'.")
         mixed = torch.from_numpy(slerp(face_a.embedding.numpy(), face_b.embedding.numpy(), ratio)).float()
-        return (FaceEmbeddingValue(mixed, torch.cat([face_a.per_image, face_b.per_image]), face_a.model_name),)
+        return io.NodeOutput(FaceEmbeddingValue(mixed, torch.cat([face_a.per_image, face_b.per_image]), face_a.model_name))
 
 
-NODES = {
-    "LoraHypernetLoadFaceAnalyzer": (LoadFaceAnalyzer, "Load Face Analyzer (insightface)"),
-    "LoraHypernetFaceEmbed": (FaceEmbed, "Face Embed"),
-    "LoraHypernetMixIdentities": (MixIdentities, "Mix Identities"),
-}
+NODES = [LoadFaceAnalyzer, FaceEmbed, MixIdentities]

@@ -9,10 +9,12 @@ import folder_paths
 
 from ..hypernet.errors import HypernetError
 from ..hypernet.pipeline.sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from .comfy_glue import progress_callback
-from .values import FaceEmbeddingValue, GlobalFeaturesValue, HypernetValue, LoraLatentValue, LoraValue
+from .comfy_glue import (CATEGORY_HYPERNET, FaceEmbeddingType, GlobalFeaturesType, HypernetType, LoraLatentType,
+                         LoraType, display_name, io, progress_callback)
+from .face_nodes import face_embedding as _face_embedding
+from .values import (GLOBAL_FEATURES, HYPERNET, LORA_LATENT, FaceEmbeddingValue, GlobalFeaturesValue, HypernetValue,
+                     LoraLatentValue, LoraValue, expect)
 
-CATEGORY = "LoRA Synthesis"
 FOLDER = "lora_hypernets"
 
 
@@ -29,25 +31,36 @@ def _file_state(path: str) -> str:
     return f"{stat.st_mtime_ns}:{stat.st_size}"
 
 
-class LoadHypernet:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"hypernet_name": (folder_paths.get_filename_list(FOLDER),
-                                               {"tooltip": "A hypernet checkpoint in models/lora_hypernets/."})}}
+def _hypernet(value, where: str) -> HypernetValue:
+    return expect(value, HypernetValue, HYPERNET, where, "Load Hypernet")
 
-    RETURN_TYPES = ("HYPERNET", "STRING")
-    RETURN_NAMES = ("hypernet", "info")
-    OUTPUT_TOOLTIPS = ("The hypernetwork, for Sample LoRA and Decode LoRA.", "What it was trained for: base model, layout, face model.")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Loads a LoRA hypernetwork checkpoint (.safetensors only; nothing is unpickled)."
+
+class LoadHypernet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetLoad",
+            display_name=display_name("Load Hypernet"),
+            category=CATEGORY_HYPERNET,
+            description="Loads a LoRA hypernetwork checkpoint (.safetensors only; nothing is unpickled).",
+            inputs=[io.Combo.Input("hypernet_name", options=folder_paths.get_filename_list(FOLDER),
+                                   tooltip="A hypernet checkpoint in models/lora_hypernets/.")],
+            outputs=[
+                HypernetType.Output("hypernet", display_name="hypernet",
+                                    tooltip="The hypernetwork, for Sample LoRA and Decode LoRA."),
+                io.String.Output("info", display_name="info",
+                                 tooltip="What it was trained for: base model, layout, face model."),
+            ],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, hypernet_name):
+    def fingerprint_inputs(cls, hypernet_name):
+        """A file replaced under the same name loads again (ComfyUI's IS_CHANGED)."""
         path = folder_paths.get_full_path(FOLDER, hypernet_name)
         return _file_state(path) if path else hypernet_name
 
-    def load(self, hypernet_name: str):
+    @classmethod
+    def execute(cls, hypernet_name: str) -> io.NodeOutput:
         from ..hypernet.common.files import sha256_file
         from ..hypernet.model.checkpoint import load_hypernet
         path = folder_paths.get_full_path(FOLDER, hypernet_name)
@@ -58,40 +71,52 @@ class LoadHypernet:
         # A ModelPatcher lets ComfyUI move it to its device when needed and free it like its own models.
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                                    offload_device=comfy.model_management.unet_offload_device())
-        return (HypernetValue(patcher, hypernet_name, sha256_file(path)), model.describe())
+        return io.NodeOutput(HypernetValue(patcher, hypernet_name, sha256_file(path)), model.describe())
 
 
-class SampleLoRA:
+class SampleLoRA(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "hypernet": ("HYPERNET",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Same seed, same inputs: the same LoRA, bit for bit, on the same device type."}),
-            "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000, "tooltip": "DDIM steps of the prior; 25 is plenty."}),
-            "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 10.0, "step": 0.05,
-                                   "tooltip": "Identity strength: 1 samples the conditional prior, higher follows the face more (3-6 measured best), 0 ignores it."}),
-            "eta": ("FLOAT", {"default": DEFAULT_ETA, "min": 0.0, "max": 1.0, "step": 0.01,
-                              "tooltip": "0 is deterministic DDIM; higher adds fresh noise per step (more variety)."}),
-        }, "optional": {
-            # Optional links, not widgets: saved face-only workflows keep their widget order.
-            "face_embedding": ("FACE_EMBEDDING", {"tooltip": "From Face Embed; needed unless the hypernet reads only "
-                                                             "global image features (Load Hypernet's info says which)."}),
-            "global_features": ("GLOBAL_FEATURES", {"tooltip": "From Encode Global Image Features; needed when the "
-                                                               "hypernet is conditioned on global image features."}),
-        }}
-
-    RETURN_TYPES = ("LORA_LATENT",)
-    FUNCTION = "sample"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Samples LoRA weights (as a latent) for this face from the diffusion hypernetwork."
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetSample",
+            display_name=display_name("Sample LoRA"),
+            category=CATEGORY_HYPERNET,
+            description="Samples LoRA weights (as a latent) for this face from the diffusion hypernetwork.",
+            inputs=[
+                HypernetType.Input("hypernet", tooltip="From Load Hypernet."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Same seed, same inputs: the same LoRA, bit for bit, on the same device type."),
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000, tooltip="DDIM steps of the prior; 25 is plenty."),
+                io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=10.0, step=0.05,
+                               tooltip="Identity strength: 1 samples the conditional prior, higher follows the face "
+                                       "more (3-6 measured best), 0 ignores it."),
+                io.Float.Input("eta", default=DEFAULT_ETA, min=0.0, max=1.0, step=0.01,
+                               tooltip="0 is deterministic DDIM; higher adds fresh noise per step (more variety)."),
+                # Optional links, not widgets: saved face-only workflows keep their widget order.
+                FaceEmbeddingType.Input("face_embedding", optional=True,
+                                        tooltip="From Face Embed; needed unless the hypernet reads only global image "
+                                                "features (Load Hypernet's info says which)."),
+                GlobalFeaturesType.Input("global_features", optional=True,
+                                         tooltip="From Encode Global Image Features; needed when the hypernet is "
+                                                 "conditioned on global image features."),
+            ],
+            outputs=[LoraLatentType.Output("lora_latent", display_name="lora_latent",
+                                           tooltip="The sampled LoRA as a latent of the hypernet, for Decode LoRA.")],
+        )
 
     # face_embedding keeps its place (it was required before global features existed), so
     # positional callers still work; ComfyUI passes everything by name.
-    def sample(self, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
-               steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, eta: float = DEFAULT_ETA,
-               global_features: GlobalFeaturesValue | None = None):
+    @classmethod
+    def execute(cls, hypernet: HypernetValue, face_embedding: FaceEmbeddingValue | None = None, seed: int = 0,
+                steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, eta: float = DEFAULT_ETA,
+                global_features: GlobalFeaturesValue | None = None) -> io.NodeOutput:
         from ..hypernet.pipeline.sampling import sample_latents
+        hypernet = _hypernet(hypernet, "Sample LoRA's hypernet input")
+        if face_embedding is not None:
+            face_embedding = _face_embedding(face_embedding, "Sample LoRA's face_embedding input")
+        if global_features is not None:
+            global_features = expect(global_features, GlobalFeaturesValue, GLOBAL_FEATURES,
+                                     "Sample LoRA's global_features input", "Encode Global Image Features")
         model = hypernet.hypernet
         _check_condition_inputs(hypernet, face_embedding, global_features)
         comfy.model_management.load_models_gpu([hypernet.patcher])
@@ -102,8 +127,8 @@ class SampleLoRA:
         # Provenance names what made the condition; face-only keeps its face model name alone.
         made_by = [v for v in (face_embedding and face_embedding.model_name,
                                global_features and global_features.encoder["name"]) if v]
-        return (LoraLatentValue(latent.cpu(), seed, steps, guidance, eta, hypernet.name, hypernet.sha256,
-                                " + ".join(made_by)),)
+        return io.NodeOutput(LoraLatentValue(latent.cpu(), seed, steps, guidance, eta, hypernet.name, hypernet.sha256,
+                                             " + ".join(made_by)))
 
 
 def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | None,
@@ -134,21 +159,27 @@ def _check_condition_inputs(hypernet: HypernetValue, face: FaceEmbeddingValue | 
         check_encoder(encoder, actual)
 
 
-class DecodeLoRA:
+class DecodeLoRA(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"hypernet": ("HYPERNET",), "lora_latent": ("LORA_LATENT",)}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetDecode",
+            display_name=display_name("Decode LoRA"),
+            category=CATEGORY_HYPERNET,
+            description="Decodes a sampled latent into LoRA weights (kohya format).",
+            inputs=[
+                HypernetType.Input("hypernet", tooltip="The same Load Hypernet that Sample LoRA used."),
+                LoraLatentType.Input("lora_latent", tooltip="From Sample LoRA."),
+            ],
+            outputs=[LoraType.Output("lora", display_name="lora", tooltip="A ready LoRA, for Apply LoRA and Save LoRA.")],
+        )
 
-    RETURN_TYPES = ("LORA",)
-    OUTPUT_TOOLTIPS = ("A ready LoRA, for Apply LoRA and Save LoRA.",)
-    FUNCTION = "decode"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Decodes a sampled latent into LoRA weights (kohya format)."
-
-    def decode(self, hypernet: HypernetValue, lora_latent: LoraLatentValue):
+    @classmethod
+    def execute(cls, hypernet: HypernetValue, lora_latent: LoraLatentValue) -> io.NodeOutput:
         from ..hypernet.lora.lora_io import lora_metadata, lora_to_state_dict
-        from ..hypernet.pipeline.sampling import decode_lora
-        from ..hypernet.pipeline.sampling import provenance
+        from ..hypernet.pipeline.sampling import decode_lora, provenance
+        hypernet = _hypernet(hypernet, "Decode LoRA's hypernet input")
+        lora_latent = expect(lora_latent, LoraLatentValue, LORA_LATENT, "Decode LoRA's lora_latent input", "Sample LoRA")
         if lora_latent.hypernet_sha256 != hypernet.sha256:
             raise HypernetError(f"This latent was sampled with hypernet '{lora_latent.hypernet_name}', not "
                                 f"'{hypernet.name}': connect the same Load Hypernet to Sample LoRA and Decode LoRA.")
@@ -159,11 +190,7 @@ class DecodeLoRA:
             hypernet.name, hypernet.sha256, lora_latent.seed, lora_latent.steps, lora_latent.guidance, lora_latent.eta,
             lora_latent.embedding_model))
         state = {k: v.detach().cpu().contiguous() for k, v in lora_to_state_dict(weights).items()}
-        return (LoraValue(state, model.layout, metadata),)
+        return io.NodeOutput(LoraValue(state, model.layout, metadata))
 
 
-NODES = {
-    "LoraHypernetLoad": (LoadHypernet, "Load Hypernet"),
-    "LoraHypernetSample": (SampleLoRA, "Sample LoRA"),
-    "LoraHypernetDecode": (DecodeLoRA, "Decode LoRA"),
-}
+NODES = [LoadHypernet, SampleLoRA, DecodeLoRA]

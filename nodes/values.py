@@ -1,5 +1,9 @@
-"""The values our custom types carry between nodes (FACE_EMBEDDING, GLOBAL_FEATURES, HYPERNET,
-LORA_LATENT, LORA).
+"""The values our custom socket types carry between nodes, and the type names.
+
+Every type name carries the pack's prefix (LORA_HYPERNET_...): a plain `LORA`, `HYPERNET` or
+`FACE_EMBEDDING` is also another pack's type, and ComfyUI's editor lets a user wire any two
+sockets with the same type name together. A value of another kind that arrives anyway (an old
+workflow, a pack using the same name) gets a message from `expect`, not an AttributeError.
 
 Plain frozen records: no math here. Each says where it came from, so that a saved LoRA's
 metadata and error messages can name the face model, the hypernet file and the seed.
@@ -11,7 +15,16 @@ from typing import Any
 
 import torch
 
+from ..hypernet.errors import HypernetError
 from ..hypernet.lora.layout import Layout
+
+PREFIX = "LORA_HYPERNET_"
+FACE_ANALYZER = PREFIX + "FACE_ANALYZER"
+FACE_EMBEDDING = PREFIX + "FACE_EMBEDDING"
+GLOBAL_FEATURES = PREFIX + "GLOBAL_FEATURES"
+HYPERNET = PREFIX + "MODEL"
+LORA_LATENT = PREFIX + "LORA_LATENT"
+LORA = PREFIX + "LORA"
 
 
 @dataclass(frozen=True)
@@ -71,3 +84,20 @@ class LoraValue:
     state_dict: dict[str, torch.Tensor]
     layout: Layout
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "nothing"
+    kind = type(value)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"a {name}"
+
+
+def expect(value, kind: type, type_name: str, where: str, source: str):
+    """`value` when it is a `kind`; otherwise a HypernetError that says what arrived and what
+    to connect, e.g. when another pack's plain dict reaches a socket of ours."""
+    if isinstance(value, kind):
+        return value
+    raise HypernetError(f"{where} got {_describe(value)}, not this pack's {type_name}: connect the output of "
+                        f"{source} (LoRA Hypernet) there. Another pack's value of a similar name does not fit.")

@@ -1,8 +1,9 @@
-"""Writes example_workflows/*.json (ComfyUI UI format) and their .jpg thumbnails.
+"""Writes example_workflows/*.json (ComfyUI UI format).
 
 The node definitions come from a real ComfyUI's /object_info (started headless through the
 test harness), so sockets, widget order and types are exactly what the frontend expects.
-Run after changing a node's inputs: `.venv/bin/python scripts/build_example_workflows.py`.
+Run after changing a node's inputs: `.venv/bin/python scripts/build_example_workflows.py`,
+then `make thumbnails` for their .jpg thumbnails (screenshots from the real frontend).
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-
-from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -72,7 +71,7 @@ def sdxl_tail(g: Graph, lora_node: dict, x: int) -> dict:
     apply = g.add("LoraHypernetApplyLoRA", (x, 0), [1.0, 1.0])
     ckpt = g.add("CheckpointLoaderSimple", (x, 170), [CHECKPOINT], size=(320, 100))
     g.link(ckpt, "MODEL", apply, "model")
-    g.link(lora_node, "LORA", apply, "lora")
+    g.link(lora_node, "lora", apply, "lora")
     pos = g.add("CLIPTextEncode", (x, 310), [POSITIVE], title="Positive", size=(320, 160))
     neg = g.add("CLIPTextEncode", (x, 510), [NEGATIVE], title="Negative", size=(320, 120))
     g.link(ckpt, "CLIP", pos, "clip")
@@ -94,7 +93,7 @@ def sdxl_tail(g: Graph, lora_node: dict, x: int) -> dict:
 def face_branch(g: Graph, photo: str, y: int, analyzer: dict) -> dict:
     image = g.add("LoadImage", (0, y), [photo, "image"], size=(320, 320))
     embed = g.add("LoraHypernetFaceEmbed", (380, y), [False], size=(320, 100))
-    g.link(analyzer, "FACE_ANALYZER", embed, "face_analyzer")
+    g.link(analyzer, "face_analyzer", embed, "face_analyzer")
     g.link(image, "IMAGE", embed, "images")
     preview = g.add("PreviewImage", (380, y + 140), [], title="Face used", size=(220, 220))
     g.link(embed, "face_crops", preview, "images")
@@ -110,7 +109,7 @@ def sample_and_decode(g: Graph, face: dict, x: int, global_features: dict | None
         g.link(global_features, "global_features", sample, "global_features")
     decode = g.add("LoraHypernetDecode", (x, 360), [], size=(320, 70))
     g.link(hyper, "hypernet", decode, "hypernet")
-    g.link(sample, "LORA_LATENT", decode, "lora_latent")
+    g.link(sample, "lora_latent", decode, "lora_latent")
     return decode
 
 
@@ -122,7 +121,7 @@ def portrait(info: dict, save_lora: bool) -> Graph:
     sdxl_tail(g, decode, 1140)
     if save_lora:
         saver = g.add("LoraHypernetSaveLoRA", (760, 470), ["hypernet/astronaut", "loras"], size=(320, 100))
-        g.link(decode, "LORA", saver, "lora")
+        g.link(decode, "lora", saver, "lora")
     return g
 
 
@@ -154,41 +153,6 @@ def face_and_global(info: dict) -> Graph:
     return g
 
 
-def thumbnail(workflow: dict, info: dict, path: Path, width: int = 768) -> None:
-    """A drawing of the graph itself: nodes as boxes with titles, links as lines."""
-    nodes = workflow["nodes"]
-    x0 = min(n["pos"][0] for n in nodes) - 40
-    y0 = min(n["pos"][1] for n in nodes) - 40
-    x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + 40
-    y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + 40
-    scale = width / (x1 - x0)
-    img = Image.new("RGB", (width, int((y1 - y0) * scale)), (32, 32, 36))
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=max(10, int(22 * scale)))
-    at = lambda x, y: ((x - x0) * scale, (y - y0) * scale)  # noqa: E731
-    by_id = {n["id"]: n for n in nodes}
-    colours = {"MODEL": (180, 160, 255), "CLIP": (255, 220, 100), "VAE": (255, 100, 100), "IMAGE": (100, 200, 255),
-               "LORA": (120, 230, 140), "FACE_EMBEDDING": (255, 150, 60), "CLIP_VISION": (170, 220, 200),
-               "GLOBAL_FEATURES": (240, 120, 200)}
-    for _, src, _, dst, _, typ in workflow["links"]:
-        a, b = by_id[src], by_id[dst]
-        start = at(a["pos"][0] + a["size"][0], a["pos"][1] + 30)
-        end = at(b["pos"][0], b["pos"][1] + 30)
-        draw.line([start, end], fill=colours.get(typ, (160, 160, 160)), width=max(1, int(4 * scale)))
-    for n in nodes:
-        ours = n["type"].startswith("LoraHypernet")
-        box = [at(*n["pos"]), at(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])]
-        draw.rounded_rectangle(box, radius=int(10 * scale), fill=(62, 52, 92) if ours else (53, 53, 58),
-                               outline=(140, 120, 220) if ours else (90, 90, 96), width=max(1, int(3 * scale)))
-        title = n.get("title") or info[n["type"]]["display_name"]
-        draw.text((box[0][0] + 8 * scale, box[0][1] + 6 * scale), title, fill=(235, 235, 235), font=font)
-        if n["type"] == "LoadImage":  # show the reference photo, as the frontend does
-            side = int(min(box[1][0] - box[0][0], box[1][1] - box[0][1] - 40 * scale) - 8 * scale)
-            photo = Image.open(OUT / n["widgets_values"][0]).convert("RGB").resize((side, side))
-            img.paste(photo, (int(box[0][0] + 4 * scale), int(box[0][1] + 36 * scale)))
-    img.save(path, quality=88)
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
         info = server.get("/object_info")
@@ -201,8 +165,8 @@ def main() -> int:
     for name, graph in graphs.items():
         workflow = graph.to_json()
         (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=2) + "\n")
-        thumbnail(workflow, info, OUT / f"{name}.jpg")
-        print(f"wrote example_workflows/{name}.json and .jpg ({len(workflow['nodes'])} nodes)")
+        print(f"wrote example_workflows/{name}.json ({len(workflow['nodes'])} nodes)")
+    print("now `make thumbnails` for their thumbnails")
     return 0
 
 

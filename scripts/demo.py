@@ -65,12 +65,12 @@ def main() -> int:
             print(server.log()[-4000:])
             print(f"the workflow failed: {entry['status']}")
             return 1
-    print(f"\n{'stage':<38}{'node':>6}{'seconds':>10}")
+    print(f"\n{'stage':<50}{'node':>6}{'seconds':>10}")
     for node_id, seconds in timings:
         node = prompt[node_id]["class_type"]
         title = info[node]["display_name"] if node in info else node
-        print(f"{title:<38}{node_id:>6}{seconds:>10.3f}")
-    print(f"{'whole workflow':<44}{total:>10.3f}")
+        print(f"{title:<50}{node_id:>6}{seconds:>10.3f}")
+    print(f"{'whole workflow':<56}{total:>10.3f}")
     images = [base / "output" / i["subfolder"] / i["filename"] for o in entry["outputs"].values() for i in o.get("images", [])
               if i["type"] == "output"]
     loras = sorted((base / "models" / "loras").rglob("*.safetensors"))

@@ -19,7 +19,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COMFYUI_PATH = Path(os.environ.get("COMFYUI_PATH") or REPO / ".comfyui" / "ComfyUI").resolve()
+# A relative COMFYUI_PATH is taken from the repository root (where `make` runs), also in the
+# server process, whose working directory is the ComfyUI folder.
+COMFYUI_PATH = (REPO / (os.environ.get("COMFYUI_PATH") or ".comfyui/ComfyUI")).resolve()
 PACK_DIRNAME = "comfyui-lora-hypernet"
 FIXTURE_DIRNAME = "lora_hypernet_test_fixtures"
 
@@ -37,6 +39,18 @@ REAL_SDXL_UNET = dict(
     TINY_SDXL_UNET, model_channels=320, transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
     transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
 )
+
+
+def comfyui_version() -> str:
+    """The version of the ComfyUI under test, from its comfyui_version.py."""
+    try:
+        text = (COMFYUI_PATH / "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("'\"")
+    return "unknown"
 
 
 def prepare_comfy() -> None:
@@ -100,6 +114,18 @@ def import_pack():
     sys.modules[PACK_DIRNAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+TINY_CHECKPOINT_MARK = "tiny-sdxl"
+
+
+def write_tiny_checkpoint(path) -> None:
+    """A small safetensors file that the test pack's CheckpointLoaderSimple loads as the tiny
+    SDXL model (tests/fixture_nodes): the shipped workflows run unchanged in the frontend."""
+    import torch
+    from safetensors.torch import save_file
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": TINY_CHECKPOINT_MARK})
 
 
 def free_port() -> int:

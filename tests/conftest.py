@@ -9,6 +9,21 @@ from comfy_support import REAL_SDXL_UNET, ComfyServer, build_sdxl_model, import_
 # Before any test module imports hypernet or the pack: ComfyUI's `nodes` must shadow ours.
 comfy_support.prepare_comfy()
 
+# Fixtures that bring up ComfyUI's code (in-process or as a server). A test that uses one,
+# directly or through another fixture, is marked `comfy`: `make test` runs those on every
+# ComfyUI it tests (pytest -m comfy), and the rest (the pure hypernet library) once.
+COMFY_FIXTURES = {"comfy", "comfy_server", "pack", "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if COMFY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.comfy)
+
+
+def pytest_report_header(config):
+    return f"ComfyUI {comfy_support.comfyui_version()} at {comfy_support.COMFYUI_PATH}"
+
 
 @pytest.fixture(scope="session")
 def comfy():
@@ -52,3 +67,12 @@ def comfy_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(comfy_server, tmp_path_factory):
+    """The example workflows' models in the server's folders: generated face models, the tiny
+    CLIP vision file and two tiny hypernets trained here on synthetic collections."""
+    import demo_assets
+    return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
+                                      with_global=True)

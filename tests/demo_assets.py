@@ -114,6 +114,19 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
     return installed
 
 
+CHECKPOINT_FILE = "sd_xl_base_1.0.safetensors"  # the name the example workflows use
+
+
+def install_tiny_checkpoint(base: Path) -> Path:
+    """A marked stand-in under the workflows' checkpoint name, which the test pack's patched
+    CheckpointLoaderSimple loads as the tiny SDXL-architecture model (tests/fixture_nodes),
+    so the shipped workflows run unchanged, e.g. from the frontend."""
+    from comfy_support import write_tiny_checkpoint
+    path = base / "models" / "checkpoints" / CHECKPOINT_FILE
+    write_tiny_checkpoint(path)
+    return path
+
+
 def example_prompt(name: str, object_info: dict, image_size: int | None = None) -> dict:
     """The example workflow as an API prompt, with the tiny checkpoint loader swapped in and,
     if given, a smaller image size (tests only need the graph to run, not 1024 px pictures)."""

@@ -16,12 +16,6 @@ TEST_IMAGE_SIZE = 256  # the shipped 1024 px run in `make demo`; here the graph 
 
 
 @pytest.fixture(scope="session")
-def installed(comfy_server, tmp_path_factory):
-    return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
-                                      with_global=True)
-
-
-@pytest.fixture(scope="session")
 def object_info(comfy_server, installed):
     return comfy_server.get("/object_info")
 
@@ -34,7 +28,7 @@ def test_every_workflow_has_a_thumbnail_and_uses_only_core_and_pack_nodes(pack):
         workflow = json.loads((demo_assets.WORKFLOWS / f"{name}.json").read_text())
         for node in workflow["nodes"]:
             kind = node["type"]
-            assert kind in pack.NODE_CLASS_MAPPINGS or not kind.startswith("LoraHypernet"), kind
+            assert kind in pack.nodes.node_ids() or not kind.startswith("LoraHypernet"), kind
             assert kind != "TinySDXLCheckpointLoader"
 
 
@@ -76,7 +70,9 @@ def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_s
     async def cancel_after_three_steps(kind: str, data: dict, session) -> bool:
         if kind == "progress" and data.get("node") == sample_id:
             progress.append(data["value"])
-            if len(progress) == 3:
+            # ComfyUI 0.33 throttles progress messages (the first and the last are always
+            # sent): press Cancel at the first one.
+            if len(progress) == 1:
                 await session.post(f"{comfy_server.url}/interrupt")
         if kind in FINISHED:
             outcome.append(kind)
@@ -84,7 +80,7 @@ def test_cancel_during_sample_lora_stops_it_and_the_server_keeps_working(comfy_s
 
     comfy_server.follow_prompt(prompt, cancel_after_three_steps, timeout=300)
     assert outcome == ["execution_interrupted"]
-    assert len(progress) >= 3 and max(progress) < 1000, "Sample LoRA ran to the end despite Cancel"
+    assert progress and max(progress) < 1000, f"Sample LoRA ran to the end despite Cancel: {progress}"
     # The server still works: the same workflow with normal settings succeeds afterwards.
     entry, _ = comfy_server.run_prompt(demo_assets.example_prompt("portrait_from_one_photo", object_info, TEST_IMAGE_SIZE))
     assert entry["status"]["status_str"] == "success"

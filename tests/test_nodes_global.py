@@ -61,7 +61,7 @@ def load(comfy, nodes, hypernet_dir, monkeypatch):
     import folder_paths
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "lora_hypernets", ([str(hypernet_dir)], {".safetensors"}))
     folder_paths.filename_list_cache.clear()
-    yield lambda name: nodes["hypernet_nodes"].LoadHypernet().load(name)[0]
+    yield lambda name: nodes["hypernet_nodes"].LoadHypernet.execute(name)[0]
     folder_paths.filename_list_cache.clear()
 
 
@@ -75,24 +75,24 @@ def photos(n=3, seed=0):
 
 
 def test_encode_averages_the_photos_and_names_the_encoder(nodes, clip_vision):
-    (value,) = nodes["global_nodes"].EncodeGlobalImageFeatures().encode(clip_vision, photos())
+    (value,) = nodes["global_nodes"].EncodeGlobalImageFeatures.execute(clip_vision, photos())
     assert value.per_image.shape == (3, TINY_DIM) and value.features.shape == (TINY_DIM,)
     assert torch.allclose(value.per_image.norm(dim=-1), torch.ones(3), atol=1e-5)
     mean = value.per_image.mean(0)
     assert torch.allclose(value.features, mean / mean.norm(), atol=1e-6)
     assert value.encoder == tiny_encoder_info() and TINY_ARCH in value.architectures
-    (one,) = nodes["global_nodes"].EncodeGlobalImageFeatures().encode(clip_vision, photos()[:1])
+    (one,) = nodes["global_nodes"].EncodeGlobalImageFeatures.execute(clip_vision, photos()[:1])
     assert torch.allclose(one.features, value.per_image[0], atol=1e-6)
 
 
 def test_sample_lora_takes_what_the_condition_needs(nodes, clip_vision, load):
-    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures().encode(clip_vision, photos())
-    sample = nodes["hypernet_nodes"].SampleLoRA().sample
+    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures.execute(clip_vision, photos())
+    sample = nodes["hypernet_nodes"].SampleLoRA.execute
     both = lambda **kw: sample(load("face_global.safetensors"), seed=7, steps=4, guidance=2.0, **kw)[0]  # noqa: E731
     first = both(face_embedding=face(nodes), global_features=features)
     again = both(face_embedding=face(nodes), global_features=features)
-    other_photos = both(face_embedding=face(nodes), global_features=nodes["global_nodes"].EncodeGlobalImageFeatures()
-                        .encode(clip_vision, photos(seed=1))[0])
+    other_photos = both(face_embedding=face(nodes), global_features=nodes["global_nodes"].EncodeGlobalImageFeatures
+                        .execute(clip_vision, photos(seed=1))[0])
     assert torch.equal(first.latent, again.latent) and not torch.equal(first.latent, other_photos.latent)
     assert first.embedding_model == f"{FACE_MODEL} + {TINY_ARCH}"
     (global_only,) = sample(load("global.safetensors"), seed=7, steps=4, guidance=2.0, global_features=features)
@@ -102,8 +102,8 @@ def test_sample_lora_takes_what_the_condition_needs(nodes, clip_vision, load):
 
 
 def test_wrong_wiring_names_the_socket(nodes, errors, clip_vision, load):
-    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures().encode(clip_vision, photos())
-    sample = nodes["hypernet_nodes"].SampleLoRA().sample
+    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures.execute(clip_vision, photos())
+    sample = nodes["hypernet_nodes"].SampleLoRA.execute
     err = errors.HypernetError
     with pytest.raises(err, match="'face\\+global': connect Encode Global Image Features .*global_features input"):
         sample(load("face_global.safetensors"), steps=3, face_embedding=face(nodes))
@@ -118,8 +118,8 @@ def test_wrong_wiring_names_the_socket(nodes, errors, clip_vision, load):
 
 
 def test_features_of_another_encoder_are_refused(nodes, errors, clip_vision, load):
-    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures().encode(clip_vision, photos())
-    sample = nodes["hypernet_nodes"].SampleLoRA().sample
+    (features,) = nodes["global_nodes"].EncodeGlobalImageFeatures.execute(clip_vision, photos())
+    sample = nodes["hypernet_nodes"].SampleLoRA.execute
     with pytest.raises(errors.HypernetError, match="different weights"):
         sample(load("other_weights.safetensors"), steps=3, face_embedding=face(nodes), global_features=features)
     renamed = dataclasses.replace(features, encoder=dict(features.encoder, name="ViT-H-14"), architectures=("ViT-H-14",))
@@ -135,12 +135,12 @@ def test_image_encoders_without_projection_are_refused(nodes, errors, comfy, tmp
     (tmp_path / "config.json").write_text(json.dumps(config))
     unprojected = comfy.clip_vision.ClipVisionModel(str(tmp_path / "config.json"))
     with pytest.raises(errors.HypernetError, match="CLIP ViT image encoder with a projection"):
-        nodes["global_nodes"].EncodeGlobalImageFeatures().encode(unprojected, photos(1))
+        nodes["global_nodes"].EncodeGlobalImageFeatures.execute(unprojected, photos(1))
 
 
 def test_sample_lora_inputs_keep_saved_workflows_valid(nodes):
     spec = nodes["hypernet_nodes"].SampleLoRA.INPUT_TYPES()
     # widgets (what saved workflows store by position) are unchanged; the conditions are links
     assert list(spec["required"]) == ["hypernet", "seed", "steps", "guidance", "eta"]
-    assert {k: v[0] for k, v in spec["optional"].items()} == {"face_embedding": "FACE_EMBEDDING",
-                                                               "global_features": "GLOBAL_FEATURES"}
+    assert {k: v[0] for k, v in spec["optional"].items()} == {"face_embedding": "LORA_HYPERNET_FACE_EMBEDDING",
+                                                               "global_features": "LORA_HYPERNET_GLOBAL_FEATURES"}

@@ -1,5 +1,6 @@
 """Hypernet nodes in-process: Load Hypernet, Sample LoRA, Decode LoRA, and their errors."""
 import importlib
+import os
 
 import pytest
 import torch
@@ -46,8 +47,9 @@ def face(values, model="synthetic-uniform-sphere-512", seed=0):
 
 
 def test_load_lists_checkpoints_and_describes_them(nodes, registered):
-    assert "small.safetensors" in nodes.LoadHypernet.INPUT_TYPES()["required"]["hypernet_name"][0]
-    hypernet, info = nodes.LoadHypernet().load("small.safetensors")
+    kind, options = nodes.LoadHypernet.INPUT_TYPES()["required"]["hypernet_name"]
+    assert kind == "COMBO" and "small.safetensors" in options["options"]
+    hypernet, info = nodes.LoadHypernet.execute("small.safetensors")
     assert "synthetic-uniform-sphere-512" in info and f"{SMALL_LAYOUT.num_values:,} values" in info
     assert len(hypernet.sha256) == 64
 
@@ -57,17 +59,17 @@ def test_a_truncated_checkpoint_is_a_clear_error(nodes, errors, registered):
     (registered / "broken.safetensors").write_bytes(whole[:1000])
     try:
         with pytest.raises(errors.HypernetError, match="truncated or corrupt"):
-            nodes.LoadHypernet().load("broken.safetensors")
+            nodes.LoadHypernet.execute("broken.safetensors")
     finally:
         (registered / "broken.safetensors").unlink()
 
 
 def test_sample_and_decode_make_the_same_lora_for_the_same_seed(nodes, values, registered):
-    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
-    sample = lambda seed: nodes.SampleLoRA().sample(hypernet, face(values), seed, 5, 1.5, 0.0)[0]  # noqa: E731
+    hypernet, _ = nodes.LoadHypernet.execute("small.safetensors")
+    sample = lambda seed: nodes.SampleLoRA.execute(hypernet, face(values), seed, 5, 1.5, 0.0)[0]  # noqa: E731
     first, again, other = sample(11), sample(11), sample(12)
     assert torch.equal(first.latent, again.latent) and not torch.equal(first.latent, other.latent)
-    (lora,) = nodes.DecodeLoRA().decode(hypernet, first)
+    (lora,) = nodes.DecodeLoRA.execute(hypernet, first)
     assert lora.layout == hypernet.hypernet.layout
     assert len(lora.state_dict) == 3 * len(SMALL_LAYOUT)
     assert all(k.startswith("lora_unet_") for k in lora.state_dict)
@@ -76,15 +78,29 @@ def test_sample_and_decode_make_the_same_lora_for_the_same_seed(nodes, values, r
 
 
 def test_face_from_another_face_model_is_refused(nodes, values, errors, registered):
-    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
+    hypernet, _ = nodes.LoadHypernet.execute("small.safetensors")
     with pytest.raises(errors.HypernetError, match="synthetic-uniform-sphere-512.*insightface/buffalo_l"):
-        nodes.SampleLoRA().sample(hypernet, face(values, "insightface/buffalo_l/w600k_r50.onnx"), 0, 5, 1.5, 0.0)
+        nodes.SampleLoRA.execute(hypernet, face(values, "insightface/buffalo_l/w600k_r50.onnx"), 0, 5, 1.5, 0.0)
 
 
 def test_latent_from_another_hypernet_is_refused(nodes, values, errors, registered):
-    hypernet, _ = nodes.LoadHypernet().load("small.safetensors")
-    (latent,) = nodes.SampleLoRA().sample(hypernet, face(values), 0, 3, 1.0, 0.0)
+    hypernet, _ = nodes.LoadHypernet.execute("small.safetensors")
+    (latent,) = nodes.SampleLoRA.execute(hypernet, face(values), 0, 3, 1.0, 0.0)
     import dataclasses
     foreign = dataclasses.replace(latent, hypernet_sha256="0" * 64, hypernet_name="other.safetensors")
     with pytest.raises(errors.HypernetError, match="other.safetensors"):
-        nodes.DecodeLoRA().decode(hypernet, foreign)
+        nodes.DecodeLoRA.execute(hypernet, foreign)
+
+
+def test_a_replaced_file_is_loaded_again_and_wrong_values_get_a_message(nodes, errors, registered, hypernet_dir):
+    # fingerprint_inputs (V3's IS_CHANGED): same file, same fingerprint; rewritten, a new one.
+    before = nodes.LoadHypernet.fingerprint_inputs("small.safetensors")
+    assert nodes.LoadHypernet.fingerprint_inputs("small.safetensors") == before
+    path = hypernet_dir / "small.safetensors"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert nodes.LoadHypernet.fingerprint_inputs("small.safetensors") != before
+    hypernet, _ = nodes.LoadHypernet.execute("small.safetensors")
+    with pytest.raises(errors.HypernetError, match="face_embedding input got a dict.*Face Embed"):
+        nodes.SampleLoRA.execute(hypernet, {"embedding": [0.0] * 512}, 0, 3, 1.0, 0.0)
+    with pytest.raises(errors.HypernetError, match="hypernet input got a str.*Load Hypernet"):
+        nodes.SampleLoRA.execute("small.safetensors", None, 0, 3, 1.0, 0.0)

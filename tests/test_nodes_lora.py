@@ -45,11 +45,11 @@ def test_apply_matches_saving_and_loading_with_stock_lora_loader(comfy, pack, lo
     lora = random_lora(pack, tiny_sdxl)
     before = {k: v.clone() for k, v in tiny_sdxl.model.state_dict().items()}
 
-    ours, _ = lora_nodes.ApplyLoRA().apply(tiny_sdxl, lora, 0.8)
+    ours, _ = lora_nodes.ApplyLoRA.execute(tiny_sdxl, lora, 0.8)
     assert ours is not tiny_sdxl and len(ours.patches) == len(lora.layout)
     ours_w = patched_weights(comfy, ours)
 
-    lora_nodes.SaveLoRA().save(lora, "cmp/person", "loras")
+    lora_nodes.SaveLoRA.execute(lora, "cmp/person", "loras")
     saved = sorted(p.relative_to(loras_dir).as_posix() for p in loras_dir.rglob("*.safetensors"))
     assert saved == ["cmp/person_00001_.safetensors"]
     (stock,) = comfy_nodes.LoraLoaderModelOnly().load_lora_model_only(tiny_sdxl, saved[0], 0.8)
@@ -65,7 +65,7 @@ def test_apply_matches_saving_and_loading_with_stock_lora_loader(comfy, pack, lo
 
 def test_strength_zero_leaves_weights_unchanged(comfy, pack, lora_nodes, tiny_sdxl):
     before = {k: v.clone() for k, v in tiny_sdxl.model.state_dict().items()}
-    out, _ = lora_nodes.ApplyLoRA().apply(tiny_sdxl, random_lora(pack, tiny_sdxl), 0.0)
+    out, _ = lora_nodes.ApplyLoRA.execute(tiny_sdxl, random_lora(pack, tiny_sdxl), 0.0)
     got = patched_weights(comfy, out)
     assert all(torch.equal(got[k], before[k]) for k in before)
 
@@ -80,16 +80,16 @@ def test_layout_for_another_model_is_refused_with_the_mismatch(pack, lora_nodes,
     # The pack's own copy of the library (imported as ComfyUI imports custom nodes) raises it.
     errors = importlib.import_module(f"{pack.__name__}.hypernet.errors")
     with pytest.raises(errors.HypernetError, match=r"does not fit the connected MODEL: .*other shapes.*640x640, model 64x64"):
-        lora_nodes.ApplyLoRA().apply(tiny_sdxl, values.LoraValue(state, layout), 1.0)
+        lora_nodes.ApplyLoRA.execute(tiny_sdxl, values.LoraValue(state, layout), 1.0)
 
 
 def test_save_never_overwrites_and_keeps_metadata(comfy, pack, lora_nodes, tiny_sdxl, loras_dir):
     lora = random_lora(pack, tiny_sdxl)
-    first = lora_nodes.SaveLoRA().save(lora, "person", "loras")
+    first = lora_nodes.SaveLoRA.execute(lora, "person", "loras")
     (loras_dir / "person_00002_.safetensors").write_bytes(b"somebody else's file")
-    second = lora_nodes.SaveLoRA().save(lora, "person", "loras")
-    assert first["ui"]["text"] == ["saved loras/person_00001_.safetensors"]
-    assert second["ui"]["text"] == ["saved loras/person_00003_.safetensors"]
+    second = lora_nodes.SaveLoRA.execute(lora, "person", "loras")
+    assert first.ui["text"] == ["saved loras/person_00001_.safetensors"]
+    assert second.ui["text"] == ["saved loras/person_00003_.safetensors"]
     assert (loras_dir / "person_00002_.safetensors").read_bytes() == b"somebody else's file"
     with safe_open(loras_dir / "person_00003_.safetensors", "pt") as f:
         assert f.metadata()["seed"] == "0"
@@ -134,7 +134,7 @@ def test_save_refuses_a_hostile_prefix_with_what_is_allowed_and_writes_nothing(
         pack, lora_nodes, tiny_sdxl, save_roots, prefix, destination):
     errors = importlib.import_module(f"{pack.__name__}.hypernet.errors")
     with pytest.raises(errors.HypernetError) as caught:
-        lora_nodes.SaveLoRA().save(random_lora(pack, tiny_sdxl), prefix, destination)
+        lora_nodes.SaveLoRA.execute(random_lora(pack, tiny_sdxl), prefix, destination)
     message = str(caught.value)
     assert "\n" not in message and len(message) < 300, message
     assert "use letters, digits, spaces and - _ . with / between sub-folders" in message
@@ -155,3 +155,14 @@ def test_prefix_messages_name_the_problem():
             check_filename_prefix(prefix)
     with pytest.raises(HypernetError, match=r"^file name prefix 'xxxx.*\.\.\.' is longer"):
         check_filename_prefix("x" * 5000)  # the value is shown cut short, not echoed whole
+
+
+def test_another_packs_plain_dict_gets_a_message_not_an_attribute_error(comfy, pack, lora_nodes, tiny_sdxl):
+    # ComfyUI-HyperLoRA's LORA is a plain dict; with the old, unprefixed type name the editor let
+    # users wire it into Apply LoRA, which failed on `.layout`.
+    errors = importlib.import_module(f"{pack.__name__}.hypernet.errors")
+    foreign = {"lora_unet_x.lora_up.weight": torch.zeros(4, 4)}
+    for call in (lambda: lora_nodes.ApplyLoRA.execute(tiny_sdxl, foreign, 1.0),
+                 lambda: lora_nodes.SaveLoRA.execute(foreign, "person", "loras")):
+        with pytest.raises(errors.HypernetError, match="got a dict, not this pack's LORA_HYPERNET_LORA.*Decode LoRA"):
+            call()

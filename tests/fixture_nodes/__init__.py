@@ -2,6 +2,11 @@
 SDXL-architecture MODEL with a CLIP and VAE of matching shapes, since no real SDXL checkpoint
 can exist on the test machines. Linked into the test server's custom_nodes folder.
 
+For the browser test, which runs the shipped workflows unchanged through the real frontend,
+the stock CheckpointLoaderSimple gives the same tiny model for a checkpoint file that is a
+marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`); every
+other file loads as usual.
+
 It also teaches the stock CLIPVisionLoader the tiny CLIP ViT of tests/global_support.py:
 ComfyUI picks a CLIP vision config only for ViT-L/H/G sizes, so for this one size the config
 lookup falls back to the tiny config; loading, key conversion and encoding stay ComfyUI's own.
@@ -30,6 +35,29 @@ def _load_clipvision_from_sd(sd, prefix="", convert_keys=False):
 
 
 comfy.clip_vision.load_clipvision_from_sd = _load_clipvision_from_sd
+
+import comfy.sd  # noqa: E402
+
+
+def _is_tiny_checkpoint(path) -> bool:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("lora_hypernet_test") == comfy_support.TINY_CHECKPOINT_MARK
+    except Exception:
+        return False
+
+
+_stock_load_checkpoint_guess_config = comfy.sd.load_checkpoint_guess_config
+
+
+def _load_checkpoint_guess_config(ckpt_path, *args, **kwargs):
+    if _is_tiny_checkpoint(ckpt_path):
+        return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae(), None
+    return _stock_load_checkpoint_guess_config(ckpt_path, *args, **kwargs)
+
+
+comfy.sd.load_checkpoint_guess_config = _load_checkpoint_guess_config
 
 
 class TinyClip:
