@@ -240,3 +240,29 @@ def test_up_without_down(tmp_path):
 
 def test_missing_file_is_a_hypernet_error(tmp_path):
     _raises(tmp_path / "nowhere.safetensors", "does not exist")
+
+
+@pytest.mark.parametrize("damage", ["trailing bytes", "gap between tensors"])
+def test_a_data_section_the_tensors_do_not_cover_exactly_is_refused_by_every_reader(tmp_path, damage):
+    """safetensors refuses such a file only when it opens it; our header check refuses it first,
+    for LoRAs and hypernet checkpoints alike (Hypothesis once found it in a checkpoint)."""
+    from hypernet.model.checkpoint import load_hypernet
+    path = tmp_path / "lora.safetensors"
+    save_file(_good_tensors(), str(path))
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + header_len])
+    data = raw[8 + header_len:]
+    if damage == "trailing bytes":
+        data += b"\0" * 16
+    else:  # move the last tensor 8 bytes on, leaving a gap before it
+        last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+        begin, end = header[last]["data_offsets"]
+        header[last]["data_offsets"] = [begin + 8, end + 8]
+        data = data[:begin] + b"\0" * 8 + data[begin:]
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    with pytest.raises(HypernetError, match="do not cover the data section exactly"):
+        read_lora(path)
+    with pytest.raises(HypernetError, match="do not cover the data section exactly"):
+        load_hypernet(path)

@@ -96,4 +96,19 @@ def read_header(path: Path) -> dict:
             _check_metadata(path, info)
         else:
             _check_tensor(path, name, info, data_size)
+    _check_coverage(path, header, data_size)
     return header
+
+
+def _check_coverage(path: Path, header: dict, data_size: int) -> None:
+    # safetensors itself refuses a data section with gaps, overlaps or trailing bytes; checking
+    # it here keeps that refusal ours (one message) instead of an error at the first read.
+    ranges = sorted(tuple(info["data_offsets"]) for name, info in header.items() if name != "__metadata__")
+    covered = 0
+    for begin, end in ranges:
+        if begin != covered:
+            break
+        covered = end
+    if covered != data_size or len(ranges) and ranges[0][0] != 0:
+        raise HypernetError(f"{path}: not a safetensors file (its tensors do not cover the data section exactly: "
+                            "gaps, overlaps or trailing bytes); the file is damaged")

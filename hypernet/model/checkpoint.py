@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .. import GENERATOR
 from ..errors import HypernetError
@@ -144,13 +144,17 @@ def build_skeleton(config: HypernetConfig, name: str) -> Hypernet:
 def read_weights(path: Path, keys) -> dict[str, torch.Tensor]:
     """The named tensors as float32, refusing NaN and infinities."""
     state = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in keys:
-            tensor = f.get_tensor(key).float()
-            if not bool(torch.isfinite(tensor).all()):
-                raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
-                                    "broken (was training diverging?)")
-            state[key] = tensor
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in keys:
+                state[key] = f.get_tensor(key).float()
+    except (SafetensorError, OSError) as exc:  # the file changed or broke after its header was checked
+        raise HypernetError(f"{path.name} is not a readable safetensors file ({one_line(str(exc))}); it may be "
+                            "truncated or corrupt: download or train it again") from exc
+    for key, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise HypernetError(f"{path.name}: tensor {key} contains NaN or infinite values; the checkpoint is "
+                                "broken (was training diverging?)")
     return state
 
 
