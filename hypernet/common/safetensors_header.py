@@ -107,8 +107,9 @@ def _check_coverage(path: Path, header: dict, data_size: int) -> None:
     covered = 0
     for begin, end in ranges:
         if begin != covered:
+            covered = -1
             break
         covered = end
-    if covered != data_size or len(ranges) and ranges[0][0] != 0:
+    if covered != data_size:
         raise HypernetError(f"{path}: not a safetensors file (its tensors do not cover the data section exactly: "
                             "gaps, overlaps or trailing bytes); the file is damaged")
