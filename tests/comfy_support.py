@@ -147,15 +147,17 @@ def import_pack():
 
 
 TINY_CHECKPOINT_MARK = "tiny-sdxl"
+TINY_SD15_CHECKPOINT_MARK = "tiny-sd15"
 
 
-def write_tiny_checkpoint(path) -> None:
+def write_tiny_checkpoint(path, mark: str = TINY_CHECKPOINT_MARK) -> None:
     """A small safetensors file that the test pack's CheckpointLoaderSimple loads as the tiny
-    SDXL model (tests/fixture_nodes): the shipped workflows run unchanged in the frontend."""
+    SDXL model, or with TINY_SD15_CHECKPOINT_MARK as the tiny SD1.5 model (tests/fixture_nodes):
+    the shipped workflows run unchanged in the frontend."""
     import torch
     from safetensors.torch import save_file
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": TINY_CHECKPOINT_MARK})
+    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": mark})
 
 
 def free_port() -> int:
