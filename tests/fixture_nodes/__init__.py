@@ -1,11 +1,11 @@
-"""Test-only ComfyUI nodes: a stand-in for CheckpointLoaderSimple that gives the tiny
-SDXL-architecture MODEL with a CLIP and VAE of matching shapes, since no real SDXL checkpoint
-can exist on the test machines. Linked into the test server's custom_nodes folder.
+"""Test-only ComfyUI nodes: stand-ins for CheckpointLoaderSimple that give the tiny SDXL- or
+SD1.5-architecture MODEL with a CLIP and VAE of matching shapes, since no real checkpoint can
+exist on the test machines. Linked into the test server's custom_nodes folder.
 
 For the browser test, which runs the shipped workflows unchanged through the real frontend,
 the stock CheckpointLoaderSimple gives the same tiny model for a checkpoint file that is a
-marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`); every
-other file loads as usual.
+marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`,
+whose value says SDXL or SD1.5); every other file loads as usual.
 
 It also teaches the stock CLIPVisionLoader the tiny CLIP ViT of tests/global_support.py:
 ComfyUI picks a CLIP vision config only for ViT-L/H/G sizes, so for this one size the config
@@ -56,7 +56,7 @@ def _load_checkpoint_guess_config(ckpt_path, *args, **kwargs):
     if mark == comfy_support.TINY_CHECKPOINT_MARK:
         return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae(), None
     if mark == comfy_support.TINY_SD15_CHECKPOINT_MARK:
-        return comfy_support.tiny_sd15_patcher(seed=0), TinyClip(context_dim=comfy_support.TINY_SD15_UNET["context_dim"], pooled=False), TinyVae(), None
+        return (*tiny_sd15(), None)
     return _stock_load_checkpoint_guess_config(ckpt_path, *args, **kwargs)
 
 
@@ -103,9 +103,15 @@ class TinySDXLCheckpointLoader:
         return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae()
 
 
+def tiny_sd15():
+    """MODEL, CLIP, VAE of the tiny SD1.5 model: CLIP gives its context and no pooled output."""
+    clip = TinyClip(context_dim=comfy_support.TINY_SD15_UNET["context_dim"], pooled=False)
+    return comfy_support.tiny_sd15_patcher(seed=0), clip, TinyVae()
+
+
 class TinySD15CheckpointLoader(TinySDXLCheckpointLoader):
     def load(self, ckpt_name):
-        return comfy_support.tiny_sd15_patcher(seed=0), TinyClip(context_dim=comfy_support.TINY_SD15_UNET["context_dim"], pooled=False), TinyVae()
+        return tiny_sd15()
 
 
 NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
