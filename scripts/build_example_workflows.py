@@ -19,6 +19,10 @@ from comfy_support import ComfyServer  # noqa: E402
 OUT = REPO / "example_workflows"
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
 HYPERNET = "lora_hypernet_sdxl.safetensors"
+# SD1.5: Realistic Vision 5.1, the base of weights2weights' LoRAs, and a hypernet trained on them
+# (README: from weights2weights to a hypernet); 512 px, SD1.5's size.
+SD15 = dict(checkpoint="realisticVisionV51_v51VAE.safetensors", hypernet="lora_hypernet_sd15_w2w.safetensors",
+            size=512)
 # DiffLoRA-style: conditioned on the face and on CLIP image features (ViT-H/14, as IPAdapter uses)
 HYPERNET_FACE_GLOBAL = "lora_hypernet_sdxl_face_global.safetensors"
 CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
@@ -66,17 +70,17 @@ class Graph:
                 "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
 
 
-def sdxl_tail(g: Graph, lora_node: dict, x: int) -> dict:
+def sdxl_tail(g: Graph, lora_node: dict, x: int, checkpoint: str = CHECKPOINT, size: int = 1024) -> dict:
     """Checkpoint, Apply LoRA, prompts, KSampler, decode and save: the part every example shares."""
     apply = g.add("LoraHypernetApplyLoRA", (x, 0), [1.0, 1.0])
-    ckpt = g.add("CheckpointLoaderSimple", (x, 170), [CHECKPOINT], size=(320, 100))
+    ckpt = g.add("CheckpointLoaderSimple", (x, 170), [checkpoint], size=(320, 100))
     g.link(ckpt, "MODEL", apply, "model")
     g.link(lora_node, "lora", apply, "lora")
     pos = g.add("CLIPTextEncode", (x, 310), [POSITIVE], title="Positive", size=(320, 160))
     neg = g.add("CLIPTextEncode", (x, 510), [NEGATIVE], title="Negative", size=(320, 120))
     g.link(ckpt, "CLIP", pos, "clip")
     g.link(ckpt, "CLIP", neg, "clip")
-    latent = g.add("EmptyLatentImage", (x, 670), [1024, 1024, 1], size=(320, 110))
+    latent = g.add("EmptyLatentImage", (x, 670), [size, size, 1], size=(320, 110))
     sampler = g.add("KSampler", (x + 380, 0), [42, "fixed", 20, 6.0, "euler", "normal", 1.0], size=(320, 262))
     g.link(apply, "MODEL", sampler, "model")
     g.link(pos, "CONDITIONING", sampler, "positive")
@@ -100,8 +104,9 @@ def face_branch(g: Graph, photo: str, y: int, analyzer: dict) -> dict:
     return embed
 
 
-def sample_and_decode(g: Graph, face: dict, x: int, global_features: dict | None = None) -> dict:
-    hyper = g.add("LoraHypernetLoad", (x, 0), [HYPERNET_FACE_GLOBAL if global_features else HYPERNET])
+def sample_and_decode(g: Graph, face: dict, x: int, global_features: dict | None = None,
+                      hypernet: str = HYPERNET) -> dict:
+    hyper = g.add("LoraHypernetLoad", (x, 0), [HYPERNET_FACE_GLOBAL if global_features else hypernet])
     sample = g.add("LoraHypernetSample", (x, 140), [0, "fixed", 25, GUIDANCE, 0.0], size=(320, 180))
     g.link(hyper, "hypernet", sample, "hypernet")
     g.link(face, "face_embedding", sample, "face_embedding")
@@ -113,12 +118,15 @@ def sample_and_decode(g: Graph, face: dict, x: int, global_features: dict | None
     return decode
 
 
-def portrait(info: dict, save_lora: bool) -> Graph:
+def portrait(info: dict, save_lora: bool, sd15: bool = False) -> Graph:
     g = Graph(info)
     analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
     face = face_branch(g, PHOTO_A, 0, analyzer)
-    decode = sample_and_decode(g, face, 760)
-    sdxl_tail(g, decode, 1140)
+    decode = sample_and_decode(g, face, 760, hypernet=SD15["hypernet"] if sd15 else HYPERNET)
+    if sd15:
+        sdxl_tail(g, decode, 1140, SD15["checkpoint"], SD15["size"])
+    else:
+        sdxl_tail(g, decode, 1140)
     if save_lora:
         saver = g.add("LoraHypernetSaveLoRA", (760, 470), ["hypernet/astronaut", "loras"], size=(320, 100))
         g.link(decode, "lora", saver, "lora")
@@ -159,6 +167,7 @@ def main() -> int:
     graphs = {
         "portrait_from_one_photo": portrait(info, save_lora=False),
         "portrait_and_save_lora": portrait(info, save_lora=True),
+        "sd15_portrait_from_one_photo": portrait(info, save_lora=False, sd15=True),
         "identity_mix": identity_mix(info),
         "portrait_face_and_global_features": face_and_global(info),
     }

@@ -40,6 +40,18 @@ REAL_SDXL_UNET = dict(
     transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
 )
 
+# A tiny SD1.5-architecture UNet: SD1.5's blocks (channel_mult [1,2,4,4], attention on the first
+# three levels and in the middle, heads of fixed count, no adm) at model_channels 32. Its context
+# (96) differs from the tiny SDXL's (64), so cross-attention shapes tell the two apart too.
+TINY_SD15_UNET = dict(
+    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+    adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2],
+    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+    use_linear_in_transformer=False, context_dim=96, num_heads=8,
+    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    use_temporal_attention=False, use_temporal_resblock=False,
+)
+
 
 def comfyui_version() -> str:
     """The version of the ComfyUI under test, from its comfyui_version.py."""
@@ -79,12 +91,22 @@ def import_comfy():
 
 def build_sdxl_model(unet_config: dict, device: str = "cpu", seed: int = 0):
     """A ComfyUI SDXL BaseModel with the given UNet config; real weights are seeded noise."""
-    import torch
     comfy = import_comfy()
-    model_config = comfy.supported_models.SDXL(dict(unet_config))
+    return _build_model(comfy.supported_models.SDXL, comfy.model_base.SDXL, unet_config, device, seed)
+
+
+def build_sd15_model(unet_config: dict, device: str = "cpu", seed: int = 0):
+    """A ComfyUI SD1.5 BaseModel with the given UNet config; real weights are seeded noise."""
+    comfy = import_comfy()
+    return _build_model(comfy.supported_models.SD15, comfy.model_base.BaseModel, unet_config, device, seed)
+
+
+def _build_model(config_class, model_class, unet_config: dict, device: str, seed: int):
+    import torch
+    model_config = config_class(dict(unet_config))
     model_config.set_inference_dtype(torch.float32, None)
     with torch.device(device):
-        model = comfy.model_base.SDXL(model_config, device=device)
+        model = model_class(model_config, device=device)
     if device != "meta":
         # ComfyUI leaves weights uninitialised (torch.empty); fill them reproducibly.
         gen = torch.Generator().manual_seed(seed)
@@ -95,10 +117,18 @@ def build_sdxl_model(unet_config: dict, device: str = "cpu", seed: int = 0):
 
 
 def tiny_sdxl_patcher(seed: int = 0):
+    return _cpu_patcher(build_sdxl_model(TINY_SDXL_UNET, seed=seed))
+
+
+def tiny_sd15_patcher(seed: int = 0):
+    return _cpu_patcher(build_sd15_model(TINY_SD15_UNET, seed=seed))
+
+
+def _cpu_patcher(model):
     import torch
     comfy = import_comfy()
     cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(build_sdxl_model(TINY_SDXL_UNET, seed=seed), load_device=cpu, offload_device=cpu)
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def import_pack():
@@ -117,15 +147,17 @@ def import_pack():
 
 
 TINY_CHECKPOINT_MARK = "tiny-sdxl"
+TINY_SD15_CHECKPOINT_MARK = "tiny-sd15"
 
 
-def write_tiny_checkpoint(path) -> None:
+def write_tiny_checkpoint(path, mark: str = TINY_CHECKPOINT_MARK) -> None:
     """A small safetensors file that the test pack's CheckpointLoaderSimple loads as the tiny
-    SDXL model (tests/fixture_nodes): the shipped workflows run unchanged in the frontend."""
+    SDXL model, or with TINY_SD15_CHECKPOINT_MARK as the tiny SD1.5 model (tests/fixture_nodes):
+    the shipped workflows run unchanged in the frontend."""
     import torch
     from safetensors.torch import save_file
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": TINY_CHECKPOINT_MARK})
+    save_file({"marker": torch.zeros(1)}, str(path), {"lora_hypernet_test": mark})
 
 
 def free_port() -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 import comfy_support
-from comfy_support import REAL_SDXL_UNET, ComfyServer, build_sdxl_model, import_comfy, tiny_sdxl_patcher
+from comfy_support import (REAL_SDXL_UNET, ComfyServer, build_sdxl_model, import_comfy, tiny_sd15_patcher,
+                           tiny_sdxl_patcher)
 
 # Before any test module imports hypernet or the pack: ComfyUI's `nodes` must shadow ours.
 comfy_support.prepare_comfy()
@@ -41,6 +42,21 @@ def tiny_sdxl_base(comfy):
 def tiny_sdxl(comfy, tiny_sdxl_base):
     """A clone of the tiny SDXL MODEL: patches added here never reach other tests."""
     clone = tiny_sdxl_base.clone()
+    yield clone
+    comfy.model_management.unload_all_models()
+    clone.unpatch_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_base(comfy):
+    """One tiny SD1.5-architecture ModelPatcher for the session; tests use `tiny_sd15`."""
+    return tiny_sd15_patcher(seed=0)
+
+
+@pytest.fixture
+def tiny_sd15(comfy, tiny_sd15_base):
+    """A clone of the tiny SD1.5 MODEL: patches added here never reach other tests."""
+    clone = tiny_sd15_base.clone()
     yield clone
     comfy.model_management.unload_all_models()
     clone.unpatch_model()

@@ -1,7 +1,7 @@
 """Stand-ins for what cannot exist on a test machine, shared by `make demo` and the
 end-to-end tests: generated face models, a tiny hypernet trained on a synthetic collection,
 reference photos marked so the generated detector finds a face, and the example workflows
-as API prompts with the checkpoint loader swapped for the tiny SDXL-architecture one.
+as API prompts with the checkpoint loader swapped for the tiny SDXL- or SD1.5-architecture one.
 
 For the face + global example: a tiny CLIP ViT in models/clip_vision under the ViT-H file name
 the workflow names (tests/global_support.py; the test pack teaches the stock loader its size),
@@ -33,6 +33,9 @@ CLIP_VISION_FILE = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"  # the name the
 PHOTO_FACES = {"reference_astronaut.jpg": (168, 50, 100, 1), "reference_cameraman.jpg": (225, 55, 80, 2)}
 # The tiny SDXL-architecture UNet's attention layout (tests/comfy_support.TINY_SDXL_UNET).
 TINY_LAYOUT = "tiny-attn-r4"
+# The SD1.5 example: weights2weights' layout on the tiny SD1.5 UNet (comfy_support.TINY_SD15_UNET).
+HYPERNET_SD15_FILE = "lora_hypernet_sd15_w2w.safetensors"
+TINY_SD15_LAYOUT = "tiny-sd15-w2w"
 
 
 def python_m(*args: str, cwd: Path = REPO) -> None:
@@ -50,13 +53,14 @@ def face_model_name(face_dir: Path) -> str:
     return load_face_analyzer(face_dir).name
 
 
-def train_tiny_hypernet(work: Path, embedding_model: str, identities: int = 96) -> Path:
+def train_tiny_hypernet(work: Path, embedding_model: str, identities: int = 96, layout: str = TINY_LAYOUT,
+                        filename: str = HYPERNET_FILE) -> Path:
     """synth -> dataset -> train with the tiny preset; returns the checkpoint path."""
     work.mkdir(parents=True, exist_ok=True)
-    python_m("synth", "--layout", TINY_LAYOUT, "--identities", str(identities), "--out", str(work / "collection"),
+    python_m("synth", "--layout", layout, "--identities", str(identities), "--out", str(work / "collection"),
              "--embedding-model", embedding_model, "--seed", "0")
     python_m("dataset", "--src", str(work / "collection"), "--out", str(work / "dataset"))
-    ckpt = work / HYPERNET_FILE
+    ckpt = work / filename
     python_m("train", "--data", str(work / "dataset"), "--out", str(ckpt), "--config", "tiny", "--seed", "0")
     return ckpt
 
@@ -85,9 +89,10 @@ def train_face_global_hypernet(work: Path, embedding_model: str, encoder: dict, 
 
 
 def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | None = None,
-                   face_global_ckpt: Path | None = None, with_global: bool = False) -> dict:
-    """Fill a ComfyUI base directory: face models, the hypernet, marked reference photos; with
-    `with_global` also the tiny CLIP vision file and the face+global hypernet."""
+                   face_global_ckpt: Path | None = None, with_global: bool = False,
+                   sd15_ckpt: Path | None = None) -> dict:
+    """Fill a ComfyUI base directory: face models, the SDXL and SD1.5 hypernets, marked reference
+    photos; with `with_global` also the tiny CLIP vision file and the face+global hypernet."""
     models = base / "models"
     face_dir = models / "insightface" / "models" / FACE_MODEL
     write_face_models(face_dir)
@@ -97,7 +102,11 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
     target = models / "lora_hypernets" / HYPERNET_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(hypernet_ckpt, target)
-    installed = {"hypernet": target}
+    installed = {"hypernet": target, "hypernet_sd15": models / "lora_hypernets" / HYPERNET_SD15_FILE}
+    if sd15_ckpt is None:
+        sd15_ckpt = train_tiny_hypernet(work / "sd15", face_model_name(face_dir), layout=TINY_SD15_LAYOUT,
+                                        filename=HYPERNET_SD15_FILE)
+    shutil.copyfile(sd15_ckpt, installed["hypernet_sd15"])
     if with_global:
         clip_dir = models / "clip_vision"
         clip_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +124,17 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
 
 
 CHECKPOINT_FILE = "sd_xl_base_1.0.safetensors"  # the name the example workflows use
+CHECKPOINT_SD15_FILE = "realisticVisionV51_v51VAE.safetensors"  # the SD1.5 example's (weights2weights' base)
 
 
 def install_tiny_checkpoint(base: Path) -> Path:
-    """A marked stand-in under the workflows' checkpoint name, which the test pack's patched
-    CheckpointLoaderSimple loads as the tiny SDXL-architecture model (tests/fixture_nodes),
-    so the shipped workflows run unchanged, e.g. from the frontend."""
-    from comfy_support import write_tiny_checkpoint
+    """Marked stand-ins under the workflows' checkpoint names, which the test pack's patched
+    CheckpointLoaderSimple loads as the tiny SDXL- and SD1.5-architecture models
+    (tests/fixture_nodes), so the shipped workflows run unchanged, e.g. from the frontend."""
+    from comfy_support import TINY_SD15_CHECKPOINT_MARK, write_tiny_checkpoint
     path = base / "models" / "checkpoints" / CHECKPOINT_FILE
     write_tiny_checkpoint(path)
+    write_tiny_checkpoint(path.parent / CHECKPOINT_SD15_FILE, TINY_SD15_CHECKPOINT_MARK)
     return path
 
 
@@ -134,7 +145,8 @@ def example_prompt(name: str, object_info: dict, image_size: int | None = None) 
     prompt = workflow_to_prompt(workflow, object_info)
     for node in prompt.values():
         if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"] = "TinySDXLCheckpointLoader"
+            sd15 = node["inputs"].get("ckpt_name") == CHECKPOINT_SD15_FILE
+            node["class_type"] = "TinySD15CheckpointLoader" if sd15 else "TinySDXLCheckpointLoader"
         if image_size and node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=image_size, height=image_size)
     return prompt

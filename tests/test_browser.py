@@ -57,7 +57,7 @@ def browser(installed, tmp_path_factory):
     base = tmp_path_factory.mktemp("browser_base")
     server = ComfyServer(base, fixture_nodes=True)
     demo_assets.install_models(base, hypernet_ckpt=installed["hypernet"], face_global_ckpt=installed["hypernet_face_global"],
-                               with_global=True)
+                               with_global=True, sd15_ckpt=installed["hypernet_sd15"])
     demo_assets.install_tiny_checkpoint(base)
     write_extra_pack(base / "custom_nodes")
     server.start()

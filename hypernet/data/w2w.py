@@ -177,11 +177,12 @@ def _write_identity(out: Path, folder: Path, index: int, rows: torch.Tensor, ent
 
 
 def import_w2w(weights_dir: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike, *,
-               order: str = "sorted", link: bool = True, progress: bool = True) -> ImportResult:
-    """Write one identity folder per row of weights2weights' all_weights.pt under `out`."""
+               order: str = "sorted", link: bool = True, progress: bool = True,
+               layout: str = W2W_PRESET) -> ImportResult:
+    """Write one identity folder per row of weights2weights' all_weights.pt under `out`. `layout` is
+    the preset the rows follow: sd15-w2w for the published files (tiny-sd15-w2w in tests)."""
     weights_dir, out = Path(weights_dir), Path(out)
-    layout = preset(W2W_PRESET)
-    entries = row_entries(read_dimensions(weights_dir / DIMENSIONS_FILE), layout)
+    entries = row_entries(read_dimensions(weights_dir / DIMENSIONS_FILE), preset(layout), layout)
     rows = open_rows(weights_dir / WEIGHTS_FILE, entries[-1].stop)
     folders = identity_folders(Path(images_dir), order)
     if len(folders) != rows.shape[0]:
@@ -196,5 +197,5 @@ def import_w2w(weights_dir: str | os.PathLike, images_dir: str | os.PathLike, ou
         written += _write_identity(out, folder, index, rows, entries, link)
     (out / "w2w_import.json").write_text(json.dumps({
         "source": str(weights_dir), "images": str(images_dir), "identities": len(folders), "order": order,
-        "layout": W2W_PRESET, "values": entries[-1].stop}, indent=1))
+        "layout": layout, "values": entries[-1].stop}, indent=1))
     return ImportResult(out, [f.name for f in folders], written, len(folders) - written)

@@ -43,6 +43,8 @@ UNET_SPECS = {
     # The SD1.5 UNet: model_channels 320, channel_mult [1,2,4,4], depth 1 on the first three
     # levels and in the middle, CLIP-L context 768 (ComfyUI's supported_models.SD15).
     "sd15": UnetSpec(768, _unet_transformers((320, 640, 1280, 1280), (1, 1, 1, 0), 1), "sd15"),
+    # The tiny SD1.5 test UNet: SD1.5's blocks at model_channels 32 and context 96.
+    "tiny-sd15": UnetSpec(96, _unet_transformers((32, 64, 128, 128), (1, 1, 1, 0), 1), "sd15"),
 }
 SDXL_CONTEXT_DIM = UNET_SPECS["sdxl"].context_dim
 SDXL_TRANSFORMERS = UNET_SPECS["sdxl"].transformers
@@ -78,6 +80,8 @@ PRESETS = {
     # self- and cross-attention): 99,648 values, the layout LoRA Diffusion trained on.
     "sd15-w2w": dict(unet="sd15", rank=1, projections=("q", "v"), alpha=27.0),
     "sd15-attn-r4": dict(unet="sd15", rank=4, projections=("q", "k", "v", "out")),
+    # The w2w layout on the tiny SD1.5 test UNet: the same 64 modules and PEFT keys, small factors.
+    "tiny-sd15-w2w": dict(unet="tiny-sd15", rank=1, projections=("q", "v"), alpha=27.0),
     "sdxl-attn-r4": dict(unet="sdxl", rank=4, projections=("q", "k", "v", "out")),
     "sdxl-qv-r1": dict(unet="sdxl", rank=1, projections=("q", "v")),
     "tiny-attn-r4": dict(unet="tiny-sdxl", rank=4, projections=("q", "k", "v", "out")),
@@ -89,7 +93,7 @@ PRESETS = {
 def preset(name: str) -> Layout:
     """A named layout: `sdxl-attn-r4` has 560 modules and 5,806,080 values, `sdxl-qv-r1` 280 and
     725,760, `tiny-attn-r4` 88 and 66,560, `synth-100k` 88 and 99,840, `sd15-w2w` 64 and 99,648,
-    `sd15-attn-r4` 128 and 797,184."""
+    `sd15-attn-r4` 128 and 797,184, `tiny-sd15-w2w` 64 and 10,272."""
     if name not in PRESETS:
         raise ValueError(f"unknown layout preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     spec = dict(PRESETS[name])

@@ -83,25 +83,27 @@ def w2w_dimensions(layout: Layout) -> list[tuple[str, tuple[int, int]]]:
     return [(key, _expected_shape(layout, *peft_module(key))) for key in w2w_peft_keys()]
 
 
-def row_entries(dimensions: Sequence[tuple[str, Sequence[int]]], layout: Layout) -> list[RowEntry]:
-    """Where each key's factor lies in a row, checked against `layout`: every module once, up and down."""
+def row_entries(dimensions: Sequence[tuple[str, Sequence[int]]], layout: Layout, name: str = W2W_PRESET
+                ) -> list[RowEntry]:
+    """Where each key's factor lies in a row, checked against `layout` (preset `name`): every module once,
+    up and down."""
     entries, start, seen = [], 0, set()
     for key, shape in dimensions:
         found = peft_module(key)
         if found is None or found[0] not in layout:
-            raise HypernetError(f"weight_dimensions key {brief(key, KEY_QUOTE)} is not a module of layout {W2W_PRESET}")
+            raise HypernetError(f"weight_dimensions key {brief(key, KEY_QUOTE)} is not a module of layout {name}")
         if found in seen:
             raise HypernetError(f"weight_dimensions lists the {found[1]} factor of {found[0]} twice")
         expected = _expected_shape(layout, *found)
         if tuple(shape) != expected:
             raise HypernetError(f"weight_dimensions gives {brief(key, KEY_QUOTE)} the shape {list(shape)}; layout "
-                                f"{W2W_PRESET} needs {list(expected)}")
+                                f"{name} needs {list(expected)}")
         seen.add(found)
         entries.append(RowEntry(key, found[0], found[1], start, tuple(int(d) for d in shape)))
         start = entries[-1].stop
     missing = [f"{m.name} {role}" for m in layout for role in ("up", "down") if (m.name, role) not in seen]
     if missing:
-        raise HypernetError(f"weight_dimensions lacks {len(missing)} factors of layout {W2W_PRESET}, e.g. {missing[0]}")
+        raise HypernetError(f"weight_dimensions lacks {len(missing)} factors of layout {name}, e.g. {missing[0]}")
     return entries
 
 

@@ -1,11 +1,11 @@
-"""Test-only ComfyUI nodes: a stand-in for CheckpointLoaderSimple that gives the tiny
-SDXL-architecture MODEL with a CLIP and VAE of matching shapes, since no real SDXL checkpoint
-can exist on the test machines. Linked into the test server's custom_nodes folder.
+"""Test-only ComfyUI nodes: stand-ins for CheckpointLoaderSimple that give the tiny SDXL- or
+SD1.5-architecture MODEL with a CLIP and VAE of matching shapes, since no real checkpoint can
+exist on the test machines. Linked into the test server's custom_nodes folder.
 
 For the browser test, which runs the shipped workflows unchanged through the real frontend,
 the stock CheckpointLoaderSimple gives the same tiny model for a checkpoint file that is a
-marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`); every
-other file loads as usual.
+marked stand-in (comfy_support.write_tiny_checkpoint, safetensors metadata `lora_hypernet_test`,
+whose value says SDXL or SD1.5); every other file loads as usual.
 
 It also teaches the stock CLIPVisionLoader the tiny CLIP ViT of tests/global_support.py:
 ComfyUI picks a CLIP vision config only for ViT-L/H/G sizes, so for this one size the config
@@ -39,21 +39,24 @@ comfy.clip_vision.load_clipvision_from_sd = _load_clipvision_from_sd
 import comfy.sd  # noqa: E402
 
 
-def _is_tiny_checkpoint(path) -> bool:
+def _tiny_checkpoint_mark(path) -> str | None:
     from safetensors import safe_open
     try:
         with safe_open(str(path), "pt") as f:
-            return (f.metadata() or {}).get("lora_hypernet_test") == comfy_support.TINY_CHECKPOINT_MARK
+            return (f.metadata() or {}).get("lora_hypernet_test")
     except Exception:
-        return False
+        return None
 
 
 _stock_load_checkpoint_guess_config = comfy.sd.load_checkpoint_guess_config
 
 
 def _load_checkpoint_guess_config(ckpt_path, *args, **kwargs):
-    if _is_tiny_checkpoint(ckpt_path):
+    mark = _tiny_checkpoint_mark(ckpt_path)
+    if mark == comfy_support.TINY_CHECKPOINT_MARK:
         return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae(), None
+    if mark == comfy_support.TINY_SD15_CHECKPOINT_MARK:
+        return (*tiny_sd15(), None)
     return _stock_load_checkpoint_guess_config(ckpt_path, *args, **kwargs)
 
 
@@ -61,7 +64,11 @@ comfy.sd.load_checkpoint_guess_config = _load_checkpoint_guess_config
 
 
 class TinyClip:
-    """Text -> SDXL-shaped conditioning (context 64, pooled 1280), deterministic per text."""
+    """Text -> SDXL-shaped conditioning (context 64, pooled 1280), deterministic per text; for the
+    tiny SD1.5 model, its context (96) and no pooled output."""
+
+    def __init__(self, context_dim: int = 64, pooled: bool = True):
+        self.context_dim, self.pooled = context_dim, pooled
 
     def tokenize(self, text):
         return text
@@ -69,9 +76,9 @@ class TinyClip:
     def encode_from_tokens_scheduled(self, tokens, **_):
         seed = int.from_bytes(hashlib.sha256(str(tokens).encode()).digest()[:8], "little")
         gen = torch.Generator().manual_seed(seed)
-        cond = torch.randn(1, 77, 64, generator=gen)
+        cond = torch.randn(1, 77, self.context_dim, generator=gen)
         pooled = torch.randn(1, 1280, generator=gen)
-        return [[cond, {"pooled_output": pooled}]]
+        return [[cond, {"pooled_output": pooled} if self.pooled else {}]]
 
 
 class TinyVae:
@@ -96,4 +103,16 @@ class TinySDXLCheckpointLoader:
         return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae()
 
 
-NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader}
+def tiny_sd15():
+    """MODEL, CLIP, VAE of the tiny SD1.5 model: CLIP gives its context and no pooled output."""
+    clip = TinyClip(context_dim=comfy_support.TINY_SD15_UNET["context_dim"], pooled=False)
+    return comfy_support.tiny_sd15_patcher(seed=0), clip, TinyVae()
+
+
+class TinySD15CheckpointLoader(TinySDXLCheckpointLoader):
+    def load(self, ckpt_name):
+        return tiny_sd15()
+
+
+NODE_CLASS_MAPPINGS = {"TinySDXLCheckpointLoader": TinySDXLCheckpointLoader,
+                       "TinySD15CheckpointLoader": TinySD15CheckpointLoader}
