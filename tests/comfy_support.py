@@ -40,17 +40,19 @@ REAL_SDXL_UNET = dict(
     transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048,
 )
 
-# A tiny SD1.5-architecture UNet: SD1.5's blocks (channel_mult [1,2,4,4], attention on the first
-# three levels and in the middle, heads of fixed count, no adm) at model_channels 32. Its context
-# (96) differs from the tiny SDXL's (64), so cross-attention shapes tell the two apart too.
-TINY_SD15_UNET = dict(
+# ComfyUI's SD1.5 UNet config as its model detection finds it in an SD1.5 checkpoint.
+SD15_UNET = dict(
     use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2],
+    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
     transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-    use_linear_in_transformer=False, context_dim=96, num_heads=8,
+    use_linear_in_transformer=False, context_dim=768, num_heads=8,
     transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
     use_temporal_attention=False, use_temporal_resblock=False,
 )
+# A tiny SD1.5-architecture UNet: SD1.5's blocks (channel_mult [1,2,4,4], attention on the first
+# three levels and in the middle, heads of fixed count, no adm) at model_channels 32. Its context
+# (96) differs from the tiny SDXL's (64), so cross-attention shapes tell the two apart too.
+TINY_SD15_UNET = dict(SD15_UNET, model_channels=32, context_dim=96)
 
 
 def comfyui_version() -> str:
@@ -317,3 +319,11 @@ def copy_into(src: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     return dest
+
+
+def patched_weights(comfy, patcher) -> dict:
+    """The MODEL's weights as ComfyUI patches them when it loads the model (a copy)."""
+    comfy.model_management.load_models_gpu([patcher])
+    weights = {k: v.clone() for k, v in patcher.model.state_dict().items()}
+    comfy.model_management.unload_all_models()
+    return weights

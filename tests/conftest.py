@@ -1,6 +1,8 @@
 """Shared fixtures: a real ComfyUI in-process and as a server, and small SDXL-shaped models."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 import comfy_support
@@ -92,3 +94,16 @@ def installed(comfy_server, tmp_path_factory):
     import demo_assets
     return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
                                       with_global=True)
+
+
+@pytest.fixture(scope="module")
+def lora_nodes(pack):
+    return importlib.import_module(f"{pack.__name__}.nodes.lora_nodes")
+
+
+@pytest.fixture
+def loras_dir(comfy, tmp_path, monkeypatch):
+    import folder_paths
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    return tmp_path

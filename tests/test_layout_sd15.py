@@ -2,19 +2,10 @@
 import pytest
 import torch
 
+from comfy_support import SD15_UNET
 from hypernet.lora.layout import attention_layout, kohya_unet_name, layout_mismatches
 from hypernet.lora.presets import preset, unet_attention_shapes
 from hypernet.lora.w2w import peft_module, w2w_dimensions, w2w_peft_keys
-
-# ComfyUI's SD1.5 UNet config as its model detection finds it in an SD1.5 checkpoint.
-SD15_UNET = dict(
-    use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-    adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
-    use_linear_in_transformer=False, context_dim=768, num_heads=8,
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    use_temporal_attention=False, use_temporal_resblock=False,
-)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from hypernet.common.files import check_filename_prefix
 from hypernet.errors import HypernetError
 from hypernet.lora.layout import attention_layout
 from hypernet.lora.presets import preset
+from comfy_support import patched_weights
 from random_weights import random_kohya_state
 
 
@@ -17,26 +18,6 @@ def random_lora(pack, model, rank=2, seed=0):
     layout = attention_layout(shapes, rank=rank, base_model="sdxl")
     values = importlib.import_module(f"{pack.__name__}.nodes.values")
     return values.LoraValue(random_kohya_state(layout, seed, scale=0.1), layout, {"seed": "0"})
-
-
-def patched_weights(comfy, patcher) -> dict:
-    comfy.model_management.load_models_gpu([patcher])
-    weights = {k: v.clone() for k, v in patcher.model.state_dict().items()}
-    comfy.model_management.unload_all_models()
-    return weights
-
-
-@pytest.fixture
-def lora_nodes(pack):
-    return importlib.import_module(f"{pack.__name__}.nodes.lora_nodes")
-
-
-@pytest.fixture
-def loras_dir(comfy, tmp_path, monkeypatch):
-    import folder_paths
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
-    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return tmp_path
 
 
 def test_apply_matches_saving_and_loading_with_stock_lora_loader(comfy, pack, lora_nodes, tiny_sdxl, loras_dir):

@@ -7,6 +7,7 @@ import torch
 
 from hypernet.lora.layout import attention_layout
 from hypernet.lora.presets import preset
+from comfy_support import patched_weights
 from random_weights import random_kohya_state
 
 
@@ -17,26 +18,6 @@ def unet_shapes(patcher) -> dict:
 def lora_value(pack, layout, seed=0):
     values = importlib.import_module(f"{pack.__name__}.nodes.values")
     return values.LoraValue(random_kohya_state(layout, seed, scale=0.1), layout, {"seed": str(seed)})
-
-
-def patched_weights(comfy, patcher) -> dict:
-    comfy.model_management.load_models_gpu([patcher])
-    weights = {k: v.clone() for k, v in patcher.model.state_dict().items()}
-    comfy.model_management.unload_all_models()
-    return weights
-
-
-@pytest.fixture(scope="module")
-def lora_nodes(pack):
-    return importlib.import_module(f"{pack.__name__}.nodes.lora_nodes")
-
-
-@pytest.fixture
-def loras_dir(comfy, tmp_path, monkeypatch):
-    import folder_paths
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], {".safetensors"}))
-    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
-    return tmp_path
 
 
 def test_tiny_sd15_is_comfyui_sd15_with_the_w2w_modules(comfy, tiny_sd15):
