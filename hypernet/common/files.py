@@ -117,3 +117,17 @@ def _prefix_problem(prefix: str) -> str | None:
         if bad is not None:
             return f"contains {bad!r}"
     return None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Like save_safetensors_atomic, for a text file (lists, tables)."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
