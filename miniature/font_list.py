@@ -89,10 +89,11 @@ def build(packages: list[tuple[str, str]], cache: Path | None = None, log=print)
     for i in sorted(set(range(len(complete))) - set(mixed_case)):
         log(f"caps-only: {families[complete[i]].family}")
     counts["not caps-only / small caps / unicase"] = len(mixed_case)
-    character_templates = font_filters.templates(torch.stack([placement_sets[i] for i in mixed_case]))
+    placement_templates = font_filters.templates(torch.stack([placement_sets[i] for i in mixed_case]))
+    shape_templates = font_filters.templates(torch.stack([shape_sets[i] for i in mixed_case]))
     legible = []
     for i in mixed_case:
-        score = font_filters.legibility(placement_sets[i], character_templates)
+        score = font_filters.legibility(placement_sets[i], shape_sets[i], placement_templates, shape_templates)
         if score >= font_filters.LEGIBLE_FRACTION:
             legible.append(i)
         else:
