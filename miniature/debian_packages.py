@@ -47,8 +47,12 @@ def download_deb(name: str, version: str, debs: Path) -> Path:
     found = sorted(debs.glob(pattern))
     if found:
         return found[0]
-    proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs,
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs,
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FontDataError(f"apt-get is not here: the font data ({name} {version}) comes from the Debian "
+                            f"archive; fetch it on a Debian or Ubuntu machine into {debs}") from None
     found = sorted(debs.glob(pattern))
     if proc.returncode != 0 or not found:
         now = archive_version(name)
@@ -94,7 +98,10 @@ def fetch_packages(packages: list[tuple[str, str]], cache: Path | None = None) -
                if not any(debs.glob(f"{n}_{v.replace(':', '%3a')}_*.deb"))]
     if missing:
         # On failure the per-package path below names the package and the reason.
-        subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True)
+        try:
+            subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True)
+        except FileNotFoundError:
+            pass   # download_deb says so, naming the package
     return {n: fetch_package(n, v, cache) for n, v in packages}
 
 

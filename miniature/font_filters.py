@@ -2,7 +2,8 @@
 
 Every test works on rendered glyphs, not on names or tables, because that is what the
 miniature's models see: a font whose 'a' slot draws a capital A is caps-only whatever its
-name says. Thresholds were set on the Debian fonts (numbers in miniature/data/README.md).
+name says. Thresholds were set on named Debian fonts (the measured values are beside them);
+the families each filter leaves are counted in miniature/data/README.md.
 """
 from __future__ import annotations
 
