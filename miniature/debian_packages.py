@@ -95,7 +95,7 @@ def fetch_packages(packages: list[tuple[str, str]], cache: Path | None = None) -
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     missing = [f"{n}={v}" for n, v in packages
-               if not any(debs.glob(f"{n}_{v.replace(':', '%3a')}_*.deb"))]
+               if not unpacked_dir(n, v, cache).is_dir() and not any(debs.glob(f"{n}_{v.replace(':', '%3a')}_*.deb"))]
     if missing:
         # On failure the per-package path below names the package and the reason.
         try:
@@ -108,5 +108,11 @@ def fetch_packages(packages: list[tuple[str, str]], cache: Path | None = None) -
 def fetch_package(name: str, version: str, cache: Path | None = None) -> Path:
     """Download and unpack one package; returns the folder holding its font files."""
     cache = cache or default_cache()
-    deb = download_deb(name, version, cache / "debs")
-    return unpack_fonts(deb, cache / "unpacked" / f"{name}_{version.replace(':', '%3a')}")
+    dest = unpacked_dir(name, version, cache)
+    if dest.is_dir():   # the .deb may be deleted once unpacked
+        return dest
+    return unpack_fonts(download_deb(name, version, cache / "debs"), dest)
+
+
+def unpacked_dir(name: str, version: str, cache: Path) -> Path:
+    return cache / "unpacked" / f"{name}_{version.replace(':', '%3a')}"
