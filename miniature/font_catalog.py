@@ -76,6 +76,15 @@ _SMALL_CAPS = re.compile(r"small ?caps|\bsc\b|caps|unicase|titling|initials", re
 _FORMAT_ORDER = {".otf": 0, ".ttf": 1, ".ttc": 2, ".otc": 2, ".pfb": 3, ".t1": 3, ".woff2": 4, ".woff": 5}
 
 
+# Whole families of small capitals, named so ("Marcellus SC", "Latin Modern Roman Caps",
+# "newtxttsc"): the glyph test misses some whose small capitals differ a little from the capitals.
+_SMALL_CAPS_FAMILY = re.compile(r"\b(sc|small ?caps|smallcaps|caps|unicase|titling|initials)\b|caps\d*$|tsc$", re.I)
+
+
+def named_small_caps(face: FontFace) -> bool:
+    return bool(_SMALL_CAPS_FAMILY.search(face.family))
+
+
 def is_upright(face: FontFace) -> bool:
     return not _SLANTED.search(face.style) and not _SLANTED.search(face.family)
 

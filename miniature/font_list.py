@@ -19,7 +19,7 @@ from hypernet.common.files import sha256_file, write_text_atomic
 from . import font_filters
 from .debian_packages import default_cache, fetch_packages
 from .errors import FontDataError
-from .font_catalog import FontFace, canonical_faces, canonical_rank, face_sha256, scan_package
+from .font_catalog import FontFace, canonical_faces, canonical_rank, face_sha256, named_small_caps, scan_package
 from .glyphs import DEFAULT_CHARS, compose, glyph_masks, load_font
 
 HEADER = ("package", "version", "path", "index", "sha256", "family", "split")
@@ -86,7 +86,8 @@ def build(packages: list[tuple[str, str]], cache: Path | None = None, log=print)
         placement_sets.append(font_filters.placements(glyphs32))
     counts["all 62 characters drawn"] = len(complete)
 
-    mixed_case = [i for i, s in enumerate(shape_sets) if not font_filters.caps_only(s)]
+    mixed_case = [i for i, s in enumerate(shape_sets)
+                  if not font_filters.caps_only(s) and not named_small_caps(families[complete[i]])]
     for i in sorted(set(range(len(complete))) - set(mixed_case)):
         log(f"caps-only: {families[complete[i]].family}")
     counts["not caps-only / small caps / unicase"] = len(mixed_case)

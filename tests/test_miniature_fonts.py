@@ -157,3 +157,14 @@ def test_style_words_in_family_names_do_not_make_another_family():
     assert family_key("Roboto-Condensed-Regular") == family_key("Roboto") == "roboto"
     assert family_key("LM Roman 10") == family_key("LM Roman 12") == "lm roman"
     assert family_key("C059") == "c059" and family_key("Black") == "black"
+
+
+def test_families_of_small_capitals_are_known_by_name():
+    from pathlib import Path
+
+    from miniature.font_catalog import FontFace, named_small_caps
+
+    def face(family):
+        return FontFace("p", "1", "f.otf", 0, family, "Regular", Path("f.otf"))
+    assert all(named_small_caps(face(n)) for n in ["Marcellus SC", "Latin Modern Roman Caps", "newtxttsc"])
+    assert not any(named_small_caps(face(n)) for n in ["Nimbus Sans", "Scala", "Capsuula", "Oscar"])
