@@ -21,16 +21,19 @@ from pathlib import Path
 import torch
 
 from .base_model import DEFAULT_CHARSET, GLYPH_UNET, GlyphModelError, GlyphText
-from .pixel_fold import SDXL_LATENT_SCALE, glyphs_to_latents
+from .pixel_fold import BLACK, SDXL_LATENT_SCALE, glyphs_to_latents
 
 FONT_SUFFIXES = {".ttf", ".otf", ".pfb", ".ttc", ".woff", ".woff2"}
 PRESETS = {
     # A real-ish run: about 0.5 s a step at batch 32 on 16x16 glyphs (4x8x8 latents), 1 thread.
-    "default": dict(steps=1000, batch=32, lr=1e-3, warmup=100, ema=0.995, save_every=100),
+    "default": dict(steps=1200, batch=32, lr=1e-3, warmup=100, ema=0.995, save_every=100, offset_noise=0.1),
     # CI: a handful of steps that show the loss going down.
-    "ci": dict(steps=12, batch=8, lr=1e-3, warmup=0, ema=0.0, save_every=6),
+    "ci": dict(steps=12, batch=8, lr=1e-3, warmup=0, ema=0.0, save_every=6, offset_noise=0.1),
 }
 UNCOND_RATE = 0.1  # how often a glyph trains the empty prompt (classifier-free guidance)
+# Offset noise (noise plus a per-channel constant): each latent channel is one pixel of every
+# 2x2 block, and a model trained on plain noise left per-channel offsets in its samples,
+# which show as checkerboards and stripes over the whole glyph.
 
 
 def font_files(specs: list[str]) -> list[Path]:
@@ -107,6 +110,7 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params]
         self.generator = torch.Generator().manual_seed(args.seed)
         self.step = 0
+        self.seconds = 0.0  # training time over all runs of a resumed training
 
     def loss(self, idx: torch.Tensor, drop: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -128,6 +132,7 @@ class Trainer:
         drop = torch.rand(b, generator=g) < UNCOND_RATE
         t = torch.randint(0, 1000, (b,), generator=g)
         noise = torch.randn((b, *self.latents.shape[1:]), generator=g)
+        noise += self.args.offset_noise * torch.randn((b, noise.shape[1], 1, 1), generator=g)
         return idx, drop, t, noise
 
     def train_step(self) -> float:
@@ -163,7 +168,7 @@ class Trainer:
     def run_description(self) -> dict:
         a = self.args
         return {"fonts": a.font_names, "charset": a.charset, "size": a.size, "batch": a.batch, "lr": a.lr,
-                "warmup": a.warmup, "ema": a.ema, "seed": a.seed, "unet_config": GLYPH_UNET}
+                "warmup": a.warmup, "ema": a.ema, "offset_noise": a.offset_noise, "seed": a.seed, "unet_config": GLYPH_UNET}
 
     def save_state(self, path: Path) -> None:
         from hypernet.common.files import save_safetensors_atomic
@@ -172,7 +177,8 @@ class Trainer:
         for i, state in self.optimizer.state_dict()["state"].items():
             tensors.update({f"opt.{i}.{k}": v for k, v in state.items()})
         tensors["rng"] = self.generator.get_state()
-        save_safetensors_atomic(tensors, path, {"step": str(self.step), "run": json.dumps(self.run_description(), sort_keys=True)})
+        save_safetensors_atomic(tensors, path, {"step": str(self.step), "seconds": f"{self.seconds:.1f}",
+                                                "run": json.dumps(self.run_description(), sort_keys=True)})
 
     def load_state(self, path: Path) -> None:
         from safetensors import safe_open
@@ -192,8 +198,9 @@ class Trainer:
         self.optimizer.load_state_dict(state)
         self.generator.set_state(tensors["rng"])
         self.step = int(meta["step"])
+        self.seconds = float(meta.get("seconds", 0.0))
 
-    def glyph_model(self, seconds: float):
+    def glyph_model(self):
         from .glyph_model_file import GlyphModelFile
         unet = self.model.diffusion_model
         names = [n for n, _ in unet.named_parameters()]
@@ -201,8 +208,8 @@ class Trainer:
         state.update({n: e.clone() for n, e in zip(names, self.ema)})  # EMA weights; buffers as they are
         text = GlyphText(self.args.charset, GLYPH_UNET["context_dim"])
         text.context.data, text.pooled.data = self.ema[-2].clone(), self.ema[-1].clone()
-        training = dict(self.run_description(), steps=self.step, seconds=round(seconds, 1))
-        return GlyphModelFile(dict(GLYPH_UNET), state, text, self.args.size, SDXL_LATENT_SCALE, "eps", training)
+        training = dict(self.run_description(), steps=self.step, seconds=round(self.seconds, 1))
+        return GlyphModelFile(dict(GLYPH_UNET), state, text, self.args.size, SDXL_LATENT_SCALE, BLACK, "eps", training)
 
 
 def parse_args(argv=None):
@@ -213,6 +220,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--offset-noise", type=float, help="per-channel noise offset (0 for plain noise)")
     parser.add_argument("--size", type=int, default=16, choices=(16, 32), help="glyph size in pixels (latents are half)")
     parser.add_argument("--max-fonts", type=int, default=0, help="use only the first N fonts (0: all)")
     parser.add_argument("--charset", default=DEFAULT_CHARSET)
@@ -259,16 +267,17 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} thread(s)")
     started, first = time.perf_counter(), trainer.step
     while trainer.step < args.steps:
+        tick = time.perf_counter()
         loss = trainer.train_step()
+        trainer.seconds += time.perf_counter() - tick
         if trainer.step % max(1, args.steps // 20) == 0 or trainer.step == args.steps:
             per_step = (time.perf_counter() - started) / (trainer.step - first)
             print(f"step {trainer.step}/{args.steps} loss {loss:.4f} ({per_step:.3f} s/step)", flush=True)
         if trainer.step % args.save_every == 0 and trainer.step < args.steps:
             trainer.save_state(state_path)
-    seconds = time.perf_counter() - started
     trainer.save_state(state_path)
-    save_glyph_model(trainer.glyph_model(seconds), out, save=save_safetensors_atomic)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) after {seconds:.0f} s")
+    save_glyph_model(trainer.glyph_model(), out, save=save_safetensors_atomic)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) after {trainer.step} steps, {trainer.seconds:.0f} s of training")
     if args.samples:
         write_samples(out, Path(args.samples), args.charset)
         print(f"wrote {args.samples}")

@@ -61,7 +61,8 @@ def test_the_fold_is_lossless_and_puts_2x2_blocks_into_the_four_channels():
     assert back.shape == (len(CHARS), 3, 16, 16)
     torch.testing.assert_close(back, pixels.unsqueeze(1).expand(-1, 3, -1, -1), rtol=0, atol=1e-6)
     # pixel (2y + i, 2x + j) lands in channel 2i + j at (y, x), in SDXL latent units
-    assert latents[0, 3, 2, 5] * fold.latent_scale == pytest.approx(pixels[0, 5, 11].item(), abs=1e-6)
+    assert latents[0, 3, 2, 5] * fold.latent_scale + fold.shift == pytest.approx(pixels[0, 5, 11].item(), abs=1e-6)
+    assert fold.encode(torch.full((1, 3, 2, 2), -1.0)).abs().max() == 0  # black, the background, is latent 0
     assert glyphs.float().std() > 50  # real glyphs, not a blank image
 
 
@@ -206,3 +207,27 @@ def test_training_resumes_bit_for_bit(comfy, tmp_path):
     assert [resumed.train_step() for _ in range(2)] == losses[2:]
     for a, b in zip(straight.ema, resumed.ema):
         assert torch.equal(a, b)
+
+
+def test_a_stock_graph_on_the_server_saves_one_glyph_image_per_character(comfy_server):
+    import numpy as np
+    from PIL import Image
+    random_glyph_model(comfy_server.base_dir / "models" / "glyph_models" / "glyph_test.safetensors", CHARS)
+    prompt = {
+        "1": {"class_type": "LoraHypernetLoadGlyphModel", "inputs": {"glyph_model_name": "glyph_test.safetensors"}},
+        "2": {"class_type": "LoraHypernetGlyphPrompt", "inputs": {"glyph_text": ["1", 2], "characters": "aB0cA"}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 3,
+            "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 1]}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "glyph_test"}},
+    }
+    entry, _ = comfy_server.run_prompt(prompt, timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = entry["outputs"]["5"]["images"]
+    assert len(images) == 5
+    for image in images:
+        path = comfy_server.base_dir / "output" / image["subfolder"] / image["filename"]
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (16, 16, 3)
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # grey
