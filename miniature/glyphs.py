@@ -27,8 +27,9 @@ from PIL import Image, ImageFont
 # The 62 characters every usable font must draw.
 DEFAULT_CHARS = string.ascii_uppercase + string.ascii_lowercase + string.digits
 
-# Drawing size of the high-resolution pass, as a multiple of the target size.
-_OVERSAMPLE = 4
+# Pixel size of the high-resolution pass: fixed, so that a glyph set at one size is the same
+# whichever other sizes are drawn with it (4x the target above 32 px).
+_DRAW_PX = 128
 # Empty border on each side, as a fraction of the box.
 MARGIN = 1 / 16
 
@@ -95,6 +96,6 @@ def render_glyphs(font_path: str | Path, chars: str = DEFAULT_CHARS, size: int =
 def render_glyph_sizes(font_path: str | Path, chars: str = DEFAULT_CHARS,
                        sizes: tuple[int, ...] = (16, 32), index: int = 0) -> dict[int, np.ndarray]:
     """The same glyphs at several sizes from one FreeType pass: {size: uint8 [N, size, size]}."""
-    font = load_font(font_path, _OVERSAMPLE * max(sizes), index)
+    font = load_font(font_path, max(_DRAW_PX, 4 * max(sizes)), index)
     masks = glyph_masks(font, chars)
     return {s: compose(masks, s) for s in sizes}
