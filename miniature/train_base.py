@@ -36,8 +36,8 @@ UNCOND_RATE = 0.1  # how often a glyph trains the empty prompt (classifier-free 
 # which show as checkerboards and stripes over the whole glyph.
 
 
-def font_files(specs: list[str]) -> list[Path]:
-    """Font files named directly or found under folders, in sorted order (reproducible)."""
+def font_files(specs: list[str]) -> list[tuple[Path, int]]:
+    """(font file, face index) named directly or found under folders, in sorted order (reproducible)."""
     found = []
     for spec in specs:
         path = Path(spec)
@@ -47,17 +47,28 @@ def font_files(specs: list[str]) -> list[Path]:
             found.append(path)
         else:
             raise GlyphModelError(f"--fonts {spec}: no such file or folder")
-    return found
+    return [(path, 0) for path in found]
 
 
-def render_dataset(fonts: list[Path], charset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def train_families(font_list: str, max_fonts: int) -> list[tuple[Path, int]]:
+    """The curated list's TRAIN families (held-out ones never reach the base model), fetched and
+    checked by miniature.font_list; the first `max_fonts` by family name when given."""
+    from .font_list import FONT_LIST_FILE, read_list, resolve
+    entries = sorted((e for e in read_list(Path(font_list) if font_list != "default" else FONT_LIST_FILE)
+                      if e.split == "train"), key=lambda e: e.family)
+    entries = entries[:max_fonts] if max_fonts else entries
+    files = resolve(entries)
+    return [(files[e], e.index) for e in entries]
+
+
+def render_dataset(fonts: list[tuple[Path, int]], charset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(latents [F*C, 4, size/2, size/2], table rows [F*C], font names used); a font that
     cannot draw every character is skipped with a note."""
     from .glyphs import render_glyphs
     latents, rows, used = [], [], []
-    for font in fonts:
+    for font, index in fonts:
         try:
-            glyphs = render_glyphs(font, charset, size)
+            glyphs = render_glyphs(font, charset, size, index)
         except OSError as exc:
             print(f"skipping {font}: {exc}", file=sys.stderr)
             continue
@@ -66,7 +77,7 @@ def render_dataset(fonts: list[Path], charset: str, size: int) -> tuple[torch.Te
             continue
         latents.append(glyphs_to_latents(glyphs))
         rows.append(torch.arange(1, len(charset) + 1))
-        used.append(font.name)
+        used.append(font.name if not index else f"{font.name}#{index}")
     if not used:
         raise GlyphModelError("no usable font: give --fonts files or folders with fonts that draw every character")
     return torch.cat(latents), torch.cat(rows), used
@@ -214,7 +225,11 @@ class Trainer:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m miniature.train_base", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fonts", nargs="+", required=True, help="font files or folders (searched recursively) of the TRAIN families")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fonts", nargs="+", help="font files or folders (searched recursively) of the TRAIN families")
+    source.add_argument("--font-list", nargs="?", const="default",
+                        help="the train families of the curated font list (miniature/data/fonts.tsv unless a path "
+                             "is given); fetches their Debian packages into .cache/fonts")
     parser.add_argument("--out", required=True, help="the glyph model file to write (.safetensors)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--steps", type=int)
@@ -249,9 +264,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     state_path = out.with_name(out.name[:-len(".safetensors")] + ".state.safetensors")
     try:
-        fonts = font_files(args.fonts)
-        if args.max_fonts:
-            fonts = fonts[:args.max_fonts]
+        if args.fonts:
+            fonts = font_files(args.fonts)
+            fonts = fonts[:args.max_fonts] if args.max_fonts else fonts
+        else:
+            fonts = train_families(args.font_list, args.max_fonts)
         latents, rows, args.font_names = render_dataset(fonts, args.charset, args.size)
         trainer = Trainer(args, latents, rows)
         if args.resume and state_path.exists():
@@ -259,7 +276,7 @@ def main(argv=None) -> int:
             print(f"resumed at step {trainer.step} from {state_path}")
         elif out.exists() or state_path.exists():
             raise GlyphModelError(f"{out if out.exists() else state_path} exists; pass --resume to continue, or another --out")
-    except GlyphModelError as exc:
+    except ValueError as exc:  # GlyphModelError, and the font list's FontDataError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(args.font_names)} fonts, {latents.shape[0]} glyphs at {args.size} px, latents {tuple(latents.shape[1:])}, "

@@ -231,3 +231,33 @@ def test_a_stock_graph_on_the_server_saves_one_glyph_image_per_character(comfy_s
         pixels = np.asarray(Image.open(path))
         assert pixels.shape == (16, 16, 3)
         assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # grey
+
+
+def test_train_command_ci_size_writes_a_loadable_file_and_never_overwrites(comfy, tmp_path):
+    """python -m miniature.train_base on a few fonts of the tests' Debian package, CI preset."""
+    import os
+    import subprocess
+    import sys
+
+    from comfy_support import COMFYUI_PATH, REPO
+    from font_support import urw_font
+    from miniature.glyph_model_file import load_glyph_model
+    fonts = [str(urw_font(name)) for name in ("NimbusSans-Regular.otf", "C059-Roman.otf", "P052-Roman.otf")]
+    out = tmp_path / "glyph_ci.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1", COMFYUI_PATH=str(COMFYUI_PATH))
+
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "miniature.train_base", "--preset", "ci", "--fonts", *fonts,
+                               "--out", str(out), "--charset", "AaB0", *extra],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "3 fonts, 12 glyphs at 16 px" in first.stdout
+    glyph = load_glyph_model(out)
+    assert glyph.text.charset == "AaB0" and glyph.training["steps"] == 12
+    assert glyph.training["fonts"] == ["NimbusSans-Regular.otf", "C059-Roman.otf", "P052-Roman.otf"]
+    again = train()
+    assert again.returncode == 2 and "exists; pass --resume" in again.stderr
+    other = train("--resume", "--seed", "1")
+    assert other.returncode == 2 and "other fonts or settings" in other.stderr
