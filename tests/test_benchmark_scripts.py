@@ -103,3 +103,23 @@ def test_glyph_step_benchmark_prints_both_glyph_sizes():
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ") and "x" in line[:6]] \
         == ["| 16x16", "| 32x32"]
+
+def test_robustness_benchmark_runs_its_smoke_grid_and_writes_its_own_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\nKept as it is.\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, str(BENCHMARKS / "bench_robustness.py"), "--smoke", "--work", str(tmp_path / "work"),
+               "--write-results", "--results", str(results)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| centre") or
+            line.startswith("| fourier")]
+    assert [r[0] for r in rows] == ["| centre", "| fourier"]
+    assert all(float(r[4]) > 0 and float(r[10]) == 1.0 for r in rows)  # the floor: the noiseless LoRAs retrieve all
+    written = results.read_text()
+    assert written.startswith("# Measured results\n\nKept as it is.\n")
+    assert "## Robustness over the synthetic generator family (issue 19)" in written and "| fourier |" in written
+    again = subprocess.run(command + ["--cells", "centre"], capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rewritten = results.read_text()  # the section is replaced, not appended
+    assert rewritten.count("\n## Robustness over the synthetic generator family") == 1 and "| fourier |" not in rewritten
