@@ -84,8 +84,10 @@ def choose_sampling(model: Hypernet, fit: tuple[torch.Tensor, torch.Tensor],
     ridge = ridge_baseline(fit[0], fit[1], val_vectors, val_face, model.layout)
     ridge = {"top1": ridge["top1"], "rel_err": ridge["rel_err"]}
     beats = (best["top1"], -best["rel_err"]) >= (ridge["top1"], -ridge["rel_err"])
-    versus = (f"validation top-1 {best['top1']:.3f} (delta-W error {best['rel_err']:.3f}) against ridge regression's "
-              f"{ridge['top1']:.3f} ({ridge['rel_err']:.3f})")
+    n = len(val_vectors)  # top-1 moves in steps of 1/n: the counts say how much a difference weighs
+    versus = (f"validation top-1 {best['top1']:.3f} ({round(best['top1'] * n)} of {n} identities; delta-W error "
+              f"{best['rel_err']:.3f}) against ridge regression's {ridge['top1']:.3f} ({round(ridge['top1'] * n)} of "
+              f"{n}; {ridge['rel_err']:.3f})")
     if beats:
         statement = f"the hypernet beats the ridge baseline on the validation identities: {versus}"
     else:
