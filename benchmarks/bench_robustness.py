@@ -215,8 +215,9 @@ def main() -> None:
             print(f"  {name}: {what_differs(name, args.identities)} ...", flush=True)
             result = run_cell(name, knobs, config, args, env, work)
             rows.append(row(name, args.identities, result))
-            print(f"  {name}: sampled top1 {result['sampled']['top1']:.3f}, train {result['train_seconds']:.0f} s, "
-                  f"load average {_bench.load_average()}", flush=True)
+            # the row at once: a grid stopped part-way still leaves its finished cells
+            print("  | " + " | ".join(str(c) for c in rows[-1]) + f" |  (load average {_bench.load_average()})",
+                  flush=True)
         minutes = (time.perf_counter() - started) / 60
     steps = "" if args.ae_steps is None and args.prior_steps is None else \
         f", shortened to {args.ae_steps or 'preset'} autoencoder / {args.prior_steps or 'preset'} prior steps"

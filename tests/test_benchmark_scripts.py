@@ -114,4 +114,4 @@ def test_robustness_benchmark_runs_its_smoke_grid_and_writes_its_own_section(tmp
     again = subprocess.run(command + ["--cells", "centre"], capture_output=True, text=True, timeout=900, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     rewritten = results.read_text()  # the section is replaced, not appended
-    assert rewritten.count("## Robustness over the synthetic generator family") == 1 and "| fourier |" not in rewritten
+    assert rewritten.count("\n## Robustness over the synthetic generator family") == 1 and "| fourier |" not in rewritten
