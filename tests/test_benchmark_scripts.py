@@ -123,3 +123,15 @@ def test_robustness_benchmark_runs_its_smoke_grid_and_writes_its_own_section(tmp
     assert again.returncode == 0, again.stderr[-3000:]
     rewritten = results.read_text()  # the section is replaced, not appended
     assert rewritten.count("\n## Robustness over the synthetic generator family") == 1 and "| fourier |" not in rewritten
+
+
+def test_adaptive_probe_prints_its_tables_on_a_tiny_dataset(tmp_path):
+    from hypernet_support import make_dataset
+    data = make_dataset(tmp_path, identities=40)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "probe_adaptive.py"), "--data", str(data),
+                             "--identities", "30", "--latent", "8", "--steps", "100"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("| ridge face -> latent: held-out R^2", "| 100 |", "conditions shuffled",
+                "ridge + residual prior (early-stopped), guidance 3, temperature 0"):
+        assert row in result.stdout, row

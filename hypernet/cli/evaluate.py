@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'measure':<34}{'top1':>8}{'cosine':>9}")
     for label, values in (("sampled", result["sampled"]), ("baseline: mean training LoRA", result["baselines"]["mean"]),
                           ("baseline: nearest embedding", result["baselines"]["nearest_embedding"]),
+                          *((("baseline: ridge regression", result["baselines"]["ridge"]),)
+                            if "ridge" in result["baselines"] else ()),
                           ("ceiling: autoencoder reconstruction", result["ceiling"])):
         print(f"{label:<34}{values['top1']:>8.3f}{values['cosine']:>9.3f}")
     if floor is not None:
