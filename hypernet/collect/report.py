@@ -50,14 +50,14 @@ class Progress:
         self.bar = tqdm(total=total, desc="collect", unit="identity", disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True)
         if finished_before:
-            self.bar.write(f"{finished_before} identities finished by an earlier run are skipped")
+            tqdm.write(f"{finished_before} identities finished by an earlier run are skipped", file=sys.stderr)
 
     def update(self, record: dict) -> None:
         if record["status"] == "done":
             self.done += 1
         else:
             self.failed += 1
-            self.bar.write(f"failed {record['id']}: {record['kind']}: {record['reason']}")
+            tqdm.write(f"failed {record['id']}: {record['kind']}: {record['reason']}", file=sys.stderr)
         self.bar.set_postfix(done=self.done, failed=self.failed, refresh=False)
         self.bar.update(1)
 
