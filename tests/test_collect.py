@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,16 @@ def test_rerun_with_other_settings_is_refused(source, local_run):
     result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 1
     assert "trained with other settings (settings.steps differ)" in result.stderr
+
+
+def test_init_starts_every_identity_from_the_given_lora(source, local_run, tmp_path):
+    src = tmp_path / "one"
+    shutil.copytree(source["src"] / GOOD[1], src / GOOD[1])
+    init = local_run["out"] / GOOD[0] / "lora.safetensors"
+    result = run_collect(dict(source, src=src), tmp_path / "out", "--init", str(init))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = records(tmp_path / "out").values()
+    assert record["init_lora"] == "lora.safetensors" and record["key"]["init_sha256"]
+    fresh = records(local_run["out"])[GOOD[1]]
+    assert record["base_loss"] == pytest.approx(fresh["base_loss"], rel=1e-6)  # same photos, noise and timesteps
+    assert record["initial_loss"] != pytest.approx(record["base_loss"], rel=1e-4)  # it did not start from zero

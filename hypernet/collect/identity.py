@@ -27,7 +27,7 @@ from ..data.identity_folders import EMBEDDING_FILE, IdentityFolder, Skip
 from ..errors import HypernetError
 from ..lora.layout import Layout
 from ..lora.lora_io import layout_from_lora, lora_from_state_dict, lora_to_state_dict, read_lora, write_lora
-from .jobs import LORA_FILE, PARTIAL_PREFIX, RECORD_FILE, IdentityJob, RunSpec
+from .jobs import LORA_FILE, PARTIAL_PREFIX, RECORD_FILE, IdentityJob, RunSpec, layout_difference
 
 
 def load_preload(entry: str) -> None:
@@ -123,13 +123,12 @@ def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started
     result = host.trainer.train([Path(p) for p in job.photos], job.captions, job.seed,
                                 init_lora=host.init_lora, progress=None, should_stop=None)
     weights = lora_from_state_dict(result.state_dict, source=f"the LoRA trained for {job.id}")
-    trained = layout_from_lora(weights, host.layout.base_model)
-    if trained != host.layout:
-        raise HypernetError(f"the trainer returned a LoRA of another layout than {spec.layout_name} "
-                            f"({len(trained)} modules, {len(host.layout)} expected); this is a trainer bug")
+    problem = layout_difference(layout_from_lora(weights, host.layout.base_model), host.layout)
+    if problem:
+        raise HypernetError(f"the trainer returned a LoRA that is not of layout {spec.layout_name}: {problem}")
     record = {
         "id": job.id, "status": "done", "steps": int(result.steps), "final_loss": float(result.loss),
-        "base_loss": float(result.base_loss), "seed": job.seed, "train_seconds": float(result.seconds),
+        "base_loss": float(result.base_loss), "initial_loss": float(result.initial_loss), "seed": job.seed, "train_seconds": float(result.seconds),
         "seconds": round(time.perf_counter() - started, 3), "base_model": Path(spec.base_checkpoint).name,
         "base_sha256": spec.base_sha256, "layout": spec.layout_name, "captions": job.captions,
         "photos": [Path(p).name for p in job.photos], "init_lora": spec.init_lora and Path(spec.init_lora).name,

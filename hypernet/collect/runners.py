@@ -104,6 +104,10 @@ def run_ray(jobs: list[IdentityJob], spec: RunSpec, address: str, workers: int |
                 yield ray.get(done[0])
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
                 yield _crashed(job, "its Ray worker died")
+            except ray.exceptions.RayTaskError as exc:  # the worker's own one-line error, not Ray's traceback
+                if isinstance(exc.cause, HypernetError):
+                    raise exc.cause from None
+                raise
     finally:
         if started:
             ray.shutdown()
