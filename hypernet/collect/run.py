@@ -54,7 +54,7 @@ def collect(src: str | os.PathLike, base: str | os.PathLike, layout: str, out: s
     elif (workers or 1) > 1:
         records = run_processes(plan.jobs, spec, workers)
     else:
-        records = run_here(plan.jobs, spec)
+        records = run_here(plan.jobs, spec, bar.steps)
     try:
         for record in records:
             (result.trained if record["status"] == "done" else result.failed).append(record)
