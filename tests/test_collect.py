@@ -32,6 +32,9 @@ from hypernet.lora.layout import kohya_unet_name
 from hypernet.lora.lora_io import layout_from_lora, read_lora
 from hypernet.lora.presets import preset
 
+# Every test here runs ComfyUI (in collect's workers), so `make test` runs them on each ComfyUI.
+pytestmark = pytest.mark.comfy
+
 LAYOUT = "tiny-attn-r4"
 GOOD = [f"person{i}" for i in range(6)]
 BROKEN = {"no_photos": "no photos", "unreadable": "unreadable photo", "no_face": "photo without a usable face"}
