@@ -1,8 +1,11 @@
 """collect's planning, without ComfyUI: seeds, captions, resuming and refusals."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -94,3 +97,18 @@ def test_an_init_lora_of_another_layout_is_refused_before_training(tmp_path):
         collect(tmp_path / "src", tmp_path / "base.safetensors", "tiny-attn-r4", tmp_path / "out",
                 init_lora=tmp_path / "init.safetensors", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists(),
+                    reason="a Ray cluster was started on this machine (`ray start`), so --ray auto would join it")
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    write_tiny_checkpoint(tmp_path / "base.safetensors")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "hypernet", "collect", "--src", str(tmp_path / "src"), "--base",
+                             str(tmp_path / "base.safetensors"), "--layout", "tiny-attn-r4", "--out",
+                             str(tmp_path / "out"), "--ray", "auto", "--quiet"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "error: no Ray cluster answers on this machine" in result.stderr
+    assert "`ray start --head`" in result.stderr

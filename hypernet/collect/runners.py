@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from ..common.messages import one_line
 from ..errors import HypernetError
 from .identity import collect_identity
 from .jobs import IdentityJob, RunSpec
@@ -77,10 +78,15 @@ def start_ray(address: str, cpus: int | None):
     if os.environ.get("COMFYUI_PATH"):
         env["COMFYUI_PATH"] = str(Path(os.environ["COMFYUI_PATH"]).resolve())
     options = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False)
-    if address == "local":
-        ray.init(num_cpus=cpus, **options)
-    else:
-        ray.init(address=address, **options)
+    try:
+        if address == "local":
+            ray.init(num_cpus=cpus, **options)
+        else:
+            ray.init(address=address, **options)
+    except ConnectionError as exc:
+        where = "on this machine" if address == "auto" else f"at {address}"
+        raise HypernetError(f"no Ray cluster answers {where} ({one_line(str(exc), 160)}); start one with "
+                            "`ray start --head`, give its address, or use --ray local for one here") from None
     return ray, True
 
 
