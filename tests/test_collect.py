@@ -204,14 +204,21 @@ def test_rerun_with_other_settings_is_refused(source, local_run):
     assert "trained with other settings (settings.steps differ)" in result.stderr
 
 
-def test_init_starts_every_identity_from_the_given_lora(source, local_run, tmp_path):
+def test_init_and_class_images_reach_the_trainer(source, local_run, tmp_path):
+    """--init starts every identity from the given LoRA; --class-images are trained with."""
     src = tmp_path / "one"
     shutil.copytree(source["src"] / GOOD[1], src / GOOD[1])
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    for k in range(2):
+        Image.fromarray(synthetic_photo(96, 96, [(20, 20, 48, 100 + k)], seed=500 + k)).save(classes / f"c{k}.png")
     init = local_run["out"] / GOOD[0] / "lora.safetensors"
-    result = run_collect(dict(source, src=src), tmp_path / "out", "--init", str(init))
+    result = run_collect(dict(source, src=src), tmp_path / "out", "--init", str(init), "--class-images", str(classes))
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = records(tmp_path / "out").values()
     assert record["init_lora"] == "lora.safetensors" and record["key"]["init_sha256"]
+    assert record["key"]["settings"]["class_images"] == ["c0.png", "c1.png"]
     fresh = records(local_run["out"])[GOOD[1]]
     assert record["base_loss"] == pytest.approx(fresh["base_loss"], rel=1e-6)  # same photos, noise and timesteps
     assert record["initial_loss"] != pytest.approx(record["base_loss"], rel=1e-4)  # it did not start from zero
+    assert record["final_loss"] < record["initial_loss"]
