@@ -174,6 +174,10 @@ def main() -> int:
         rows.append((f"{kind} UNet ({step['params'] / 1e9:.2f} B)", REAL[kind][1], f"{resolution} px", str(dtype)[6:],
                      step["seconds"].fmt(digits=2), f"{step['flops'] / 1e12:.3f}", f"{meta / 1e12:.3f}",
                      f"{step['flops'] / meta:.2f}"))
+    sd15_full = meta_step_flops("sd15", 512)
+    if args.sd15_resolution != 512:
+        rows.append(("sd15 UNet (0.86 B)", "sd15-w2w", "512 px", "-", "not run (too slow here)", "-",
+                     f"{sd15_full / 1e12:.3f}", "-"))
     sdxl_full = meta_step_flops("sdxl", 1024)
     rows.append(("sdxl UNet (2.57 B)", "sdxl-attn-r4", "1024 px", "-", "does not fit this machine", "-",
                  f"{sdxl_full / 1e12:.2f}", "-"))
@@ -182,7 +186,7 @@ def main() -> int:
     _bench.table(("UNet", "layout", "resolution", "dtype", "s / step: median (min-max)", "TFLOP / step (counted)",
                   "TFLOP fwd+bwd (meta count)", "counted / meta"), rows)
 
-    sd15_flops = per_step["sd15"]["flops"] * meta_step_flops("sd15", 512) / meta_step_flops("sd15", args.sd15_resolution)
+    sd15_flops = per_step["sd15"]["flops"] * sd15_full / meta_step_flops("sd15", args.sd15_resolution)
     ratio = per_step["sdxl"]["flops"] / meta_step_flops("sdxl", args.sdxl_resolution)
     sdxl_step = sdxl_full * ratio
     tflops = args.assumed_tflops * 1e12
