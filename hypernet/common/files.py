@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def save_safetensors_new(tensors: dict[str, torch.Tensor], path: str | os.PathLi
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(src: Path, dest: Path, link: bool = True) -> None:
+    """A hard link to `src` at `dest` (no second copy of a photo), or a copy where links cannot be made."""
+    if link:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:  # another file system, or links not allowed
+            pass
+    shutil.copy2(src, dest)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
