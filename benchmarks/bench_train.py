@@ -67,6 +67,24 @@ def throughput(dataset, cfg, device: torch.device, work: Path) -> dict[str, Stat
     return {phase: Stats(tuple(b - a for a, b in zip(times, times[1:]))) for phase, times in stamps.items()}
 
 
+def flops_per_step(dataset, cfg, device: torch.device, work: Path) -> dict[str, float]:
+    """Floating-point operations of one step of each phase (forward, backward, optimiser), counted
+    by PyTorch's FlopCounterMode as the difference between runs one step apart, so the GPU time
+    of a long run can be estimated on paper: steps x FLOPs / the GPU's sustained FLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+    train_module.reference_factors = _first_vector_as_reference
+
+    def total(ae_steps: int, prior_steps: int) -> int:
+        run_cfg = dataclasses.replace(cfg, ae_steps=ae_steps, prior_steps=prior_steps)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            Trainer(dataset, run_cfg, device, work / "flops.safetensors", progress=False).run(resume=False)
+        return counter.get_total_flops()
+
+    base = total(1, 1)
+    return {"autoencoder": float(total(2, 1) - base), "prior": float(total(1, 2) - base)}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layout", default="sdxl-attn-r4")
@@ -84,7 +102,7 @@ def report(args: argparse.Namespace, command: str, layout, cfg, results: dict[st
           f"{cfg.prior.conditioning}, width {cfg.prior.width}, batch {cfg.prior_batch}, {args.prior_steps} timed steps.\n")
     gpu = _bench.gpu_name()
     header = ("phase", f"CPU ({torch.get_num_threads()} torch threads): samples/s", "CPU: s/step",
-              f"GPU ({gpu})" if gpu else "GPU")
+              "GFLOP/step", f"GPU ({gpu})" if gpu else "GPU")
     rows = []
     for phase, batch in (("autoencoder", cfg.ae_batch), ("prior", cfg.prior_batch)):
         cpu = results["cpu"][phase]
@@ -94,7 +112,7 @@ def report(args: argparse.Namespace, command: str, layout, cfg, results: dict[st
             gpu_cell = f"{Stats(tuple(batch / s for s in g.values)).fmt(digits=1)} samples/s"
         else:
             gpu_cell = "not measured: no GPU lent"
-        rows.append((phase, rate.fmt(digits=1), cpu.fmt(), gpu_cell))
+        rows.append((phase, rate.fmt(digits=1), cpu.fmt(), f"{results['flops'][phase] / 1e9:.1f}", gpu_cell))
     _bench.table(header, rows)
 
 
@@ -109,6 +127,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         results = {device.type: throughput(dataset, cfg, device, Path(tmp)) for device in devices}
+        results["flops"] = flops_per_step(dataset, cfg, torch.device("cpu"), Path(tmp))
     report(args, command, layout, cfg, results)
 
 

@@ -51,12 +51,13 @@ def tables_only(output: str) -> str:
     return output[start:].strip() if start >= 0 else output.strip()
 
 
-def replace_section(text: str, section: str) -> str:
-    """`text` with the part between BEGIN and END replaced by `section` (appended when absent)."""
-    block = f"{BEGIN}\n{section.strip()}\n{END}"
-    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """`text` with the part between the markers `begin` and `end` replaced by `section` (appended
+    when absent); other scripts' sections use their own markers."""
+    block = f"{begin}\n{section.strip()}\n{end}"
+    if begin in text and end in text.split(begin, 1)[1]:
+        before, rest = text.split(begin, 1)
+        after = rest.split(end, 1)[1]
         return before + block + after
     return text.rstrip("\n") + "\n\n" + block + "\n"
 

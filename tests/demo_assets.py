@@ -21,6 +21,7 @@ from PIL import Image
 import global_support
 from comfy_support import REPO
 from face_models import draw_face, write_face_models
+from w2w_support import write_w2w_source
 from workflow_api import workflow_to_prompt
 
 WORKFLOWS = REPO / "example_workflows"
@@ -65,6 +66,21 @@ def train_tiny_hypernet(work: Path, embedding_model: str, identities: int = 96, 
     return ckpt
 
 
+def train_w2w_hypernet(work: Path, face_dir: Path, identities: int = 96, filename: str = HYPERNET_SD15_FILE) -> Path:
+    """The SD1.5 example's hypernet the way the README tells a user to make one: weights2weights-
+    format files (tests/w2w_support.py) -> import-w2w -> dataset (faces through the face models
+    in `face_dir`) -> train with the tiny preset; returns the checkpoint path."""
+    work.mkdir(parents=True, exist_ok=True)
+    files, images = write_w2w_source(work / "w2w", TINY_SD15_LAYOUT, identities)
+    python_m("import-w2w", "--weights", str(files), "--images", str(images), "--out", str(work / "collection"),
+             "--layout", TINY_SD15_LAYOUT, "--quiet")
+    python_m("dataset", "--src", str(work / "collection"), "--out", str(work / "dataset"), "--layout",
+             TINY_SD15_LAYOUT, "--face-model", str(face_dir), "--seed", "0")
+    ckpt = work / filename
+    python_m("train", "--data", str(work / "dataset"), "--out", str(ckpt), "--config", "tiny", "--seed", "0")
+    return ckpt
+
+
 def stamp_global_files(collection: Path, encoder: dict) -> None:
     """Label a synthetic collection's global vectors as features of `encoder` (name and weight
     fingerprint), as if they had been computed with it."""
@@ -104,8 +120,7 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
     shutil.copyfile(hypernet_ckpt, target)
     installed = {"hypernet": target, "hypernet_sd15": models / "lora_hypernets" / HYPERNET_SD15_FILE}
     if sd15_ckpt is None:
-        sd15_ckpt = train_tiny_hypernet(work / "sd15", face_model_name(face_dir), layout=TINY_SD15_LAYOUT,
-                                        filename=HYPERNET_SD15_FILE)
+        sd15_ckpt = train_w2w_hypernet(work / "sd15", face_dir)
     shutil.copyfile(sd15_ckpt, installed["hypernet_sd15"])
     if with_global:
         clip_dir = models / "clip_vision"

@@ -94,3 +94,44 @@ def test_soak_benchmark_prints_the_server_memory_every_few_runs_and_the_ratio(tm
     assert "RSS after run 4 / after run 2: " in result.stdout and "target within 5%" in result.stdout
     assert "; load average " in result.stdout and "Load average (1, 5, 15 min) after the last run: " in result.stdout
     assert len(list((tmp_path / "comfy_base" / "output").rglob("*.png"))) == 4  # every run drew its image
+
+
+def test_glyph_step_benchmark_prints_both_glyph_sizes():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_glyph_step.py"), "--steps", "1", "--batch", "2"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ") and "x" in line[:6]] \
+        == ["| 16x16", "| 32x32"]
+
+def test_robustness_benchmark_runs_its_smoke_grid_and_writes_its_own_section(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Measured results\n\nKept as it is.\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, str(BENCHMARKS / "bench_robustness.py"), "--smoke", "--work", str(tmp_path / "work"),
+               "--write-results", "--results", str(results)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| centre") or
+            line.startswith("| fourier")]
+    assert [r[0] for r in rows] == ["| centre", "| fourier"]
+    assert all(float(r[4]) > 0 and float(r[10]) == 1.0 for r in rows)  # the floor: the noiseless LoRAs retrieve all
+    written = results.read_text()
+    assert written.startswith("# Measured results\n\nKept as it is.\n")
+    assert "## Robustness over the synthetic generator family (issue 19)" in written and "| fourier |" in written
+    again = subprocess.run(command + ["--cells", "centre"], capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rewritten = results.read_text()  # the section is replaced, not appended
+    assert rewritten.count("\n## Robustness over the synthetic generator family") == 1 and "| fourier |" not in rewritten
+
+
+def test_adaptive_probe_prints_its_tables_on_a_tiny_dataset(tmp_path):
+    from hypernet_support import make_dataset
+    data = make_dataset(tmp_path, identities=40)
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "probe_adaptive.py"), "--data", str(data),
+                             "--identities", "30", "--latent", "8", "--steps", "100"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("| ridge face -> latent: held-out R^2", "| 100 |", "conditions shuffled",
+                "ridge + residual prior (early-stopped), guidance 3, temperature 0"):
+        assert row in result.stdout, row

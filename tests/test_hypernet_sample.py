@@ -154,7 +154,8 @@ def test_evaluate_cli_prints_one_json_object_with_the_promised_keys(data, traine
     assert main(["evaluate", "--ckpt", str(trained), "--data", str(data), "--json", "--seeds", "2", "--steps", "4"]) == 0
     result = json.loads(capsys.readouterr().out)
     for path in ("recon.rel_err", "sampled.top1", "sampled.cosine", "sampled.diversity", "baselines.mean.top1",
-                 "baselines.nearest_embedding.top1", "ceiling.top1"):
+                 "baselines.nearest_embedding.top1", "baselines.ridge.top1", "baselines.ridge.rel_err",
+                 "ceiling.top1"):
         value = result
         for key in path.split("."):
             value = value[key]

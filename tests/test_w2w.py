@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import w2w_support
 from face_models import synthetic_photo, write_face_models
 from hypernet.cli import main
 from hypernet.data.dataset import open_dataset
@@ -38,12 +39,7 @@ def _rows(count: int) -> torch.Tensor:
 
 
 def write_w2w_files(folder: Path, rows: torch.Tensor, dimensions=None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    dims = w2w_dimensions(LAYOUT) if dimensions is None else dimensions
-    torch.save(rows, folder / WEIGHTS_FILE)
-    torch.save({key: (torch.Size([torch.Size(shape).numel()]), torch.Size(shape)) for key, shape in dims},
-               folder / DIMENSIONS_FILE)
-    return folder
+    return w2w_support.write_w2w_files(folder, rows, w2w_dimensions(LAYOUT) if dimensions is None else dimensions)
 
 
 @pytest.fixture(scope="module")

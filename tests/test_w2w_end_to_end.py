@@ -13,39 +13,23 @@ import math
 
 import pytest
 import torch
-from PIL import Image
 
-from face_models import synthetic_photo, write_face_models
+from face_models import write_face_models
 from hypernet.cli import main
 from hypernet.data.dataset import open_dataset
 from hypernet.lora.presets import preset
-from hypernet.lora.w2w import w2w_dimensions
-from test_w2w import write_w2w_files
+from w2w_support import write_w2w_source
 
 IDENTITIES = 200
 LAYOUT_NAME = "tiny-sd15-w2w"
 LAYOUT = preset(LAYOUT_NAME)
 
 
-def _rows(count: int) -> torch.Tensor:
-    """Rows that depend on the identity (a shared mean plus a per-identity direction), so the
-    prior has something to learn; row i's first value is i, so a mix-up is visible."""
-    gen = torch.Generator().manual_seed(0)
-    mean = torch.randn(LAYOUT.num_values, generator=gen) * 0.02
-    rows = mean + torch.randn(count, LAYOUT.num_values, generator=gen) * 0.01
-    rows[:, 0] = torch.arange(count, dtype=torch.float32)
-    return rows
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The trained hypernet and the dataset it came from, made through the CLI as a user would."""
     root = tmp_path_factory.mktemp("w2w_e2e")
-    images = root / "images"
-    for i in range(IDENTITIES):
-        (images / str(i)).mkdir(parents=True)
-        Image.fromarray(synthetic_photo(96, 96, [(16, 16, 64, i + 1)], seed=i)).save(images / str(i) / "0.png")
-    files = write_w2w_files(root / "files", _rows(IDENTITIES), w2w_dimensions(LAYOUT))
+    files, images = write_w2w_source(root, LAYOUT_NAME, IDENTITIES)
     collection, data = root / "collection", root / "data"
     assert main(["import-w2w", "--weights", str(files), "--images", str(images), "--out", str(collection),
                  "--layout", LAYOUT_NAME, "--quiet"]) == 0

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 
 from ..model.condition import CONDITIONS
-from ..pipeline.train_config import PRESETS, load_train_config
+from ..data.dataset import open_dataset
+from ..model.checkpoint import read_header
+from ..pipeline.auto_config import auto_train_config
+from ..pipeline.train_config import AUTO, PRESETS, load_train_config
 from ..pipeline.training import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder from `python -m hypernet dataset`")
     parser.add_argument("--out", required=True, help="hypernet checkpoint to write (.safetensors)")
-    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}) or JSON file of overrides "
-                                         "(optionally with \"preset\"); default: default")
+    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), auto (chosen from the dataset, with a "
+                                         "validation split and early stopping: hypernet/pipeline/auto_config.py) or "
+                                         "JSON file of overrides (optionally with \"preset\"); default: default")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--seed", type=int, help="override the config's seed")
@@ -26,15 +31,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_train_config(args.config)
-    if args.seed is not None:
-        cfg = dataclasses.replace(cfg, seed=args.seed)
-    if args.condition is not None:
-        cfg = dataclasses.replace(cfg, condition=args.condition)
+    choices = None
+    if args.config == AUTO:
+        cfg, choices = auto_train_config(open_dataset(args.data), seed=args.seed or 0,
+                                         condition=args.condition or "face")
+        for line in choices:
+            print(f"auto: {line}")
+    else:
+        cfg = load_train_config(args.config)
+        if args.seed is not None:
+            cfg = dataclasses.replace(cfg, seed=args.seed)
+        if args.condition is not None:
+            cfg = dataclasses.replace(cfg, condition=args.condition)
     started = time.perf_counter()
     model = train(args.data, args.out, cfg, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet, choices=choices)
     counts = model.parameter_counts()
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s: autoencoder {counts['autoencoder']:,} and "
           f"prior {counts['prior']:,} parameters")
+    metadata = read_header(args.out)[0]
+    if "validation" in metadata:
+        early = json.loads(metadata["validation"])
+        print(f"early stopping: best validation loss {early['best_loss']:.4g} at prior step {early['best_step']}"
+              + (", stopped on a plateau" if early.get("stopped") else ""))
+    if "auto" in metadata:
+        auto = json.loads(metadata["auto"])
+        print(f"auto: temperature {auto['temperature']:g}, guidance {auto['guidance']:g}; {auto['statement']}")
     return 0

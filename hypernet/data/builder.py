@@ -13,6 +13,8 @@ Input format (a public contract; `python -m hypernet synth` writes it too):
                                      features): tensor `embedding`, float32 [G] or [k, G];
                                      metadata `embedding_model` names the encoder and optional
                                      `encoder_fingerprint` its weights (absent: "synthetic").
+        truth.safetensors            ignored, not the identity's LoRA: a synthetic collection's
+                                     noiseless LoRA (written by synth --truth)
 
 Files directly in SRC and folders whose names start with "." are ignored. When a folder has
 both, embedding.safetensors wins and its photos are not read. Several embeddings of one

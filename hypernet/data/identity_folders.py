@@ -20,7 +20,8 @@ from ..common.safetensors_header import read_header
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 EMBEDDING_FILE = "embedding.safetensors"
 GLOBAL_FILE = "global.safetensors"
-NOT_LORAS = {EMBEDDING_FILE, GLOBAL_FILE}
+TRUTH_FILE = "truth.safetensors"  # a synthetic collection's noiseless LoRA (synth --truth), not the identity's LoRA
+NOT_LORAS = {EMBEDDING_FILE, GLOBAL_FILE, TRUTH_FILE}
 EMBEDDING_DIM = 512
 UNSPECIFIED_MODEL = "unspecified"
 

@@ -24,6 +24,14 @@ manifold has `manifold_dim` coordinates from the face and `manifold_dim` from th
 (a second fixed projection), and the features of both feed the random linear map, so each
 source explains about half of the LoRA's variation around the base.
 
+A family of generators (issue 19; knobs in synth_family.py): the dependence of the factors on
+the embedding (sincos, linear, linear-delta, fourier), the factor scale, the alpha written into
+the files, and through the layout the rank and module count; `noise`, `manifold_dim` and the
+identity count are the knobs above. Every knob at its default is today's `synth`, file for file.
+With `truth`, each identity folder also holds truth.safetensors, its noiseless LoRA:
+
+    OUT/id-00000/truth.safetensors     kohya LoRA, alpha = rank, factors before noise and mixing
+
 What it is not: real identity LoRAs or real face embeddings. It shows whether the pipeline can
 learn a smooth embedding -> LoRA map and recover it on held-out identities; numbers measured on
 it say nothing about image quality or identity fidelity on real faces.
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +54,8 @@ from tqdm import tqdm
 from ..common.tensors import l2_normalize, seeded_generator
 from ..errors import HypernetError
 from ..common.files import save_safetensors_atomic
+from .identity_folders import TRUTH_FILE
+from .synth_family import DEFAULT_FREQUENCY, check_family, dependence_features, module_alpha
 from ..lora.layout import Layout
 from ..lora.lora_io import write_lora
 from ..lora.vectorize import module_slices, unflatten
@@ -61,9 +71,27 @@ GROUP_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class SynthSpec:
+    """What to generate; the fields after `noise` are the family's knobs (synth_family.py)."""
+
     seed: int = 0
     manifold_dim: int = 16
     noise: float = 0.05
+    dependence: str = "sincos"
+    frequency: float = DEFAULT_FREQUENCY  # only for dependence "fourier"
+    factor_scale: float | None = None  # None: per rank, so that delta W entries are about 1e-3
+    alpha: str = "random"
+
+    def family(self) -> dict:
+        """The family knobs that differ from today's `synth` (empty for today's `synth`)."""
+        default = SynthSpec()
+        knobs = {"dependence": self.dependence, "factor_scale": self.factor_scale, "alpha": self.alpha}
+        if self.dependence == "fourier":
+            knobs["frequency"] = self.frequency
+        return {k: v for k, v in knobs.items() if k == "frequency" or v != getattr(default, k)}
+
+    def describe(self) -> dict:
+        """synth.json's description: today's three fields, plus the family knobs that differ."""
+        return {"seed": self.seed, "manifold_dim": self.manifold_dim, "noise": self.noise, **self.family()}
 
 
 def synth_embeddings(count: int, seed: int) -> torch.Tensor:
@@ -77,9 +105,12 @@ def synth_global_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
 
 
 def manifold_features(embeddings: torch.Tensor, spec: SynthSpec, purpose: str = "projection") -> torch.Tensor:
-    """[n, 2 * manifold_dim] smooth features of the embeddings' manifold coordinates."""
+    """[n, F] smooth features of the embeddings' manifold coordinates ([sin z, cos z] for today's
+    `synth`, F = 2 * manifold_dim; other dependences: synth_family.dependence_features)."""
     projection = torch.randn(embeddings.shape[1], spec.manifold_dim, generator=seeded_generator(spec.seed, purpose))
     z = embeddings.float() @ projection  # each coordinate ~ N(0, 1) for unit embeddings
+    if spec.dependence != "sincos":
+        return dependence_features(z, spec.dependence, spec.frequency, spec.seed, purpose)
     return torch.cat([torch.sin(z), torch.cos(z)], dim=1)
 
 
@@ -89,30 +120,39 @@ def _factor_scale(rank: int) -> float:
 
 
 def synth_vectors(features: torch.Tensor, layout: Layout, spec: SynthSpec,
-                  noise_generators: list[torch.Generator]) -> torch.Tensor:
-    """Ground-truth LoRAs [n, D] of a group of identities' features, in the flat layout order
-    (alpha = rank; the factors are random, not canonical: `unflatten` turns a row into a LoRA)."""
+                  noise_generators: list[torch.Generator], truth: torch.Tensor | None = None) -> torch.Tensor:
+    """The identities' LoRAs [n, D] (with their per-identity noise) of a group of identities'
+    features, in the flat layout order (alpha = rank; the factors are random, not canonical:
+    `unflatten` turns a row into a LoRA). `truth` [n, D], when given, receives the noiseless LoRAs."""
     out = torch.empty(features.shape[0], layout.num_values)
     for s, m in zip(module_slices(layout), layout.modules):
         gen = seeded_generator(spec.seed, "module", m.name)
-        sigma = _factor_scale(m.rank)
+        sigma = _factor_scale(m.rank) if spec.factor_scale is None else spec.factor_scale
         base = torch.randn(m.size, generator=gen)
         mapping = torch.randn(features.shape[1], m.size, generator=gen) / math.sqrt(features.shape[1])
+        if spec.dependence == "linear-delta":
+            mapping[:, m.up_size:] = 0  # fixed down factors: delta W linear in the features
         for i, noise_gen in enumerate(noise_generators):
             # one identity at a time: a batched matmul may round differently for other group sizes
             values = (base + features[i] @ mapping) * sigma
+            if truth is not None:
+                truth[i, s.start:s.stop] = values
             out[i, s.start:s.stop] = values + spec.noise * sigma * torch.randn(m.size, generator=noise_gen)
     return out
 
 
-def mix_factors(weights: LoraWeights, gen: torch.Generator) -> LoraWeights:
-    """Same delta W per module, other factors: up M^-1 (rank/alpha), M down, with random M and alpha."""
+def mix_factors(weights: LoraWeights, gen: torch.Generator, alphas: dict[str, float | None] | None = None
+                ) -> LoraWeights:
+    """Same delta W per module, other factors: up M^-1 (rank/alpha), M down, with random M and
+    alpha (or the module's alpha in `alphas`, where it is not None)."""
     mixed = {}
     for name, m in weights.items():
         r = m.rank
         q, _ = torch.linalg.qr(torch.randn(r, r, generator=gen, dtype=torch.float64))
         mix = q * torch.exp(torch.rand(r, generator=gen, dtype=torch.float64) - 0.5)  # well-conditioned
         alpha = float([1.0, r / 2, r, 2 * r][int(torch.randint(4, (1,), generator=gen))])
+        if alphas is not None and alphas.get(name) is not None:
+            alpha = alphas[name]
         up = torch.linalg.solve(mix.T, m.up_matrix().double().T).T * (m.alpha / alpha)
         down = mix @ m.down_matrix().double()
         mixed[name] = ModuleWeights(up.float().reshape(m.up.shape), down.float().reshape(m.down.shape), alpha)
@@ -124,6 +164,7 @@ def _check_arguments(count: int, spec: SynthSpec, global_dim: int, depends: str)
         raise HypernetError(f"--identities must be at least 1, not {count}")
     if spec.manifold_dim < 1 or spec.noise < 0:
         raise HypernetError("--manifold-dim must be at least 1 and --noise not negative")
+    check_family(spec.dependence, spec.frequency, spec.factor_scale, spec.alpha)
     if global_dim < 0 or depends not in DEPENDS:
         raise HypernetError(f"--global-dim must not be negative and --depends one of {DEPENDS}, not {depends!r}")
     if depends == "face+global" and global_dim == 0:
@@ -132,12 +173,17 @@ def _check_arguments(count: int, spec: SynthSpec, global_dim: int, depends: str)
 
 def _write_identity(folder: Path, lora: LoraWeights, base_model: str, spec: SynthSpec, index: int,
                     embedding: torch.Tensor, embedding_model: str,
-                    global_vector: torch.Tensor | None, global_model: str) -> None:
-    """One identity folder in the builder's input format."""
+                    global_vector: torch.Tensor | None, global_model: str, truth: LoraWeights | None = None) -> None:
+    """One identity folder in the builder's input format (plus the noiseless LoRA, when given)."""
     folder.mkdir(exist_ok=True)
-    write_lora(folder / "lora.safetensors", lora, base_model=base_model,
-               metadata={"synth_seed": str(spec.seed), "synth_identity": str(index),
-                         "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)})
+    metadata = {"synth_seed": str(spec.seed), "synth_identity": str(index),
+                "synth_manifold_dim": str(spec.manifold_dim), "synth_noise": str(spec.noise)}
+    if spec.family():  # today's `synth` files carry exactly today's metadata
+        metadata["synth_family"] = json.dumps(spec.family(), sort_keys=True)
+    write_lora(folder / "lora.safetensors", lora, base_model=base_model, metadata=metadata)
+    if truth is not None:
+        write_lora(folder / TRUTH_FILE, truth, base_model=base_model,
+                   metadata={**metadata, "synth_truth": "noiseless LoRA of this identity"})
     save_safetensors_atomic({"embedding": embedding.clone()}, folder / "embedding.safetensors",
                             {"embedding_model": embedding_model})
     if global_vector is not None:
@@ -147,8 +193,12 @@ def _write_identity(folder: Path, lora: LoraWeights, base_model: str, spec: Synt
 
 def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = SynthSpec(),
                 progress: bool = True, embedding_model: str = EMBEDDING_MODEL, global_dim: int = 0,
-                depends: str = "face", global_model: str = GLOBAL_MODEL) -> list[Path]:
+                depends: str = "face", global_model: str = GLOBAL_MODEL, truth: bool = False) -> list[Path]:
     """Write `count` identity folders under `out`; returns their paths.
+
+    With `truth`, each folder also gets truth.safetensors: the identity's noiseless LoRA (alpha =
+    rank, factors not mixed), which the dataset builder ignores and `evaluate --truth` reads to
+    measure the noise floor. The rank and module count are the layout's (synth_family.family_layout).
 
     `embedding_model` labels the embeddings (a face model's name lets a hypernet trained on
     them be used with that model's Face Embed output, e.g. in demos). `global_dim` > 0 adds
@@ -157,7 +207,9 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
     _check_arguments(count, spec, global_dim, depends)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"layout": layout.to_dict(), "identities": count, "embedding_model": embedding_model, **asdict(spec)}
+    info = {"layout": layout.to_dict(), "identities": count, "embedding_model": embedding_model, **spec.describe()}
+    if truth:
+        info["truth_file"] = TRUTH_FILE
     if global_dim:  # collections without global vectors are described exactly as before
         info.update(global_dim=global_dim, global_model=global_model, depends=depends)
     (out / "synth.json").write_text(json.dumps(info, indent=1))
@@ -166,18 +218,21 @@ def write_synth(out: str | Path, layout: Layout, count: int, spec: SynthSpec = S
     global_vectors = synth_global_vectors(count, global_dim, spec.seed) if global_dim else None
     if depends == "face+global":
         features = torch.cat([features, manifold_features(global_vectors, spec, "global-projection")], dim=1)
-    group = max(1, GROUP_BYTES // (4 * layout.num_values))
+    group = max(1, GROUP_BYTES // (4 * layout.num_values * (2 if truth else 1)))
+    alphas = {m.name: module_alpha(spec.alpha, spec.seed, m.name, m.rank) for m in layout.modules}
     folders = []
     with tqdm(total=count, desc="synth LoRAs", unit="identity", disable=not progress) as bar:
         for start in range(0, count, group):
             ids = range(start, min(count, start + group))
             gens = [seeded_generator(spec.seed, "identity", i) for i in ids]
-            truths = synth_vectors(features[start:start + len(ids)], layout, spec, gens)
-            for i, truth, gen in zip(ids, truths, gens):
+            noiseless = torch.empty(len(ids), layout.num_values) if truth else None
+            noisy = synth_vectors(features[start:start + len(ids)], layout, spec, gens, noiseless)
+            for k, (i, vector, gen) in enumerate(zip(ids, noisy, gens)):
                 folder = out / f"id-{i:05d}"
-                _write_identity(folder, mix_factors(unflatten(truth, layout), gen), layout.base_model, spec, i,
-                                embeddings[i], embedding_model,
-                                None if global_vectors is None else global_vectors[i], global_model)
+                _write_identity(folder, mix_factors(unflatten(vector, layout), gen, alphas), layout.base_model, spec,
+                                i, embeddings[i], embedding_model,
+                                None if global_vectors is None else global_vectors[i], global_model,
+                                None if noiseless is None else unflatten(noiseless[k], layout))
                 folders.append(folder)
                 bar.update()
     return folders

@@ -3,6 +3,14 @@
 Spaces: a LoRA is a canonical flat vector x [D] (see vectorize.py). The autoencoder works on
 x with its factors aligned to a reference (alignment.py), then normalised per dimension; the prior works on the autoencoder's posterior mean, normalised
 per latent dimension ("latents" below always mean this normalised prior space).
+
+Two sampling settings that `train --config auto` chooses on a validation split (ours, beyond
+the papers; hypernet/pipeline/auto_config.py) live in the config, because they change what a
+sample is: `offset` "ridge" means the prior models the residual of the latent around a linear
+(ridge) map of the face embedding, stored as norm.offset_weight [E, m] and norm.offset_bias [m],
+which sampling adds back; `temperature` scales the starting noise of DDIM (1: the prior's own
+spread; 0: its deterministic, mean-like answer). Both are written only when they differ from
+"none" and 1.0, so older checkpoints keep their config JSON and load unchanged.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ from ..lora.layout import Layout
 from .denoisers import build_denoiser
 from ..common.messages import brief, one_line
 from .prior_config import PriorConfig
+
+OFFSETS = ("none", "ridge")
 from ..lora.vectorize import Normalizer
 
 
@@ -39,9 +49,18 @@ class HypernetConfig:
     # Identity of the image encoder that made the global features: {"name", "dim", "fingerprint"}
     # (global_features.EncoderInfo.to_dict()); features of another encoder are refused.
     global_encoder: dict | None = None
+    offset: str = "none"  # "none" or "ridge" (see the module docstring)
+    temperature: float = 1.0
 
     def __post_init__(self):
         check_condition(self.condition)
+        if self.offset not in OFFSETS:
+            raise HypernetError(f"offset must be one of {OFFSETS}, not {brief(self.offset)}")
+        if self.offset != "none" and self.condition != "face":
+            raise HypernetError(f"offset {self.offset!r} needs condition 'face', not {brief(self.condition)}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 <= self.temperature <= 1:
+            raise HypernetError(f"temperature must be a number between 0 and 1, not {brief(self.temperature)}")
         if not 1 <= self.embedding_dim <= 65536:
             raise HypernetError(f"embedding_dim {brief(self.embedding_dim)} is out of range")
         if not needs_global(self.condition):
@@ -65,6 +84,10 @@ class HypernetConfig:
         # Face-only configs are written exactly as before global features existed.
         if needs_global(self.condition):
             data.update(global_dim=self.global_dim, global_encoder=dict(self.global_encoder))
+        if self.offset != "none":
+            data["offset"] = self.offset
+        if self.temperature != 1.0:
+            data["temperature"] = self.temperature
         return data
 
     @classmethod
@@ -75,6 +98,7 @@ class HypernetConfig:
                        embedding_dim=int(data["embedding_dim"]), condition=str(data.get("condition", "face")),
                        global_dim=int(data.get("global_dim", 0)),
                        global_encoder=dict(encoder) if isinstance(encoder, dict) else encoder,
+                       offset=data.get("offset", "none"), temperature=data.get("temperature", 1.0),
                        autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
@@ -106,6 +130,9 @@ class Hypernet(nn.Module):
                            ("latent_mean", self.latent_size),
                            ("latent_std", self.latent_size)):
             self.norm.register_buffer(name, torch.ones(size) if name.endswith("std") else torch.zeros(size))
+        if config.offset == "ridge":
+            self.norm.register_buffer("offset_weight", torch.zeros(config.embedding_dim, self.latent_size))
+            self.norm.register_buffer("offset_bias", torch.zeros(self.latent_size))
 
     @property
     def layout(self) -> Layout:
@@ -126,6 +153,12 @@ class Hypernet(nn.Module):
     @property
     def normalizer(self) -> Normalizer:
         return Normalizer(self.norm.mean, self.norm.std)
+
+    def latent_offset(self, cond: torch.Tensor) -> torch.Tensor | None:
+        """What sampling adds to the prior's latents for condition rows [n, E]; None without an offset."""
+        if self.config.offset == "none":
+            return None
+        return cond @ self.norm.offset_weight + self.norm.offset_bias
 
     def prepare(self, vectors: torch.Tensor) -> torch.Tensor:
         """Canonical vectors [n, D] -> aligned and normalised: what the autoencoder sees."""

@@ -6,5 +6,6 @@
   caller uses; condition_inputs.py (which inputs a checkpoint takes, and the errors when the
   wiring does not fit); sampling_inputs.py (those inputs from files and photos); outputs.py
   (the LoRA file written from a sample).
-- evaluate.py: a checkpoint on held-out identities, with metrics.py (distances on delta W).
+- evaluate.py: a checkpoint on held-out identities, with metrics.py (distances on delta W) and
+  ridge.py (the ridge regression baseline, also the offset of the adaptive prior).
 """

@@ -1,8 +1,9 @@
 """`python -m hypernet evaluate`: how well a checkpoint does on held-out identities.
 
 Sampled LoRAs are compared with the held-out identities' own LoRAs on delta W (metrics.py),
-beside two baselines (the mean training LoRA, the LoRA of the nearest training face) and the
-ceiling the autoencoder allows (its reconstruction of the true LoRAs).
+beside three baselines (the mean training LoRA, the LoRA of the nearest training face, a ridge
+regression from the face embedding to the training LoRA, ridge.py) and the ceiling the
+autoencoder allows (its reconstruction of the true LoRAs).
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from ..common.tensors import l2_normalize
 from ..data.dataset import LoraDataset
 from ..encoders.encoder_info import check_encoder
 from ..errors import HypernetError
+from ..lora.alignment import align, reference_factors
 from ..lora.layout import Layout
+from ..model.autoencoder import delta_sq_error
 from ..model.condition import needs_face, needs_global
 from ..model.hypernet import Hypernet
-from .metrics import compare, diversity, mean_baseline
+from .metrics import compare, delta_sq_norms, diversity, mean_baseline
+from .ridge import choose_lambda, ridge_predict
 from .sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_latents
 
 
@@ -37,12 +41,35 @@ def _check_dataset(model: Hypernet, dataset: LoraDataset) -> None:
         check_encoder(model.config.global_encoder, dataset.global_encoder)
 
 
+def delta_rel_err(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> float:
+    """Mean over rows of ||dW_pred - dW_true|| / ||dW_true|| (compare's rel_err, without the Gram matrix)."""
+    error = delta_sq_error(pred.double(), true.double(), layout)
+    return float((error / delta_sq_norms(true, layout).clamp_min(1e-30)).sqrt().mean())
+
+
+def ridge_baseline(train_vectors: torch.Tensor, train_emb: torch.Tensor, true: torch.Tensor, emb: torch.Tensor,
+                   layout: Layout) -> dict:
+    """Ridge regression from the embedding to the training LoRA, its lambda chosen on a
+    validation split of the training identities by delta-W error, then refitted on all of them.
+    The targets are the factors aligned to one reference (alignment.py): averaging canonical
+    factors, whose signs and order jump between neighbours, would average noise."""
+    aligned = align(train_vectors, reference_factors(train_vectors, layout), layout)
+    train_emb = l2_normalize(train_emb)
+    lam, _ = choose_lambda(train_emb, aligned, lambda p, t: delta_rel_err(p, t, layout))
+    pred = ridge_predict(train_emb, aligned, emb, lam)
+    return {**compare(pred, true, layout), "lambda": lam}
+
+
 def _baselines(train_vectors: torch.Tensor, train_emb: torch.Tensor, true: torch.Tensor, emb: torch.Tensor,
                layout: Layout) -> dict:
-    """What a hypernet must beat: the mean training LoRA, and the training LoRA of the nearest face."""
+    """What a hypernet must beat: the mean training LoRA, the training LoRA of the nearest face,
+    and ridge regression from the face to the LoRA."""
     nearest = train_vectors[(emb @ l2_normalize(train_emb).T).argmax(1)]
-    return {"mean": mean_baseline(train_vectors, true, layout),
-            "nearest_embedding": {k: v for k, v in compare(nearest, true, layout).items() if k != "rel_err"}}
+    baselines = {"mean": mean_baseline(train_vectors, true, layout),
+                 "nearest_embedding": {k: v for k, v in compare(nearest, true, layout).items() if k != "rel_err"}}
+    if len(train_vectors) >= 3:  # fewer rows leave nothing to choose lambda on
+        baselines["ridge"] = ridge_baseline(train_vectors, train_emb, true, emb, layout)
+    return baselines
 
 
 def _sampled(model: Hypernet, true: torch.Tensor, emb: torch.Tensor, glob: torch.Tensor | None, *, seeds: int,

@@ -25,14 +25,18 @@ DEFAULT_GUIDANCE = 3.0
 DEFAULT_ETA = 0.0
 
 
-def _start_noise(seed: int, n: int, m: int, device: torch.device):
-    """(the starting noise [n, m], a function giving each DDIM step's noise): row i draws from
-    its own generators, so it does not depend on the other rows."""
+def _start_noise(seed: int, n: int, m: int, device: torch.device, temperature: float = 1.0):
+    """(the starting noise [n, m], a function giving each DDIM step's noise), both scaled by the
+    checkpoint's temperature: row i draws from its own generators, so it does not depend on the
+    other rows."""
     noise = torch.stack([torch.randn(m, generator=seeded_generator(seed, i, "start")) for i in range(n)]).to(device)
     step_generators = [seeded_generator(seed, i, "steps") for i in range(n)]
 
     def step_noise(_: int) -> torch.Tensor:
-        return torch.stack([torch.randn(m, generator=g) for g in step_generators])
+        return temperature * torch.stack([torch.randn(m, generator=g) for g in step_generators])
+
+    if temperature != 1.0:  # checkpoints without a temperature sample exactly as before
+        noise = temperature * noise
 
     return noise, step_noise
 
@@ -76,9 +80,12 @@ def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = DEFAU
     face, global_ = condition_inputs(model, embeddings, global_features)
     cond = model.condition_vectors(face if face is None else face.to(device),
                                    global_ if global_ is None else global_.to(device))
-    noise, step_noise = _start_noise(seed, cond.shape[0], model.latent_size, device)
+    noise, step_noise = _start_noise(seed, cond.shape[0], model.latent_size, device, model.config.temperature)
     denoise = _guided_denoiser(model.prior, cond, guidance)
     latents = model.diffusion.ddim_sample(denoise, noise, steps, eta, step_noise, callback)
+    offset = model.latent_offset(cond)
+    if offset is not None:
+        latents = latents + offset
     if not all_finite(latents):
         raise HypernetError("sampling produced NaN or infinite values; try guidance closer to 1")
     return latents

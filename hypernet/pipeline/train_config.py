@@ -31,12 +31,28 @@ class TrainConfig:
     checkpoint_every: int = 500
     condition: str = "face"  # "face", "global" or "face+global" (condition.py)
     global_penalty: float = 0.005  # face+global: weight of the global correction's squared norm (condition.py)
+    # Adaptive training (issue 19; auto_config.py): 0 trains on every training identity for the
+    # fixed steps, as the presets always did. Above 0, a seeded tenth of the training identities
+    # is held back for validation, the prior's validation loss is measured every that many steps
+    # and training stops after `patience` measurements without improvement, keeping the best.
+    validation_every: int = 0
+    patience: int = 5
+    offset: str = "none"  # "ridge": the prior learns the residual around a ridge map (hypernet.py)
+    choose_sampling: bool = False  # pick temperature and guidance on the validation split
 
     def __post_init__(self):
         check_condition(self.condition)
         for name in ("ae_steps", "prior_steps", "ae_batch", "prior_batch", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"train config: {name} must be at least 1")
+        if self.validation_every < 0 or self.patience < 1:
+            raise HypernetError("train config: validation_every must not be negative and patience at least 1")
+        if self.offset not in ("none", "ridge"):
+            raise HypernetError(f"train config: offset must be 'none' or 'ridge', not {self.offset!r}")
+        if (self.validation_every or self.offset != "none") and self.condition != "face":
+            raise HypernetError("train config: validation_every and offset work with condition 'face' only")
+        if self.choose_sampling and not self.validation_every:
+            raise HypernetError("train config: choose_sampling needs a validation split (validation_every > 0)")
         if self.global_penalty < 0:
             raise HypernetError("train config: global_penalty must not be negative")
         if not 0 <= self.ema_decay < 1 or self.ae_lr <= 0 or self.prior_lr <= 0 or self.warmup_steps < 0:
@@ -86,9 +102,14 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+AUTO = "auto"  # not a preset: settings chosen from the dataset by auto_config.py
+
+
 def load_train_config(spec: str | None) -> TrainConfig:
     """A preset name, or a JSON file of overrides on top of `{"preset": NAME}` (default: "default")."""
     spec = spec or "default"
+    if spec == AUTO:
+        raise HypernetError("--config auto is chosen from the dataset: call auto_config.auto_train_config")
     if spec in PRESETS:
         return TrainConfig.from_dict(_merge(asdict(TrainConfig()), PRESETS[spec]))
     path = Path(spec)

@@ -2,7 +2,9 @@
 uninterrupted one ends (raw and EMA weights, optimizer state, phase and step).
 
 The format is fixed: files written by earlier versions must still resume, so the metadata keys
-and tensor prefixes ("model.", "ema.", "opt.<group>.<name>") never change.
+and tensor prefixes ("model.", "ema.", "opt.<group>.<name>") never change. Runs with early
+stopping add the best prior so far under "best." and their validation record under the
+metadata key "early_stop"; files without them resume as before.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ class TrainState:
     step: int = 0
     optimizer_state: dict | None = None
     losses: dict[str, float] = field(default_factory=dict)
+    best: dict[str, torch.Tensor] | None = None  # early stopping: the best EMA prior so far
+    # early stopping: {"best_step", "best_loss", "since_best", "stopped", "history": [[step, fit, val], ...]}
+    early: dict = field(default_factory=dict)
 
 
 def state_path(out: Path) -> Path:
@@ -40,6 +45,7 @@ def save_train_state(path: Path, state: TrainState, optimizer: torch.optim.Optim
                      train_config: dict, hypernet_config_json: str) -> None:
     tensors = {f"model.{k}": v.detach().cpu() for k, v in state.model.state_dict().items()}
     tensors.update({f"ema.{k}": v.cpu() for k, v in state.ema.items()})
+    tensors.update({f"best.{k}": v.detach().cpu().clone() for k, v in (state.best or {}).items()})
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for key, value in values.items():
@@ -48,6 +54,8 @@ def save_train_state(path: Path, state: TrainState, optimizer: torch.optim.Optim
                 "step": str(state.step), "data": fingerprint, "train_config": json.dumps(train_config),
                 "hypernet_config": hypernet_config_json, "param_groups": json.dumps(opt["param_groups"]),
                 "losses": json.dumps(state.losses)}
+    if state.early:
+        metadata["early_stop"] = json.dumps(state.early)
     save_safetensors_atomic(tensors, path, metadata)
 
 
@@ -88,6 +96,8 @@ def load_train_state(path: Path, fresh: Callable[[], TrainState], device: torch.
     state.ema = {k: v.to(device) for k, v in _with_prefix(tensors, "ema.").items()}
     state.phase, state.step = meta["phase"], int(meta["step"])
     state.losses = json.loads(meta.get("losses", "{}"))
+    state.early = json.loads(meta.get("early_stop", "{}"))
+    state.best = {k: v.to(device) for k, v in _with_prefix(tensors, "best.").items()} or None
     opt_state: dict[int, dict] = {}
     for key, value in _with_prefix(tensors, "opt.").items():
         index, name = key.split(".", 1)

@@ -4,9 +4,20 @@ Determinism: every step draws its batch and noise from a generator seeded by (se
 step), and the learning rate is a function of the step, so a run interrupted and resumed
 from its state file (train_state.py) ends bit for bit where an uninterrupted run ends (same
 device type).
+
+Adaptive training (TrainConfig.validation_every > 0, ours, issue 19): a seeded tenth of the
+training identities (ridge.validation_split) is held back; the autoencoder and the prior learn
+on the rest, and the prior's EMA weights are scored on the held-back identities every
+`validation_every` steps by their denoising loss at fixed noise draws. Training stops after
+`patience` scores without improvement and keeps the best weights: on collections whose LoRAs
+are noisy the prior otherwise learns each training identity's noise by heart (benchmarks/
+probe_adaptive.py measured it). With `offset` "ridge" the prior's target is the latent minus a
+ridge map of the face embedding (lambda chosen on the fit rows), so what it must learn is only
+what a linear map misses.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -26,6 +37,7 @@ from ..lora.vectorize import Normalizer
 from ..model.autoencoder import delta_sq_error, kl_divergence
 from ..model.condition import GatedFusion, needs_global
 from ..model.hypernet import Hypernet, HypernetConfig
+from .ridge import choose_lambda, ridge_linear_map, validation_split
 from .train_config import TrainConfig
 from .train_state import TrainState, load_train_state, save_train_state, state_path
 
@@ -90,18 +102,27 @@ class Trainer:
         if bad:
             raise HypernetError(f"{dataset.path}: the LoRA of identity {bad[0]} contains NaN or infinite values; "
                                 "rebuild the dataset without it")
-        self.reference = reference_factors(vectors, dataset.layout)
-        self.vectors = align(vectors, self.reference, dataset.layout)  # aligned once: each row's alignment is fixed
-        self.embeddings = l2_normalize(embeddings)
+        embeddings = l2_normalize(embeddings)
         # The checkpoint records the dataset's encoder identity; sampling and evaluation refuse
         # features of any other encoder.
-        self.global_features = global_inputs(dataset, cfg.condition, "train")
+        global_features = global_inputs(dataset, cfg.condition, "train")
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None  # (vectors, embeddings) held back
+        if cfg.validation_every:
+            fit, val = validation_split(len(ids), cfg.seed)
+            self.validation = (vectors[val], embeddings[val])
+            vectors, embeddings = vectors[fit], embeddings[fit]
+            global_features = None if global_features is None else global_features[fit]
+        self.reference = reference_factors(vectors, dataset.layout)
+        self.vectors = align(vectors, self.reference, dataset.layout)  # aligned once: each row's alignment is fixed
+        self.embeddings = embeddings
+        self.global_features = global_features
         uses_global = self.global_features is not None
         self.hconfig = HypernetConfig(layout=dataset.layout, embedding_model=dataset.embedding_model,
                                       embedding_dim=dataset.embedding_dim, autoencoder=cfg.autoencoder,
                                       prior=cfg.prior, diffusion=cfg.diffusion, condition=cfg.condition,
                                       global_dim=dataset.global_dim if uses_global else 0,
-                                      global_encoder=dataset.global_encoder if uses_global else None)
+                                      global_encoder=dataset.global_encoder if uses_global else None,
+                                      offset=cfg.offset)
         self.fingerprint = data_fingerprint(dataset, cfg.condition)
         self.state_file = state_path(out)
         self.saved_step: tuple[str, int] | None = None
@@ -235,17 +256,76 @@ class Trainer:
             loss = loss + self.cfg.global_penalty * penalised.square().sum(-1).mean()
         return loss
 
+    def fit_offset(self, model: Hypernet, latents: torch.Tensor) -> torch.Tensor:
+        """offset "ridge": store the ridge map face -> latent in the model and return the residuals."""
+        face = self.embeddings.to(latents)
+        lam, _ = choose_lambda(face, latents, lambda p, t: float((p - t).square().mean()), seed=self.cfg.seed)
+        weight, bias = ridge_linear_map(face, latents, lam)
+        model.norm.offset_weight.copy_(weight)
+        model.norm.offset_bias.copy_(bias)
+        return latents - model.latent_offset(face)
+
+    def _validation_batch(self, model: Hypernet, rows: torch.Tensor, face: torch.Tensor, draws: int = 8):
+        """Fixed (x0, face, noise, t) draws for scoring the prior on some rows: the same every time."""
+        gen = seeded_generator(self.cfg.seed, "validation-draws", rows.shape[0])
+        n = rows.shape[0] * draws
+        t = torch.randint(model.diffusion.cfg.timesteps, (n,), generator=gen).to(self.device)
+        noise = torch.randn(n, model.latent_size, generator=gen).to(self.device)
+        return rows.repeat(draws, 1), face.repeat(draws, 1), noise, t
+
+    @torch.no_grad()
+    def _scored_loss(self, model: Hypernet, prior: torch.nn.Module, batch) -> float:
+        x0, face, noise, t = batch
+        keep = torch.zeros(len(t), dtype=torch.bool, device=self.device)  # no condition dropout
+        output = prior(model.diffusion.add_noise(x0, noise, t), t, face, keep)  # face: the condition itself
+        return float(F.mse_loss(output, model.diffusion.target(x0, noise, t)))
+
+    def _early_stopping(self, model: Hypernet, fit_latents: torch.Tensor, face: torch.Tensor):
+        """A function(state) -> stop?, scoring the EMA prior on the validation rows (and, for the
+        record, on as many fit rows), or None when the config has no validation split."""
+        if self.validation is None:
+            return None
+        val_vectors, val_face = self.validation
+        with torch.no_grad():
+            val_latents = model.encode_vectors(val_vectors).to(self.device)  # canonical rows: it aligns them
+            val_face = val_face.to(self.device)
+            offset = model.latent_offset(val_face)
+            if offset is not None:
+                val_latents = val_latents - offset
+        count = min(len(val_latents), len(fit_latents))
+        val_batch = self._validation_batch(model, val_latents, val_face)
+        fit_batch = self._validation_batch(model, fit_latents[:count], face[:count])
+        scorer = copy.deepcopy(model.prior).eval()
+
+        def check(state: TrainState) -> bool:
+            scorer.load_state_dict(state.ema)
+            fit_loss, val_loss = self._scored_loss(model, scorer, fit_batch), self._scored_loss(model, scorer, val_batch)
+            early = state.early
+            early.setdefault("history", []).append([state.step, fit_loss, val_loss])
+            if val_loss < early.get("best_loss", math.inf) * (1 - 1e-3):
+                early.update(best_loss=val_loss, best_step=state.step, since_best=0)
+                state.best = {k: v.detach().clone() for k, v in state.ema.items()}
+            else:
+                early["since_best"] = early.get("since_best", 0) + 1
+            early["stopped"] = early["since_best"] >= self.cfg.patience
+            return early["stopped"]
+
+        return check
+
     def train_prior(self, state: TrainState) -> None:
         cfg, model = self.cfg, state.model
         latents = self.fit_latent_normalizer(model).to(self.device)
+        if cfg.offset == "ridge":
+            latents = self.fit_offset(model, latents)
         face = self.embeddings.to(self.device)
         global_ = self.global_features.to(self.device) if self.global_features is not None else None
         prior = model.prior.train()
         if not state.ema:
             state.ema = {k: v.detach().clone() for k, v in prior.state_dict().items()}
         optimizer = self._optimizer(prior.parameters(), cfg.prior_lr, state)
+        should_stop = self._early_stopping(model, latents, face)
         with self._bar("prior", cfg.prior_steps, state.step) as bar:
-            while state.step < cfg.prior_steps:
+            while state.step < cfg.prior_steps and not state.early.get("stopped"):
                 step = state.step
                 gen = seeded_generator(cfg.seed, "prior", step)
                 idx = torch.randint(len(latents), (cfg.prior_batch,), generator=gen)
@@ -263,7 +343,11 @@ class Trainer:
                         state.ema[key].lerp_(value_t, 1 - decay)
                 state.step += 1
                 state.losses["prior"] = value
+                if should_stop is not None and state.step % cfg.validation_every == 0:
+                    should_stop(state)  # before the state is saved, so a resumed run sees the same record
                 self._after_step(state, optimizer, bar, value)
+        if state.best is not None:
+            state.ema = state.best
         prior.eval()
 
     def run(self, resume: bool) -> TrainState:

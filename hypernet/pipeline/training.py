@@ -18,6 +18,7 @@ from ..data.dataset import open_dataset
 from ..errors import HypernetError
 from ..model.checkpoint import read_header, save_hypernet
 from ..model.hypernet import Hypernet
+from .auto_config import choose_sampling
 from .outputs import check_output
 from .train_config import PRESETS, TrainConfig, load_train_config
 from .train_state import state_path
@@ -44,7 +45,10 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
           device: str | None = None, progress: bool = True,
-          on_step: Callable[[str, int], None] | None = None) -> Hypernet:
+          on_step: Callable[[str, int], None] | None = None, choices: list[str] | None = None) -> Hypernet:
+    """Train and write OUT. `choices`: how an automatic config was chosen (auto_config.py), for
+    the checkpoint's `auto` record. With cfg.choose_sampling the checkpoint's temperature is set
+    on the validation split and the `auto` record says whether the hypernet beat ridge there."""
     out = Path(out)
     _check_out(out, resume, overwrite)
     dataset = open_dataset(data)
@@ -52,8 +56,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, *, resume: bool =
     started = time.perf_counter()
     state = trainer.run(resume)
     extra = {"train_config": json.dumps(cfg.to_dict()), "data": trainer.fingerprint,
-             "train_identities": str(len(trainer.vectors)), "losses": json.dumps(state.losses),
-             "train_seconds": f"{time.perf_counter() - started:.1f}"}
+             "train_identities": str(len(trainer.vectors)), "losses": json.dumps(state.losses)}
+    if state.early:
+        extra["validation"] = json.dumps(state.early)
+    if cfg.choose_sampling:
+        record = choose_sampling(state.model, (trainer.vectors, trainer.embeddings), trainer.validation)
+        extra["auto"] = json.dumps({"choices": choices or [], **record})
+    extra["train_seconds"] = f"{time.perf_counter() - started:.1f}"
     save_hypernet(state.model, out, extra)
     read_header(out)  # what was written must read back
     trainer.state_file.unlink(missing_ok=True)
