@@ -84,9 +84,9 @@ def test_cancel_stops_with_comfyuis_interrupt_and_leaves_the_model_unpatched(com
     updates = []
 
     def press_cancel(value, total, preview=None, *rest, **kw):  # what the server's progress hook sees
+        # At the first update: ComfyUI 0.33 throttles later ones (100 ms), the first always arrives.
         updates.append(value)
-        if value == 3:
-            mm.interrupt_current_processing(True)
+        mm.interrupt_current_processing(True)
 
     utils.set_progress_bar_global_hook(press_cancel)
     try:
@@ -95,7 +95,7 @@ def test_cancel_stops_with_comfyuis_interrupt_and_leaves_the_model_unpatched(com
     finally:
         utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
-    assert updates and max(updates) == 3
+    assert updates == [1]  # stopped before the second step
     assert not any(getattr(m, "weight_function", []) for m in model.model.modules())
     after = comfy_support.patched_weights(comfy, model)
     assert all(torch.equal(after[k], before[k]) for k in before)
