@@ -13,9 +13,11 @@ The data path, and the package that owns each stage:
   Hypernet that holds them, and its checkpoint file.
 - `data/`: the training dataset format, the builder from identity folders, synthetic collections.
 - `pipeline/`: training, sampling and evaluation as library functions.
+- `collect/`: building a collection by training one LoRA per identity (locally or on Ray); the
+  trainer itself needs ComfyUI and is the top-level `lora_training` package, loaded by name.
 - `cli/`: `python -m hypernet <command>`, one module per command, argument parsing only.
 
-Lower layers never import higher ones (common < lora, encoders < model < data < pipeline < cli).
+Lower layers never import higher ones (common < lora, encoders < model < data < pipeline, collect < cli).
 Submodules are imported where used so that `import hypernet` stays cheap for the node pack.
 """
 __version__ = "0.1.0"

@@ -21,12 +21,14 @@ GlobalFeaturesType = io.Custom(values.GLOBAL_FEATURES)
 HypernetType = io.Custom(values.HYPERNET)
 LoraLatentType = io.Custom(values.LORA_LATENT)
 LoraType = io.Custom(values.LORA)
+GlyphTextType = io.Custom(values.GLYPH_TEXT)
 
 PACK = "LoRA Hypernet"
 CATEGORY_FACE = f"{PACK}/face"
 CATEGORY_GLOBAL = f"{PACK}/global features"
 CATEGORY_HYPERNET = f"{PACK}/hypernet"
 CATEGORY_LORA = f"{PACK}/lora"
+CATEGORY_MINIATURE = f"{PACK}/typeface miniature"
 
 
 def display_name(name: str) -> str:

@@ -25,6 +25,7 @@ GLOBAL_FEATURES = PREFIX + "GLOBAL_FEATURES"
 HYPERNET = PREFIX + "MODEL"
 LORA_LATENT = PREFIX + "LORA_LATENT"
 LORA = PREFIX + "LORA"
+GLYPH_TEXT = PREFIX + "GLYPH_TEXT"
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,12 @@ def expect(value, kind: type, type_name: str, where: str, source: str):
         return value
     raise HypernetError(f"{where} got {_describe(value)}, not this pack's {type_name}: connect the output of "
                         f"{source} (LoRA Hypernet) there. Another pack's value of a similar name does not fit.")
+
+
+@dataclass(frozen=True)
+class GlyphTextValue:
+    """The typeface miniature's "text encoder": a glyph model's per-character tables."""
+
+    text: Any  # miniature.base_model.GlyphText
+    glyph_size: int  # pixels of one glyph (its latent is half that)
+    name: str  # file name in models/glyph_models

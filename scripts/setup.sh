@@ -144,4 +144,14 @@ else
     setup_env "$NEW_VENV" "$NEW_COMFY"
   fi
 fi
+# The typeface miniature's tests read fonts from one small Debian package (the tests never
+# download); fetched once into .cache/fonts with apt-get download, nothing installed.
+if [ -d "${MINIATURE_FONT_CACHE:-.cache/fonts}/unpacked/fonts-urw-base35_20200910-7" ]; then
+  :
+elif command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+  .venv/bin/python -m miniature fetch-test-fonts >/dev/null \
+    || echo "setup: could not fetch the miniature's test fonts (apt-get download fonts-urw-base35); its tests will fail" >&2
+else
+  echo "setup: no apt-get/dpkg-deb: the miniature's font tests will fail (they need fonts-urw-base35)" >&2
+fi
 echo "setup: done"

@@ -126,6 +126,25 @@ def tiny_sd15_patcher(seed: int = 0):
     return _cpu_patcher(build_sd15_model(TINY_SD15_UNET, seed=seed))
 
 
+def trainable_tiny_sdxl_patcher(seed: int = 0):
+    """The tiny SDXL UNet with fan-in scaled weights and unit norm gains: its output responds to
+    its attention layers, so a LoRA trained on it measurably lowers its loss (the 0.02-noise
+    weights of tiny_sdxl_patcher give gradients below AdamW's epsilon)."""
+    import torch
+    model = build_sdxl_model(TINY_SDXL_UNET, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) / param[0].numel() ** 0.5)
+            else:
+                param.zero_()
+        for module in model.modules():
+            if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and module.weight is not None:
+                module.weight.fill_(1.0)
+    return _cpu_patcher(model)
+
+
 def _cpu_patcher(model):
     import torch
     comfy = import_comfy()
@@ -150,6 +169,7 @@ def import_pack():
 
 TINY_CHECKPOINT_MARK = "tiny-sdxl"
 TINY_SD15_CHECKPOINT_MARK = "tiny-sd15"
+TINY_TRAINABLE_CHECKPOINT_MARK = "tiny-sdxl-trainable"  # trainable_tiny_sdxl_patcher, for LoRA training
 
 
 def write_tiny_checkpoint(path, mark: str = TINY_CHECKPOINT_MARK) -> None:

@@ -13,6 +13,7 @@ from ..errors import HypernetError
 
 COMMANDS = {
     "synth": ("synth", "write a synthetic collection of identity LoRAs"),
+    "collect": ("collect", "train one identity LoRA per folder of photos (locally or on Ray)"),
     "dataset": ("dataset", "build a training dataset from identity folders"),
     "import-w2w": ("import_w2w", "write the weights2weights collection as identity folders (SD1.5)"),
     "train": ("train", "train the weight autoencoder and the diffusion prior"),

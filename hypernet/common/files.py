@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def save_safetensors_new(tensors: dict[str, torch.Tensor], path: str | os.PathLi
         return True
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(src: Path, dest: Path, link: bool = True) -> None:
+    """A hard link to `src` at `dest` (no second copy of a photo), or a copy where links cannot be made."""
+    if link:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:  # another file system, or links not allowed
+            pass
+    shutil.copy2(src, dest)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -117,3 +129,17 @@ def _prefix_problem(prefix: str) -> str | None:
         if bad is not None:
             return f"contains {bad!r}"
     return None
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Like save_safetensors_atomic, for a text file (lists, tables)."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

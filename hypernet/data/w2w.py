@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..common.files import link_or_copy
 from ..common.messages import brief, one_line
 from ..common.safetensors_header import read_header
 from ..errors import HypernetError
@@ -134,16 +135,6 @@ def _identity_files(folder: Path) -> list[Path]:
     return carried
 
 
-def _place(src: Path, dest: Path, link: bool) -> None:
-    if link:
-        try:
-            os.link(src, dest)
-            return
-        except OSError:  # another file system, or links not allowed: copy instead
-            pass
-    shutil.copy2(src, dest)
-
-
 def _written_row(folder: Path) -> str | None:
     lora = folder / LORA_FILE
     if not lora.is_file():
@@ -169,7 +160,7 @@ def _write_identity(out: Path, folder: Path, index: int, rows: torch.Tensor, ent
         write_lora(partial / LORA_FILE, weights, base_model="sd15", metadata={ROW_KEY: str(index),
                                                                                "w2w_identity": folder.name})
         for path in files:
-            _place(path, partial / path.name, link)
+            link_or_copy(path, partial / path.name, link)
         os.rename(partial, final)
     finally:
         shutil.rmtree(partial, ignore_errors=True)

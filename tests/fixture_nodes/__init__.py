@@ -57,6 +57,8 @@ def _load_checkpoint_guess_config(ckpt_path, *args, **kwargs):
         return comfy_support.tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae(), None
     if mark == comfy_support.TINY_SD15_CHECKPOINT_MARK:
         return (*tiny_sd15(), None)
+    if mark == comfy_support.TINY_TRAINABLE_CHECKPOINT_MARK:
+        return comfy_support.trainable_tiny_sdxl_patcher(seed=0), TinyClip(), TinyVae(), None
     return _stock_load_checkpoint_guess_config(ckpt_path, *args, **kwargs)
 
 
@@ -82,7 +84,13 @@ class TinyClip:
 
 
 class TinyVae:
-    """Latent [B,4,h,w] -> image [B,8h,8w,3] in 0..1, a fixed smooth map."""
+    """Latent [B,4,h,w] -> image [B,8h,8w,3] in 0..1, a fixed smooth map; encode is its rough
+    inverse (8x8 means, logit), the fourth channel the brightness."""
+
+    def encode(self, pixels):
+        rgb = torch.nn.functional.avg_pool2d(pixels[..., :3].movedim(-1, 1).float(), 8)
+        latent = torch.logit(rgb.clamp(0.02, 0.98))
+        return torch.cat([latent, latent.mean(1, keepdim=True)], dim=1)
 
     def decode(self, samples):
         rgb = samples[:, :3].float()

@@ -1,0 +1,100 @@
+"""A layout's LoRA modules as ComfyUI training adapters on a MODEL clone, and back to kohya tensors.
+
+ComfyUI's own LoRA training adapter (`comfy.weight_adapter.lora`, `LoRAAdapter.create_train`
+for a fresh LoRA, `LoRAAdapter(...).to_train()` to continue one) is registered as a weight
+wrapper on a clone of the MODEL, so model management applies it whenever the layer's weight is
+used, exactly as its Train LoRA node does; only the layout's modules get one.
+"""
+from __future__ import annotations
+
+import comfy.lora
+import comfy.model_management
+import comfy.utils
+import torch
+from comfy.weight_adapter.lora import LoRAAdapter
+
+from ._hypernet import HypernetError, Layout, LoraWeights, ModuleWeights, layout_mismatches, lora_to_state_dict
+
+
+def weight_keys(patcher, layout: Layout) -> dict[str, str]:
+    """Kohya module name -> the MODEL's parameter key (`diffusion_model....weight`)."""
+    key_map = comfy.lora.model_lora_keys_unet(patcher.model, {})
+    state = patcher.model.state_dict()
+    problems = layout_mismatches(layout, {name: tuple(state[key].shape) for name, key in key_map.items() if key in state})
+    if problems:
+        raise HypernetError(f"the LoRA layout ({layout.base_model}, {len(layout)} modules) does not fit this MODEL: "
+                            + "; ".join(problems) + ". Use a layout made for this base model.")
+    return {m.name: key_map[m.name] for m in layout.modules}
+
+
+def create_adapters(patcher, layout: Layout, seed: int, init: LoraWeights | None = None) -> dict[str, torch.nn.Module]:
+    """One trainable adapter per layout module, registered on `patcher` (a clone: the caller's
+    MODEL keeps no trace). Fresh factors are drawn on the CPU from `seed`, so the start is the
+    same on every device; `init` continues a LoRA of this layout instead."""
+    keys = weight_keys(patcher, layout)
+    if init is not None:
+        _check_init(init, layout)
+    device = patcher.load_device
+    adapters = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in layout.modules:
+            if init is None:
+                shape = comfy.utils.get_attr(patcher.model, keys[module.name]).shape
+                # create_train reads only the shape and device of the weight it is given
+                adapter = LoRAAdapter.create_train(torch.zeros(()).expand(shape), rank=module.rank, alpha=module.alpha)
+            else:
+                weights = init[module.name]
+                factors = (weights.up_matrix().float().clone(), weights.down_matrix().float().clone(),
+                           float(weights.alpha), None, None, None)
+                adapter = LoRAAdapter(set(), factors).to_train()
+            adapter = adapter.to(device=device, dtype=torch.float32).requires_grad_(True)
+            adapter.alpha.requires_grad_(False)  # alpha is the layout's, not learned
+            patcher.add_weight_wrapper(keys[module.name], adapter)
+            adapters[module.name] = adapter
+    return adapters
+
+
+def _check_init(init: LoraWeights, layout: Layout) -> None:
+    names = set(init)
+    missing = [n for n in layout.names if n not in names]
+    extra = sorted(names - set(layout.names))
+    if missing or extra:
+        raise HypernetError(f"the starting LoRA does not match the layout: {len(missing)} modules missing "
+                            f"(e.g. {', '.join(missing[:3]) or '-'}), {len(extra)} not in it (e.g. {', '.join(extra[:3]) or '-'})")
+    for module in layout.modules:
+        given = init[module.name]
+        if (given.out_features, given.in_features) != (module.out_features, module.in_features):
+            raise HypernetError(f"the starting LoRA's module {module.name} is {given.out_features}x{given.in_features}, "
+                                f"the layout's {module.out_features}x{module.in_features}")
+
+
+def adapters_state_dict(adapters: dict[str, torch.nn.Module], layout: Layout) -> dict[str, torch.Tensor]:
+    """The trained adapters as kohya tensors (float32, CPU): exactly what write_lora writes."""
+    modules = {}
+    for module in layout.modules:
+        adapter = adapters[module.name]
+        modules[module.name] = ModuleWeights(adapter.lora_up.weight.detach().float().cpu().clone(),
+                                             adapter.lora_down.weight.detach().float().cpu().clone(),
+                                             float(adapter.alpha))
+    return lora_to_state_dict(LoraWeights(modules))
+
+
+def remove_adapters(patcher, adapters: dict[str, torch.nn.Module]) -> None:
+    """Take the adapters out of the layers and model management, so the MODEL the clone was
+    made from computes with its own weights again.
+
+    A fully loaded model keeps a clone's weight wrappers on its layers after unloading (ComfyUI
+    only wipes them for low-VRAM loads), so they are also removed from the layers here.
+    """
+    loaded = comfy.model_management.current_loaded_models
+    for index in reversed(range(len(loaded))):
+        if loaded[index].model is patcher:
+            loaded.pop(index).model_unload()
+    ours = {id(a) for a in adapters.values()}
+    for layer in patcher.model.modules():
+        functions = getattr(layer, "weight_function", None)
+        if functions:
+            layer.weight_function = [f for f in functions if id(f) not in ours]
+    for adapter in adapters.values():
+        adapter.requires_grad_(False)

@@ -1,0 +1,81 @@
+"""collect's planning, without ComfyUI: seeds, captions, resuming and refusals."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from comfy_support import REPO, write_tiny_checkpoint
+from hypernet.collect.jobs import (RECORD_FILE, RunSpec, TrainingSettings, check_template, identity_seed,
+                                   plan_run)
+from hypernet.errors import HypernetError
+from hypernet.lora.presets import preset
+
+
+def spec(src, out, **settings) -> RunSpec:
+    return RunSpec(src=str(src), out=str(out), base_checkpoint="base.safetensors", base_sha256="0" * 64,
+                   layout=preset("tiny-attn-r4").to_dict(), layout_name="tiny-attn-r4",
+                   settings=TrainingSettings(**settings), trainer="lora_training")
+
+
+def photo_folder(path, *names):
+    path.mkdir(parents=True)
+    for name in names:
+        Image.new("RGB", (8, 8)).save(path / name)
+    return path
+
+
+def test_identity_seeds_depend_on_the_run_seed_and_name_only():
+    assert identity_seed(7, "anna") == identity_seed(7, "anna")
+    assert len({identity_seed(7, "anna"), identity_seed(7, "bert"), identity_seed(8, "anna")}) == 3
+
+
+def test_captions_come_from_txt_files_beside_photos_else_the_template(tmp_path):
+    folder = photo_folder(tmp_path / "src" / "anna", "a.png", "b.jpg")
+    (folder / "a.txt").write_text("  {token} person\nat the beach ")
+    plan = plan_run(spec(tmp_path / "src", tmp_path / "out", token="ohwx", caption_template="photo of {token}"))
+    (job,) = plan.jobs
+    assert job.captions == ["ohwx person at the beach", "photo of ohwx"]
+    assert job.caption_files == [str(folder / "a.txt")]
+
+
+@pytest.mark.parametrize("template, fragment", [("a photo of {name}", "names name"), ("a {", "not a valid template")])
+def test_bad_caption_templates_are_refused(template, fragment):
+    with pytest.raises(HypernetError, match=fragment):
+        check_template(template, "--caption-template")
+
+
+def test_finished_identities_are_skipped_and_stale_partials_removed(tmp_path):
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    photo_folder(tmp_path / "src" / "bert", "a.png")
+    run = spec(tmp_path / "src", tmp_path / "out", steps=5)
+    (tmp_path / "out" / "anna").mkdir(parents=True)
+    (tmp_path / "out" / "anna" / RECORD_FILE).write_text(f'{{"key": {__import__("json").dumps(run.key())}}}')
+    (tmp_path / "out" / ".partial-bert").mkdir()
+    plan = plan_run(run)
+    assert plan.finished == ["anna"] and [j.id for j in plan.jobs] == ["bert"]
+    assert not (tmp_path / "out" / ".partial-bert").exists()
+    with pytest.raises(HypernetError, match=r"other settings \(settings.steps differ\)"):
+        plan_run(spec(tmp_path / "src", tmp_path / "out", steps=6))
+
+
+def test_a_folder_not_written_by_collect_is_not_overwritten(tmp_path):
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    (tmp_path / "out" / "anna").mkdir(parents=True)
+    with pytest.raises(HypernetError, match="not written by collect"):
+        plan_run(spec(tmp_path / "src", tmp_path / "out"))
+
+
+def test_ray_option_without_ray_installed_says_how_to_install_it(tmp_path):
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    write_tiny_checkpoint(tmp_path / "base.safetensors")
+    # sys.modules["ray"] = None makes `import ray` fail exactly as when it is not installed.
+    code = ("import sys; sys.modules['ray'] = None; from hypernet.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "collect", "--src", str(tmp_path / "src"), "--base",
+                             str(tmp_path / "base.safetensors"), "--layout", "tiny-attn-r4", "--out",
+                             str(tmp_path / "out"), "--ray", "local"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --ray needs the `ray` package, which is not installed: pip install")
