@@ -45,8 +45,10 @@ def scan_package(package: str, version: str, root: Path) -> list[FontFace]:
                 family, style = font.getname()
             except OSError:
                 break
+            if not re.search("[A-Za-z]", family or ""):   # a broken name table ("." seen)
+                family = file.stem
             faces.append(FontFace(package, version, file.relative_to(root).as_posix(), index,
-                                  family or file.stem, style or "", file))
+                                  family, style or "", file))
             if not file.name.lower().endswith((".ttc", ".otc")):
                 break
     return faces

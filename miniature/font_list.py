@@ -19,13 +19,16 @@ from hypernet.common.files import write_text_atomic
 from . import font_filters
 from .debian_packages import default_cache, fetch_packages
 from .errors import FontDataError
-from .font_catalog import FontFace, canonical_faces, face_sha256, scan_package
+from .font_catalog import FontFace, canonical_faces, canonical_rank, face_sha256, scan_package
 from .glyphs import DEFAULT_CHARS, compose, glyph_masks, load_font
 
 HEADER = ("package", "version", "path", "index", "sha256", "family", "split")
 HELDOUT_PERCENT = 15
-# Clones: placed 16 px glyph sets closer than this RMS pixel difference (0..1 scale).
-CLONE_RMS = 0.06
+# Clones: placed 16 px glyph sets closer than this relative distance (font_filters.duplicates).
+CLONE_DISTANCE = 0.2
+# Relatives (a sibling design, or another weight named as a family of its own): closer than
+# this, they go to the same side of the split, so that held-out means unseen design.
+RELATIVE_DISTANCE = 0.45
 PACKAGES_FILE = Path(__file__).parent / "data" / "font_packages.txt"
 FONT_LIST_FILE = Path(__file__).parent / "data" / "fonts.tsv"
 
@@ -63,41 +66,55 @@ def build(packages: list[tuple[str, str]], cache: Path | None = None, log=print)
     counts["families by name"] = len(families) + len(no_upright)
     counts["with an upright face"] = len(families)
 
-    complete, glyphs16, shape_sets = [], [], []
-    for key, face in families.items():
+    complete, glyphs16, shape_sets, placement_sets = [], [], [], []
+    # Most canonical first: a clone group keeps its regular upright member.
+    for key, face in sorted(families.items(), key=lambda kv: canonical_rank(kv[1])[:4] + (kv[0],)):
         try:
             font = load_font(face.file, 64, face.index)
             missing = font_filters.missing_characters(font, DEFAULT_CHARS)
         except OSError:
             continue
         if missing:
+            log(f"missing {missing[:12]!r}: {face.family}")
             continue
         masks = glyph_masks(font, DEFAULT_CHARS)
         complete.append(key)
         glyphs16.append(compose(masks, 16))
-        shape_sets.append(font_filters.shapes(compose(masks, 32)))
+        glyphs32 = compose(masks, 32)
+        shape_sets.append(font_filters.shapes(glyphs32))
+        placement_sets.append(font_filters.placements(glyphs32))
     counts["all 62 characters drawn"] = len(complete)
 
     mixed_case = [i for i, s in enumerate(shape_sets) if not font_filters.caps_only(s)]
+    for i in sorted(set(range(len(complete))) - set(mixed_case)):
+        log(f"caps-only: {families[complete[i]].family}")
     counts["not caps-only / small caps / unicase"] = len(mixed_case)
-    character_templates = font_filters.templates(torch.stack([shape_sets[i] for i in mixed_case]))
-    legible = [i for i in mixed_case if font_filters.legibility(shape_sets[i], character_templates)
-               >= font_filters.LEGIBLE_FRACTION]
+    character_templates = font_filters.templates(torch.stack([placement_sets[i] for i in mixed_case]))
+    legible = []
+    for i in mixed_case:
+        score = font_filters.legibility(placement_sets[i], character_templates)
+        if score >= font_filters.LEGIBLE_FRACTION:
+            legible.append(i)
+        else:
+            log(f"illegible {score:.2f}: {families[complete[i]].family}")
     counts["legible (no dingbats, symbols)"] = len(legible)
 
     placed = torch.from_numpy(np.stack([glyphs16[i] for i in legible]).reshape(len(legible), -1)).float() / 255
-    keep_of = font_filters.duplicates(placed, CLONE_RMS)
+    keep_of = font_filters.duplicates(placed, CLONE_DISTANCE)
     survivors = [legible[j] for j, k in enumerate(keep_of) if k == j]
     for j, k in enumerate(keep_of):
         if k != j:
             log(f"clone: {families[complete[legible[j]]].family} = {families[complete[legible[k]]].family}")
     counts["distinct (clones removed)"] = len(survivors)
 
+    kept = [j for j, k in enumerate(keep_of) if k == j]
+    group_of = font_filters.duplicates(placed[kept], RELATIVE_DISTANCE)
     entries = []
-    for i in survivors:
-        face = families[complete[i]]
+    for j, g in zip(kept, group_of):
+        face = families[complete[legible[j]]]
+        leader = families[complete[legible[kept[g]]]]
         entries.append(FontEntry(face.package, face.version, face.path, face.index, face_sha256(face),
-                                 face.family, split_of(face.family)))
+                                 face.family, split_of(leader.family)))
     counts["train"] = sum(e.split == "train" for e in entries)
     counts["heldout"] = len(entries) - counts["train"]
     return entries, counts

@@ -11,6 +11,9 @@ from ..hypernet.errors import HypernetError
 from .comfy_glue import CATEGORY_FACE, FaceAnalyzerType, FaceEmbeddingType, display_name, io, progress_callback
 from .values import FACE_ANALYZER, FACE_EMBEDDING, FaceEmbeddingValue, expect
 PROVIDERS = ["CPU", "CUDA", "ROCm", "CoreML"]
+DETECT = "detect the largest face"
+# The same words as hypernet.encoders.face.WHOLE_IMAGE (not imported: the pack loads hypernet lazily).
+WHOLE_IMAGE = "whole image is the aligned crop"
 DEFAULT_FACE_MODEL = "antelopev2"
 
 
@@ -55,7 +58,9 @@ class LoadFaceAnalyzer(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_name", options=face_model_names(),
                                tooltip="insightface model folder in models/insightface/models/ (antelopev2 or "
-                                       "buffalo_l). Use the one the hypernet was trained with."),
+                                       "buffalo_l). Use the one the hypernet was trained with. A folder with only a "
+                                       "recognition model loads too; Face Embed then needs face_crop 'whole image "
+                                       "is the aligned crop'."),
                 io.Combo.Input("provider", options=PROVIDERS, default="CPU",
                                tooltip="onnxruntime device; falls back to CPU with a warning when not available."),
             ],
@@ -81,13 +86,19 @@ class FaceEmbed(io.ComfyNode):
             node_id="LoraHypernetFaceEmbed",
             display_name=display_name("Face Embed"),
             category=CATEGORY_FACE,
-            description="Finds the largest face in each photo and embeds it with ArcFace; several photos average "
-                        "into one identity.",
+            description="Finds the largest face in each photo and embeds it with ArcFace (or embeds each whole "
+                        "image as an already aligned crop); several photos average into one identity.",
             inputs=[
                 FaceAnalyzerType.Input("face_analyzer", tooltip="From Load Face Analyzer."),
                 io.Image.Input("images", tooltip="One or more reference photos of the same person (a batch)."),
                 io.Boolean.Input("skip_photos_without_face", default=False,
                                  tooltip="Skip photos where no face is found instead of stopping with an error."),
+                io.Combo.Input("face_crop", options=[DETECT, WHOLE_IMAGE], default=DETECT, optional=True,
+                               tooltip="'detect the largest face': find, align and crop the face in each photo. "
+                                       "'whole image is the aligned crop': no detection; each image is resized to "
+                                       "the recogniser's input and embedded as it is (for faces you cropped and "
+                                       "aligned yourself, or a recognition-only model folder such as the typeface "
+                                       "miniature's)."),
             ],
             outputs=[
                 FaceEmbeddingType.Output("face_embedding", display_name="face_embedding",
@@ -98,11 +109,15 @@ class FaceEmbed(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, face_analyzer, images: torch.Tensor, skip_photos_without_face: bool) -> io.NodeOutput:
+    def execute(cls, face_analyzer, images: torch.Tensor, skip_photos_without_face: bool,
+                face_crop: str = DETECT) -> io.NodeOutput:
         face_analyzer = _face_analyzer(face_analyzer)
+        if face_crop not in (DETECT, WHOLE_IMAGE):
+            raise HypernetError(f"Face Embed's face_crop is '{face_crop}'; choose '{DETECT}' or '{WHOLE_IMAGE}'.")
         photos = images_to_uint8(images)
         result = face_analyzer.embed_images(photos, skip_missing=skip_photos_without_face,
-                                            on_progress=progress_callback(len(photos)))
+                                            on_progress=progress_callback(len(photos)),
+                                            aligned_crops=face_crop == WHOLE_IMAGE)
         crops = torch.from_numpy(np.stack([face.crop for face in result.faces])).float() / 255.0
         value = FaceEmbeddingValue(
             embedding=torch.from_numpy(result.identity).float(),

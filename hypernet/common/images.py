@@ -45,3 +45,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     except Exception as error:  # noqa: BLE001 - decoders of hostile files raise OSError, EOFError, SyntaxError, struct.error, ...
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise HypernetError(f"Cannot read image {path}: {reason}. Use a JPEG, PNG or WebP photo.") from error
+
+
+def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """RGB uint8 HxWx3 resized to height x width (bicubic); returned as is when already that size."""
+    if image.shape[:2] == (height, width):
+        return image
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))

@@ -18,6 +18,11 @@ supported by calling only what they share:
 * `recogniser.get_feat(aligned_bgr)` -> [1, 512]; `recogniser.input_size`.
 * `insightface.utils.face_align.norm_crop(bgr, landmark=kps, image_size=112)`.
 
+Aligned-crop mode (`embed_crop`, Face Embed's `face_crop` option): no detection, the whole
+image is taken as the aligned face, resized to the recogniser's input. For photos a user has
+already cropped and aligned, and for recognisers of other "faces" (the typeface miniature's
+specimen sheets). A folder with only a recogniser loads; such an analyzer embeds crops only.
+
 Not used: `FaceAnalysis` (0.7.3 calls `ensure_available`, which downloads a missing pack) and
 `get_model(<pack name>)`. insightface works on BGR arrays (OpenCV order); this module takes
 and returns RGB.
@@ -35,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..common.images import read_image
+from ..common.images import read_image, resize_rgb
 from ..common.tensors import l2_normalize, mean_embedding
 from ..errors import HypernetError
 from .insightface_pack import insightface_modules, load_detector_and_recognizer, onnx_files
@@ -46,6 +51,7 @@ logger = logging.getLogger(__name__)
 DETECTION_SIZES = (640, 512, 384, 256)
 PAD_FRACTION = 0.25  # black border added on each side, as a fraction of the longer side
 EMBEDDING_DIM = 512
+WHOLE_IMAGE = "whole image is the aligned crop"
 _TRIED = f"tried detection sizes {', '.join(map(str, DETECTION_SIZES))} and padding"
 
 
@@ -65,6 +71,7 @@ class FaceResult:
     num_faces: int  # faces found in the detection pass that succeeded
     det_size: int  # detector input size of that pass
     padded: bool  # found only after padding the image
+    aligned_input: bool = False  # aligned-crop mode: the whole image was the crop (no bbox/kps meaning)
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +146,8 @@ class FaceAnalyzer:
 
     def _warn_about_unstarted(self, requested: Sequence[str]) -> None:
         """onnxruntime falls back to CPU quietly when a provider fails to start; say so."""
-        used = set(self.providers) & set(self._detector.session.get_providers())
+        sessions = [m.session for m in (self._detector, self._recognizer) if m is not None]
+        used = set.intersection(*(set(s.get_providers()) for s in sessions))
         for provider in requested:
             if provider not in used:
                 logger.warning(
@@ -152,6 +160,12 @@ class FaceAnalyzer:
         Tries each size of DETECTION_SIZES, then the same on the image with a black border
         of PAD_FRACTION of its longer side (faces cropped tightly are found only so).
         """
+        if self._detector is None:
+            raise HypernetError(
+                f"The face analyzer {self.name} has no face detector ({self.model_dir} holds only "
+                "a recognition model), so it cannot find faces: set Face Embed's face_crop to "
+                f"'{WHOLE_IMAGE}' if your images are aligned crops, or add an SCRFD detector "
+                "(e.g. det_10g.onnx from buffalo_l) to that folder.")
         rgb = _as_rgb_uint8(image, label)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         for pad in (0, int(round(PAD_FRACTION * max(bgr.shape[:2])))):
@@ -185,13 +199,39 @@ class FaceAnalyzer:
             padded=pad > 0,
         )
 
+    @property
+    def can_detect(self) -> bool:
+        return self._detector is not None
+
+    def embed_crop(self, image: np.ndarray, *, label: str = "The image") -> FaceResult:
+        """Aligned-crop mode: the whole RGB image, resized to the recogniser's input, is the face."""
+        rgb = _as_rgb_uint8(image, label)
+        width, height = self._recognizer.input_size
+        rgb = resize_rgb(rgb, width, height)
+        crop_bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        feature = np.asarray(self._recognizer.get_feat(crop_bgr), dtype=np.float64).reshape(-1)
+        h, w = image.shape[:2]
+        return FaceResult(
+            embedding=_unit(feature).astype(np.float32),
+            bbox=np.array([0, 0, w, h], np.float32),
+            kps=np.zeros((5, 2), np.float32),
+            det_score=1.0,
+            crop=np.ascontiguousarray(rgb),
+            num_faces=1,
+            det_size=0,
+            padded=False,
+            aligned_input=True,
+        )
+
     def embed_images(self, images: Sequence[np.ndarray], *, skip_missing: bool = False,
-                     on_progress: Callable[[int, int], None] | None = None) -> FaceEmbeddings:
+                     on_progress: Callable[[int, int], None] | None = None,
+                     aligned_crops: bool = False) -> FaceEmbeddings:
         """Embed several photos of one person (RGB HxWx3) and combine them into one identity.
 
         Without `skip_missing` a photo without a face is an error naming it; with it, such
         photos are skipped and listed in `skipped`. `on_progress(done, total)` is called after
         each photo (the ComfyUI node updates its progress bar and checks for cancel there).
+        With `aligned_crops` every image is embedded whole (`embed_crop`), nothing is skipped.
         """
         total = len(images)
         if total == 0:
@@ -199,7 +239,7 @@ class FaceAnalyzer:
         faces, used, skipped = [], [], []
         for index, image in enumerate(images):
             label = f"Reference image {index + 1} of {total}"
-            face = self.detect(image, label=label)
+            face = self.embed_crop(image, label=label) if aligned_crops else self.detect(image, label=label)
             if face is not None:
                 faces.append(face)
                 used.append(index)
@@ -254,12 +294,16 @@ def load_face_analyzer(model_dir: str | Path, providers: Sequence[str] = ("CPU",
 class ArcFaceEmbedder:
     """Embeds photo files for the dataset builder and the CLI (one cached FaceAnalyzer)."""
 
-    def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("CPU",)):
+    def __init__(self, model_dir: str | Path, providers: Sequence[str] = ("CPU",), aligned_crops: bool = False):
         self.analyzer = load_face_analyzer(model_dir, providers)
         self.name = self.analyzer.name  # e.g. "insightface/antelopev2/glintr100.onnx"
+        self.aligned_crops = aligned_crops
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
-        """Unit embedding float32 [512] of the largest face in an RGB image."""
+        """Unit embedding float32 [512] of the largest face in an RGB image (of the whole
+        image in aligned-crop mode)."""
+        if self.aligned_crops:
+            return self.analyzer.embed_crop(image).embedding
         face = self.analyzer.detect(image)
         if face is None:
             raise HypernetError(
@@ -268,7 +312,10 @@ class ArcFaceEmbedder:
         return face.embedding
 
     def embed_file(self, path: str | Path) -> np.ndarray:
-        """Unit embedding float32 [512] of the largest face in an image file."""
+        """Unit embedding float32 [512] of the largest face in an image file (of the whole
+        image in aligned-crop mode)."""
+        if self.aligned_crops:
+            return self.analyzer.embed_crop(read_image(path), label=str(path)).embedding
         face = self.analyzer.detect(read_image(path), label=str(path))
         if face is None:
             raise HypernetError(

@@ -59,8 +59,8 @@ def insightface_modules():
 
 @dataclass(frozen=True)
 class ModelPair:
-    detector: Any  # insightface SCRFD / RetinaFace
-    detector_file: Path
+    detector: Any  # insightface SCRFD / RetinaFace; None for a folder with only a recogniser
+    detector_file: Path | None
     recognizer: Any  # insightface ArcFaceONNX
     recognizer_file: Path
 
@@ -75,7 +75,8 @@ def _load(model_zoo, path: Path, providers: Sequence[str]):
 
 
 def load_detector_and_recognizer(model_zoo, folder: Path, files: list[Path], providers: Sequence[str]) -> ModelPair:
-    """The first detector and the first recogniser among `files`, loaded on `providers`."""
+    """The first detector and the first recogniser among `files`, loaded on `providers` (the
+    detector None when there is none)."""
     found: dict[str, tuple[Any, Path]] = {}
     # Known detector/recogniser names first, so the rest usually need no loading.
     for path in sorted(files, key=lambda p: (p.name not in _KNOWN_MODEL_FILES, p.name)):
@@ -86,12 +87,16 @@ def load_detector_and_recognizer(model_zoo, folder: Path, files: list[Path], pro
         if "detection" in found and "recognition" in found:
             break
     names = ", ".join(path.name for path in files)
-    for task, what in (("detection", "face detector (SCRFD)"), ("recognition", "face recogniser (ArcFace)")):
-        if task not in found:
-            raise HypernetError(
-                f"No {what} among the files in {folder} ({names}). "
-                f"Put {_pack_hint(folder)} there.")
-    (detector, detector_file), (recognizer, recognizer_file) = found["detection"], found["recognition"]
+    if "recognition" not in found:
+        raise HypernetError(
+            f"No face recogniser (ArcFace) among the files in {folder} ({names}). "
+            f"Put {_pack_hint(folder)} there.")
+    recognizer, recognizer_file = found["recognition"]
+    if "detection" not in found:
+        # A recogniser alone is a usable analyzer: it embeds images that are already aligned
+        # face crops (FaceAnalyzer.embed_crop); asking it to detect is the error then.
+        return ModelPair(None, None, recognizer, recognizer_file)
+    detector, detector_file = found["detection"]
     if not getattr(detector, "use_kps", True):
         raise HypernetError(
             f"The detector {detector_file} gives no face landmarks, which alignment "
