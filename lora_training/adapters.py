@@ -55,6 +55,29 @@ def create_adapters(patcher, layout: Layout, seed: int, init: LoraWeights | None
     return adapters
 
 
+def _as_autograd_tensor(weight: torch.Tensor) -> torch.Tensor:
+    return weight.clone() if weight.is_inference() else weight
+
+
+def let_gradients_through(patcher, skip: set[str]) -> None:
+    """Weight wrappers that copy the layers' weights when they are inference tensors.
+
+    ComfyUI loads checkpoints inside torch.inference_mode(), and autograd refuses to save such
+    tensors for the backward pass, which needs every layer after the first LoRA. Its Train LoRA
+    node gets around this by wrapping every weight in a trainable adapter; here only the layout's
+    layers train, the others get this wrapper (a per-use copy, nothing when the weights are
+    ordinary tensors, e.g. after model management moved them to the GPU).
+    """
+    for name, layer in patcher.model.named_modules():
+        if not hasattr(layer, "weight_function"):
+            continue
+        for part in ("weight", "bias"):
+            key = f"{name}.{part}"
+            tensor = getattr(layer, part, None)
+            if isinstance(tensor, torch.Tensor) and tensor.is_inference() and key not in skip:
+                patcher.add_weight_wrapper(key, _as_autograd_tensor)
+
+
 def _check_init(init: LoraWeights, layout: Layout) -> None:
     names = set(init)
     missing = [n for n in layout.names if n not in names]
@@ -91,10 +114,11 @@ def remove_adapters(patcher, adapters: dict[str, torch.nn.Module]) -> None:
     for index in reversed(range(len(loaded))):
         if loaded[index].model is patcher:
             loaded.pop(index).model_unload()
-    ours = {id(a) for a in adapters.values()}
+    ours = {id(a) for a in adapters.values()} | {id(_as_autograd_tensor)}
     for layer in patcher.model.modules():
-        functions = getattr(layer, "weight_function", None)
-        if functions:
-            layer.weight_function = [f for f in functions if id(f) not in ours]
+        for attribute in ("weight_function", "bias_function"):
+            functions = getattr(layer, attribute, None)
+            if functions:
+                setattr(layer, attribute, [f for f in functions if id(f) not in ours])
     for adapter in adapters.values():
         adapter.requires_grad_(False)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._hypernet import HypernetError, Layout, LoraWeights
-from .adapters import adapters_state_dict, create_adapters, remove_adapters
+from .adapters import adapters_state_dict, create_adapters, let_gradients_through, remove_adapters
 from .settings import TrainingResult, TrainingStopped
 
 # Timesteps at the very ends of the schedule map to sigma 0 or "infinity" in percent_to_sigma.
@@ -182,7 +182,9 @@ def train_lora(patcher, latents: torch.Tensor, conditioning: Sequence[list], lay
         raise HypernetError(f"steps must be 0 or more and batch_size 1 or more (got {steps}, {batch_size})")
     started = time.perf_counter()
     clone = patcher.clone()
-    adapters = create_adapters(clone, layout, seed, init_lora)
+    with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode, whose tensors take no gradients
+        adapters = create_adapters(clone, layout, seed, init_lora)
+        let_gradients_through(clone, skip=set(clone.weight_wrapper_patches))
     grad_flags = {p: p.requires_grad for p in patcher.model.parameters()}
     try:
         with torch.inference_mode(False), torch.enable_grad():
