@@ -54,9 +54,11 @@ class GlyphBase:
         from miniature.comfy_glyph import glyph_conditioning
         return glyph_conditioning(self.text, prompt)
 
-    def empty_latent(self, resolution: int) -> torch.Tensor:
-        from miniature.comfy_glyph import empty_glyph_latent
-        return empty_glyph_latent(1, self.size)["samples"]
+    def batches(self, prompts, resolution: int):
+        """One sampler call draws every prompt, as Glyph Prompt + KSampler do in a graph."""
+        from miniature.comfy_glyph import empty_glyph_latent, glyph_conditioning
+        positive, negative = glyph_conditioning(self.text, "".join(prompts))
+        yield positive, negative, empty_glyph_latent(len(prompts), self.size)["samples"]
 
     def training_resolution(self, resolution: int) -> int:
         return self.size
@@ -95,9 +97,13 @@ class CheckpointBase:
             self._empty = encode_caption(self.clip, "")
         return encode_caption(self.clip, prompt), self._empty
 
-    def empty_latent(self, resolution: int) -> torch.Tensor:
-        # What Empty Latent Image makes: 4 channels at 1/8 of the image side.
-        return torch.zeros([1, 4, resolution // 8, resolution // 8], device=comfy.model_management.intermediate_device())
+    def batches(self, prompts, resolution: int):
+        """One sampler call per prompt, each from what Empty Latent Image makes (4 channels at
+        1/8 of the image side)."""
+        for prompt in prompts:
+            positive, negative = self.conditioning(prompt)
+            yield positive, negative, torch.zeros([1, 4, resolution // 8, resolution // 8],
+                                                  device=comfy.model_management.intermediate_device())
 
     def training_resolution(self, resolution: int) -> int:
         return resolution

@@ -75,10 +75,8 @@ class Renderer:
         s = self.settings
         images = []
         for seed in seeds:
-            for prompt in prompts:
+            for positive, negative, latent in self.base.batches(prompts, s.resolution):
                 comfy.model_management.throw_exception_if_processing_interrupted()
-                positive, negative = self.base.conditioning(prompt)
-                latent = self.base.empty_latent(s.resolution)
                 noise = comfy.sample.prepare_noise(latent, seed)
                 samples = comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, positive,
                                               negative, latent, seed=seed, disable_pbar=True)

@@ -205,6 +205,22 @@ def test_same_seed_same_images_and_a_lora_changes_images_and_scores(glyph_render
     assert abs(base_score - lora_score) > 1e-3
 
 
+def test_drawings_are_what_the_stock_ksampler_draws(glyph_renderer, glyph_case):
+    """The same seed through ComfyUI's own KSampler node and VAE Decode, as in a graph with
+    Load Glyph Model + Glyph Prompt, gives the same glyphs."""
+    import nodes as comfy_nodes
+    from miniature.comfy_glyph import empty_glyph_latent, glyph_conditioning
+    renderer, _ = glyph_renderer
+    lora = lora_from_state_dict(random_kohya_state(preset(LAYOUT), seed=2, scale=0.5))
+    model = renderer.patched(lora)
+    positive, negative = glyph_conditioning(renderer.base.text, "Ab0")
+    (latent,) = comfy_nodes.KSampler().sample(model, 5, 4, 3.0, "euler", "normal", positive, negative,
+                                              empty_glyph_latent(3, 16))
+    (image,) = comfy_nodes.VAEDecode().decode(renderer.base.vae, latent)
+    stock = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(renderer.draw(lora, list("Ab0"), [5]), stock)
+
+
 def test_references_as_generated_images_score_their_calibration(glyph_renderer, glyph_case):
     """Scoring through the command's own path: an identity's references, drawn as if generated,
     score exactly the mean over all sheet pairs (1 on the diagonal)."""
