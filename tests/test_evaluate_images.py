@@ -14,7 +14,6 @@ from PIL import Image
 import comfy_support
 from face_models import synthetic_photo, write_face_models
 from hypernet.cli import main
-from hypernet.errors import HypernetError
 from hypernet.lora.lora_io import lora_from_state_dict, read_lora, write_lora
 from hypernet.lora.presets import preset
 from hypernet.pipeline.identity_scores import (MethodScores, format_table, gap_closed, identity_similarity,
