@@ -47,8 +47,12 @@ def download_deb(name: str, version: str, debs: Path) -> Path:
     found = sorted(debs.glob(pattern))
     if found:
         return found[0]
-    proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs,
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs,
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        raise FontDataError(f"apt-get is not here: the font data ({name} {version}) comes from the Debian "
+                            f"archive; fetch it on a Debian or Ubuntu machine into {debs}") from None
     found = sorted(debs.glob(pattern))
     if proc.returncode != 0 or not found:
         now = archive_version(name)
@@ -91,15 +95,24 @@ def fetch_packages(packages: list[tuple[str, str]], cache: Path | None = None) -
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     missing = [f"{n}={v}" for n, v in packages
-               if not any(debs.glob(f"{n}_{v.replace(':', '%3a')}_*.deb"))]
+               if not unpacked_dir(n, v, cache).is_dir() and not any(debs.glob(f"{n}_{v.replace(':', '%3a')}_*.deb"))]
     if missing:
         # On failure the per-package path below names the package and the reason.
-        subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True)
+        try:
+            subprocess.run(["apt-get", "download", *missing], cwd=debs, capture_output=True)
+        except FileNotFoundError:
+            pass   # download_deb says so, naming the package
     return {n: fetch_package(n, v, cache) for n, v in packages}
 
 
 def fetch_package(name: str, version: str, cache: Path | None = None) -> Path:
     """Download and unpack one package; returns the folder holding its font files."""
     cache = cache or default_cache()
-    deb = download_deb(name, version, cache / "debs")
-    return unpack_fonts(deb, cache / "unpacked" / f"{name}_{version.replace(':', '%3a')}")
+    dest = unpacked_dir(name, version, cache)
+    if dest.is_dir():   # the .deb may be deleted once unpacked
+        return dest
+    return unpack_fonts(download_deb(name, version, cache / "debs"), dest)
+
+
+def unpacked_dir(name: str, version: str, cache: Path) -> Path:
+    return cache / "unpacked" / f"{name}_{version.replace(':', '%3a')}"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hypernet.common.files import _temp_beside
+from hypernet.common.files import write_bytes_atomic
 
 from .typeface_encoder import GLYPH_SIZE, TypefaceEncoder
 
@@ -72,10 +72,5 @@ def export_recognizer(encoder: TypefaceEncoder, folder: str | Path) -> Path:
                           input_names=["input.1"], output_names=["embedding"],
                           dynamic_axes={"input.1": {0: "N"}, "embedding": {0: "N"}}, opset_version=17)
     path = folder / RECOGNIZER_FILE
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
     return path

@@ -30,9 +30,23 @@ class FontFace:
     file: Path         # where it lies in the cache
 
 
+# Weight, width and slant words that some fonts put into the family name ("Clear Sans Thin",
+# "Montserrat-Medium", "Roboto-Condensed-Regular"), and optical sizes ("LM Roman 10").
+_STYLE_TAIL = re.compile(
+    r"[\s_-]+(\d+(\.\d+)?\s*(pt)?|thin|hairline|extra ?light|ultra ?light|light|regular|medium|semi ?bold|"
+    r"demi ?bold|demi|bold|extra ?bold|ultra ?bold|heavy|black|semi ?condensed|condensed|narrow|italic|oblique)$",
+    re.I)
+
+
 def family_key(name: str) -> str:
-    """Optical-size numbers and case do not make another typeface."""
-    return re.sub(r"[\s_-]+\d+(\.\d+)?\s*(pt)?$", "", name.strip()).strip().lower()
+    """Optical sizes, weight/width/slant words at the end of the name, and case do not make
+    another typeface."""
+    key = name.strip()
+    while True:
+        shorter = _STYLE_TAIL.sub("", key).strip()
+        if shorter == key or not shorter:
+            return key.lower()
+        key = shorter
 
 
 def scan_package(package: str, version: str, root: Path) -> list[FontFace]:
@@ -68,7 +82,7 @@ def is_upright(face: FontFace) -> bool:
 
 def canonical_rank(face: FontFace) -> tuple:
     """Smaller is more canonical: upright, then regular weight, normal width, no small caps."""
-    style = face.style
+    style = f"{face.style} {face.family}"   # the family name may carry the weight or width
     return (not is_upright(face), bool(_SMALL_CAPS.search(style)), 2 if _FAR_WEIGHT.search(style) else int(bool(_NEAR_WEIGHT.search(style))),
             bool(_OFF_WIDTH.search(style)), _FORMAT_ORDER.get(Path(face.path).suffix.lower(), 9),
             face.package, face.path, face.index)

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout", type=float, default=0.1, help="fraction of identities held out for evaluation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
     parser.add_argument("--face-model", type=Path, help="insightface model folder, needed when folders hold photos")
+    parser.add_argument("--aligned-crops", action="store_true",
+                        help="the photos are already aligned face crops: no detection, each whole image is resized "
+                             "to the recogniser's input and embedded (also for a folder with only a recognition model)")
     parser.add_argument("--global-encoder", type=Path, metavar="FILE",
                         help="CLIP image encoder weights (.safetensors, open_clip or ComfyUI clip_vision layout): "
                              "compute global image features from each identity's photos (needs --global-arch)")
@@ -28,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     def arcface():
         from ..encoders.face import ArcFaceEmbedder
-        return ArcFaceEmbedder(args.face_model)
+        return ArcFaceEmbedder(args.face_model, aligned_crops=args.aligned_crops)
 
     if (args.global_encoder is None) != (args.global_arch is None):
         raise HypernetError("--global-encoder FILE and --global-arch NAME go together (the file alone does not say "

@@ -131,15 +131,20 @@ def _prefix_problem(prefix: str) -> str | None:
     return None
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Like save_safetensors_atomic, for a text file (lists, tables)."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Like save_safetensors_atomic, for any bytes (an exported ONNX model, say)."""
     path = Path(path)
     tmp = _temp_beside(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Like save_safetensors_atomic, for a text file (lists, tables)."""
+    write_bytes_atomic(path, text.encode("utf-8"))

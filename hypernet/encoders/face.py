@@ -163,9 +163,9 @@ class FaceAnalyzer:
         if self._detector is None:
             raise HypernetError(
                 f"The face analyzer {self.name} has no face detector ({self.model_dir} holds only "
-                "a recognition model), so it cannot find faces: set Face Embed's face_crop to "
-                f"'{WHOLE_IMAGE}' if your images are aligned crops, or add an SCRFD detector "
-                "(e.g. det_10g.onnx from buffalo_l) to that folder.")
+                "a recognition model), so it cannot find faces: if your images are aligned face crops, "
+                f"set Face Embed's face_crop to '{WHOLE_IMAGE}' (--aligned-crops on the command line); "
+                "otherwise add an SCRFD detector (e.g. det_10g.onnx from buffalo_l) to that folder.")
         rgb = _as_rgb_uint8(image, label)
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         for pad in (0, int(round(PAD_FRACTION * max(bgr.shape[:2])))):
