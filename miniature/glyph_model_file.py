@@ -42,11 +42,12 @@ class GlyphModelFile:
     text: GlyphText
     glyph_size: int
     latent_scale: float
+    shift: float
     prediction: str = "eps"
     training: dict = field(default_factory=dict)
 
     def fold(self) -> PixelFold:
-        return PixelFold(self.latent_scale)
+        return PixelFold(self.latent_scale, self.shift)
 
 
 def save_glyph_model(model: GlyphModelFile, path: str | os.PathLike, save=None) -> None:
@@ -81,6 +82,10 @@ def _json(meta: dict, key: str, path, kind: type):
     if not isinstance(value, kind):
         raise _fail(path, f"its metadata {key!r} is not a JSON {kind.__name__}")
     return value
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_unet_config(config: dict, path) -> dict:
@@ -121,10 +126,11 @@ def load_glyph_model(path: str | os.PathLike) -> GlyphModelFile:
 
     config = _check_unet_config(_json(meta, "unet_config", path, dict), path)
     fold = _json(meta, "fold", path, dict)
-    scale = fold.get("latent_scale")
-    if fold.get("kind") != "pixel_fold" or fold.get("factor") != FACTOR or not isinstance(scale, (int, float)) \
-            or isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
-        raise _fail(path, f"its fold {fold!r} is not a pixel fold of factor {FACTOR} with a positive latent_scale")
+    scale, shift = fold.get("latent_scale"), fold.get("shift")
+    if fold.get("kind") != "pixel_fold" or fold.get("factor") != FACTOR or not _number(scale) or not _number(shift) \
+            or not scale > 0 or not -1 <= shift <= 1:
+        raise _fail(path, f"its fold {fold!r} is not a pixel fold of factor {FACTOR} with a positive latent_scale "
+                          "and a shift in [-1, 1]")
     charset = meta.get("charset", "")
     if not charset or len(set(charset)) != len(charset):
         raise _fail(path, "its charset is empty or repeats a character")
@@ -159,4 +165,4 @@ def load_glyph_model(path: str | os.PathLike) -> GlyphModelFile:
             raise _fail(path, f"unexpected tensor {name}")
         unet[name[len("unet."):]] = tensor.float()
     training = _json(meta, "training", path, dict) if "training" in meta else {}
-    return GlyphModelFile(config, unet, text, glyph_size, float(scale), prediction, training)
+    return GlyphModelFile(config, unet, text, glyph_size, float(scale), float(shift), prediction, training)

@@ -21,20 +21,23 @@ from pathlib import Path
 import torch
 
 from .base_model import DEFAULT_CHARSET, GLYPH_UNET, GlyphModelError, GlyphText
-from .pixel_fold import SDXL_LATENT_SCALE, glyphs_to_latents
+from .pixel_fold import BLACK, SDXL_LATENT_SCALE, glyphs_to_latents
 
 FONT_SUFFIXES = {".ttf", ".otf", ".pfb", ".ttc", ".woff", ".woff2"}
 PRESETS = {
     # A real-ish run: about 0.5 s a step at batch 32 on 16x16 glyphs (4x8x8 latents), 1 thread.
-    "default": dict(steps=1000, batch=32, lr=1e-3, warmup=100, ema=0.995, save_every=100),
+    "default": dict(steps=1200, batch=32, lr=1e-3, warmup=100, ema=0.995, save_every=100, offset_noise=0.1),
     # CI: a handful of steps that show the loss going down.
-    "ci": dict(steps=12, batch=8, lr=1e-3, warmup=0, ema=0.0, save_every=6),
+    "ci": dict(steps=12, batch=8, lr=1e-3, warmup=0, ema=0.0, save_every=6, offset_noise=0.1),
 }
 UNCOND_RATE = 0.1  # how often a glyph trains the empty prompt (classifier-free guidance)
+# Offset noise (noise plus a per-channel constant): each latent channel is one pixel of every
+# 2x2 block, and a model trained on plain noise left per-channel offsets in its samples,
+# which show as checkerboards and stripes over the whole glyph.
 
 
-def font_files(specs: list[str]) -> list[Path]:
-    """Font files named directly or found under folders, in sorted order (reproducible)."""
+def font_files(specs: list[str]) -> list[tuple[Path, int]]:
+    """(font file, face index) named directly or found under folders, in sorted order (reproducible)."""
     found = []
     for spec in specs:
         path = Path(spec)
@@ -44,17 +47,28 @@ def font_files(specs: list[str]) -> list[Path]:
             found.append(path)
         else:
             raise GlyphModelError(f"--fonts {spec}: no such file or folder")
-    return found
+    return [(path, 0) for path in found]
 
 
-def render_dataset(fonts: list[Path], charset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def train_families(font_list: str, max_fonts: int) -> list[tuple[Path, int]]:
+    """The curated list's TRAIN families (held-out ones never reach the base model), fetched and
+    checked by miniature.font_list; the first `max_fonts` by family name when given."""
+    from .font_list import FONT_LIST_FILE, read_list, resolve
+    entries = sorted((e for e in read_list(Path(font_list) if font_list != "default" else FONT_LIST_FILE)
+                      if e.split == "train"), key=lambda e: e.family)
+    entries = entries[:max_fonts] if max_fonts else entries
+    files = resolve(entries)
+    return [(files[e], e.index) for e in entries]
+
+
+def render_dataset(fonts: list[tuple[Path, int]], charset: str, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(latents [F*C, 4, size/2, size/2], table rows [F*C], font names used); a font that
     cannot draw every character is skipped with a note."""
     from .glyphs import render_glyphs
     latents, rows, used = [], [], []
-    for font in fonts:
+    for font, index in fonts:
         try:
-            glyphs = render_glyphs(font, charset, size)
+            glyphs = render_glyphs(font, charset, size, index)
         except OSError as exc:
             print(f"skipping {font}: {exc}", file=sys.stderr)
             continue
@@ -63,7 +77,7 @@ def render_dataset(fonts: list[Path], charset: str, size: int) -> tuple[torch.Te
             continue
         latents.append(glyphs_to_latents(glyphs))
         rows.append(torch.arange(1, len(charset) + 1))
-        used.append(font.name)
+        used.append(font.name if not index else f"{font.name}#{index}")
     if not used:
         raise GlyphModelError("no usable font: give --fonts files or folders with fonts that draw every character")
     return torch.cat(latents), torch.cat(rows), used
@@ -107,6 +121,7 @@ class Trainer:
         self.ema = [p.detach().clone() for p in self.params]
         self.generator = torch.Generator().manual_seed(args.seed)
         self.step = 0
+        self.seconds = 0.0  # training time over all runs of a resumed training
 
     def loss(self, idx: torch.Tensor, drop: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -128,6 +143,7 @@ class Trainer:
         drop = torch.rand(b, generator=g) < UNCOND_RATE
         t = torch.randint(0, 1000, (b,), generator=g)
         noise = torch.randn((b, *self.latents.shape[1:]), generator=g)
+        noise += self.args.offset_noise * torch.randn((b, noise.shape[1], 1, 1), generator=g)
         return idx, drop, t, noise
 
     def train_step(self) -> float:
@@ -163,7 +179,7 @@ class Trainer:
     def run_description(self) -> dict:
         a = self.args
         return {"fonts": a.font_names, "charset": a.charset, "size": a.size, "batch": a.batch, "lr": a.lr,
-                "warmup": a.warmup, "ema": a.ema, "seed": a.seed, "unet_config": GLYPH_UNET}
+                "warmup": a.warmup, "ema": a.ema, "offset_noise": a.offset_noise, "seed": a.seed, "unet_config": GLYPH_UNET}
 
     def save_state(self, path: Path) -> None:
         from hypernet.common.files import save_safetensors_atomic
@@ -172,7 +188,8 @@ class Trainer:
         for i, state in self.optimizer.state_dict()["state"].items():
             tensors.update({f"opt.{i}.{k}": v for k, v in state.items()})
         tensors["rng"] = self.generator.get_state()
-        save_safetensors_atomic(tensors, path, {"step": str(self.step), "run": json.dumps(self.run_description(), sort_keys=True)})
+        save_safetensors_atomic(tensors, path, {"step": str(self.step), "seconds": f"{self.seconds:.1f}",
+                                                "run": json.dumps(self.run_description(), sort_keys=True)})
 
     def load_state(self, path: Path) -> None:
         from safetensors import safe_open
@@ -192,8 +209,9 @@ class Trainer:
         self.optimizer.load_state_dict(state)
         self.generator.set_state(tensors["rng"])
         self.step = int(meta["step"])
+        self.seconds = float(meta.get("seconds", 0.0))
 
-    def glyph_model(self, seconds: float):
+    def glyph_model(self):
         from .glyph_model_file import GlyphModelFile
         unet = self.model.diffusion_model
         names = [n for n, _ in unet.named_parameters()]
@@ -201,18 +219,23 @@ class Trainer:
         state.update({n: e.clone() for n, e in zip(names, self.ema)})  # EMA weights; buffers as they are
         text = GlyphText(self.args.charset, GLYPH_UNET["context_dim"])
         text.context.data, text.pooled.data = self.ema[-2].clone(), self.ema[-1].clone()
-        training = dict(self.run_description(), steps=self.step, seconds=round(seconds, 1))
-        return GlyphModelFile(dict(GLYPH_UNET), state, text, self.args.size, SDXL_LATENT_SCALE, "eps", training)
+        training = dict(self.run_description(), steps=self.step, seconds=round(self.seconds, 1))
+        return GlyphModelFile(dict(GLYPH_UNET), state, text, self.args.size, SDXL_LATENT_SCALE, BLACK, "eps", training)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m miniature.train_base", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fonts", nargs="+", required=True, help="font files or folders (searched recursively) of the TRAIN families")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fonts", nargs="+", help="font files or folders (searched recursively) of the TRAIN families")
+    source.add_argument("--font-list", nargs="?", const="default",
+                        help="the train families of the curated font list (miniature/data/fonts.tsv unless a path "
+                             "is given); fetches their Debian packages into .cache/fonts")
     parser.add_argument("--out", required=True, help="the glyph model file to write (.safetensors)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--offset-noise", type=float, help="per-channel noise offset (0 for plain noise)")
     parser.add_argument("--size", type=int, default=16, choices=(16, 32), help="glyph size in pixels (latents are half)")
     parser.add_argument("--max-fonts", type=int, default=0, help="use only the first N fonts (0: all)")
     parser.add_argument("--charset", default=DEFAULT_CHARSET)
@@ -241,9 +264,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     state_path = out.with_name(out.name[:-len(".safetensors")] + ".state.safetensors")
     try:
-        fonts = font_files(args.fonts)
-        if args.max_fonts:
-            fonts = fonts[:args.max_fonts]
+        if args.fonts:
+            fonts = font_files(args.fonts)
+            fonts = fonts[:args.max_fonts] if args.max_fonts else fonts
+        else:
+            fonts = train_families(args.font_list, args.max_fonts)
         latents, rows, args.font_names = render_dataset(fonts, args.charset, args.size)
         trainer = Trainer(args, latents, rows)
         if args.resume and state_path.exists():
@@ -251,7 +276,7 @@ def main(argv=None) -> int:
             print(f"resumed at step {trainer.step} from {state_path}")
         elif out.exists() or state_path.exists():
             raise GlyphModelError(f"{out if out.exists() else state_path} exists; pass --resume to continue, or another --out")
-    except GlyphModelError as exc:
+    except ValueError as exc:  # GlyphModelError, and the font list's FontDataError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{len(args.font_names)} fonts, {latents.shape[0]} glyphs at {args.size} px, latents {tuple(latents.shape[1:])}, "
@@ -259,16 +284,17 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} thread(s)")
     started, first = time.perf_counter(), trainer.step
     while trainer.step < args.steps:
+        tick = time.perf_counter()
         loss = trainer.train_step()
+        trainer.seconds += time.perf_counter() - tick
         if trainer.step % max(1, args.steps // 20) == 0 or trainer.step == args.steps:
             per_step = (time.perf_counter() - started) / (trainer.step - first)
             print(f"step {trainer.step}/{args.steps} loss {loss:.4f} ({per_step:.3f} s/step)", flush=True)
         if trainer.step % args.save_every == 0 and trainer.step < args.steps:
             trainer.save_state(state_path)
-    seconds = time.perf_counter() - started
     trainer.save_state(state_path)
-    save_glyph_model(trainer.glyph_model(seconds), out, save=save_safetensors_atomic)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) after {seconds:.0f} s")
+    save_glyph_model(trainer.glyph_model(), out, save=save_safetensors_atomic)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.2f} MiB) after {trainer.step} steps, {trainer.seconds:.0f} s of training")
     if args.samples:
         write_samples(out, Path(args.samples), args.charset)
         print(f"wrote {args.samples}")

@@ -22,7 +22,7 @@ def random_glyph_model(path: Path, charset: str = "ABCabc012", seed: int = 0, gl
     """A glyph model file with seeded random weights (the tiny SDXL UNet the pack's tests use)."""
     from miniature.base_model import GlyphText
     from miniature.glyph_model_file import GlyphModelFile, save_glyph_model
-    from miniature.pixel_fold import SDXL_LATENT_SCALE
+    from miniature.pixel_fold import BLACK, SDXL_LATENT_SCALE
     model = build_sdxl_model(TINY_SDXL_UNET, seed=seed)
     unet = {k[len("diffusion_model."):]: v for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
     text = GlyphText(charset, TINY_SDXL_UNET["context_dim"])
@@ -30,5 +30,5 @@ def random_glyph_model(path: Path, charset: str = "ABCabc012", seed: int = 0, gl
     text.context.data = torch.randn(text.context.shape, generator=gen)
     text.pooled.data = torch.randn(text.pooled.shape, generator=gen)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_glyph_model(GlyphModelFile(dict(TINY_SDXL_UNET), unet, text, glyph_size, SDXL_LATENT_SCALE), path)
+    save_glyph_model(GlyphModelFile(dict(TINY_SDXL_UNET), unet, text, glyph_size, SDXL_LATENT_SCALE, BLACK), path)
     return path

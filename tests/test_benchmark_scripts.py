@@ -94,3 +94,12 @@ def test_soak_benchmark_prints_the_server_memory_every_few_runs_and_the_ratio(tm
     assert "RSS after run 4 / after run 2: " in result.stdout and "target within 5%" in result.stdout
     assert "; load average " in result.stdout and "Load average (1, 5, 15 min) after the last run: " in result.stdout
     assert len(list((tmp_path / "comfy_base" / "output").rglob("*.png"))) == 4  # every run drew its image
+
+
+def test_glyph_step_benchmark_prints_both_glyph_sizes():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_glyph_step.py"), "--steps", "1", "--batch", "2"],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ") and "x" in line[:6]] \
+        == ["| 16x16", "| 32x32"]

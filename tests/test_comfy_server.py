@@ -14,9 +14,10 @@ def test_server_imports_pack_without_failure(comfy_server):
 # Saved workflows name nodes by these ids: they never change.
 NODE_IDS = {"LoraHypernetLoadFaceAnalyzer", "LoraHypernetFaceEmbed", "LoraHypernetMixIdentities",
             "LoraHypernetEncodeGlobalFeatures", "LoraHypernetLoad", "LoraHypernetSample", "LoraHypernetDecode",
-            "LoraHypernetApplyLoRA", "LoraHypernetSaveLoRA"}
+            "LoraHypernetApplyLoRA", "LoraHypernetSaveLoRA", "LoraHypernetLoadGlyphModel", "LoraHypernetGlyphPrompt"}
 # ComfyUI's own socket types that our nodes use; every other type must carry our prefix.
-CORE_TYPES = {"IMAGE", "MODEL", "CLIP", "CLIP_VISION", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CORE_TYPES = {"IMAGE", "MODEL", "CLIP", "CLIP_VISION", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
+              "VAE", "CONDITIONING", "LATENT"}
 
 
 def test_object_info_lists_every_pack_node(comfy_server, pack):

@@ -61,7 +61,8 @@ def test_the_fold_is_lossless_and_puts_2x2_blocks_into_the_four_channels():
     assert back.shape == (len(CHARS), 3, 16, 16)
     torch.testing.assert_close(back, pixels.unsqueeze(1).expand(-1, 3, -1, -1), rtol=0, atol=1e-6)
     # pixel (2y + i, 2x + j) lands in channel 2i + j at (y, x), in SDXL latent units
-    assert latents[0, 3, 2, 5] * fold.latent_scale == pytest.approx(pixels[0, 5, 11].item(), abs=1e-6)
+    assert latents[0, 3, 2, 5] * fold.latent_scale + fold.shift == pytest.approx(pixels[0, 5, 11].item(), abs=1e-6)
+    assert fold.encode(torch.full((1, 3, 2, 2), -1.0)).abs().max() == 0  # black, the background, is latent 0
     assert glyphs.float().std() > 50  # real glyphs, not a blank image
 
 
@@ -206,3 +207,57 @@ def test_training_resumes_bit_for_bit(comfy, tmp_path):
     assert [resumed.train_step() for _ in range(2)] == losses[2:]
     for a, b in zip(straight.ema, resumed.ema):
         assert torch.equal(a, b)
+
+
+def test_a_stock_graph_on_the_server_saves_one_glyph_image_per_character(comfy_server):
+    import numpy as np
+    from PIL import Image
+    random_glyph_model(comfy_server.base_dir / "models" / "glyph_models" / "glyph_test.safetensors", CHARS)
+    prompt = {
+        "1": {"class_type": "LoraHypernetLoadGlyphModel", "inputs": {"glyph_model_name": "glyph_test.safetensors"}},
+        "2": {"class_type": "LoraHypernetGlyphPrompt", "inputs": {"glyph_text": ["1", 2], "characters": "aB0cA"}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 1], "latent_image": ["2", 2], "seed": 3,
+            "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 1]}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "glyph_test"}},
+    }
+    entry, _ = comfy_server.run_prompt(prompt, timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    images = entry["outputs"]["5"]["images"]
+    assert len(images) == 5
+    for image in images:
+        path = comfy_server.base_dir / "output" / image["subfolder"] / image["filename"]
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (16, 16, 3)
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # grey
+
+
+def test_train_command_ci_size_writes_a_loadable_file_and_never_overwrites(comfy, tmp_path):
+    """python -m miniature.train_base on a few fonts of the tests' Debian package, CI preset."""
+    import os
+    import subprocess
+    import sys
+
+    from comfy_support import COMFYUI_PATH, REPO
+    from font_support import urw_font
+    from miniature.glyph_model_file import load_glyph_model
+    fonts = [str(urw_font(name)) for name in ("NimbusSans-Regular.otf", "C059-Roman.otf", "P052-Roman.otf")]
+    out = tmp_path / "glyph_ci.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1", COMFYUI_PATH=str(COMFYUI_PATH))
+
+    def train(*extra):
+        return subprocess.run([sys.executable, "-m", "miniature.train_base", "--preset", "ci", "--fonts", *fonts,
+                               "--out", str(out), "--charset", "AaB0", *extra],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    first = train()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "3 fonts, 12 glyphs at 16 px" in first.stdout
+    glyph = load_glyph_model(out)
+    assert glyph.text.charset == "AaB0" and glyph.training["steps"] == 12
+    assert glyph.training["fonts"] == ["NimbusSans-Regular.otf", "C059-Roman.otf", "P052-Roman.otf"]
+    again = train()
+    assert again.returncode == 2 and "exists; pass --resume" in again.stderr
+    other = train("--resume", "--seed", "1")
+    assert other.returncode == 2 and "other fonts or settings" in other.stderr
