@@ -28,8 +28,8 @@ Interface (stable; `python -m hypernet collect` builds on it):
   it for a checkpoint ComfyUI cannot load or a layout that does not fit the model.
 - `should_stop()` returning True raises `TrainingStopped`; ComfyUI's Cancel raises ComfyUI's
   interrupt exception. Either way nothing is returned and the model carries no adapter.
-- Losses: mean x0 MSE (ComfyUI's training loss) over `eval_draws` fixed noise/timestep draws per
-  training image from the seed; `base_loss` is the base model alone on the same draws.
+- Losses: mean noise MSE (ComfyUI's x0 MSE / sigma^2) over `eval_draws` fixed noise/timestep
+  draws per training image from the seed; `base_loss` is the base model alone on the same draws.
 - Deterministic under a seed on one device type: fresh factors, batches, noise and timesteps
   all come from CPU generators seeded with `seed`.
 - `train_lora(patcher, latents, conditioning, layout, ...)` is the same loop on an

@@ -39,13 +39,15 @@ class IdentityTrainer:
         self.checkpoint, self.layout, self.settings = path, layout, settings
         self._class_data = None
 
-    def train(self, images: Sequence[str | os.PathLike], captions: Sequence[str] | None, seed: int,
+    def train(self, images: Sequence[str | os.PathLike], captions: Sequence[str] | None, seed: int | None = None,
               init_lora: dict[str, torch.Tensor] | None = None, progress: Callable[[int, int], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> TrainingResult:
         """One LoRA from one identity's photos. `captions` has one caption per image, or is
         empty/None for the settings' caption template; `init_lora` (kohya tensors of this
-        layout) is the start instead of a fresh LoRA. Bad input raises HypernetError."""
+        layout) is the start instead of a fresh LoRA; `seed` None is the settings' seed. Bad input
+        raises HypernetError."""
         settings = self.settings
+        seed = settings.seed if seed is None else seed
         images = [Path(p) for p in images]
         captions = list(captions or [settings.caption()] * len(images))
         if len(captions) != len(images):

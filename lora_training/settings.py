@@ -56,8 +56,9 @@ class TrainingSettings:
 
 @dataclass
 class TrainingResult:
-    """One trained LoRA. Losses are the mean denoising loss (ComfyUI's x0 MSE) on the training
-    images over fixed noise and timesteps drawn from the seed, the same draws for all three."""
+    """One trained LoRA. Losses are the mean denoising loss (x0 MSE / sigma^2, i.e. the noise
+    MSE) on the training images over fixed noise and timesteps drawn from the seed, the same
+    draws for all three."""
 
     state_dict: dict[str, torch.Tensor]  # kohya keys, exactly the layout's modules
     loss: float  # with the trained LoRA

@@ -33,7 +33,7 @@ class RefineLoRA(io.ComfyNode):
                              tooltip="Training steps; about 50 refine a sampled LoRA (HyperLoRA's advice)."),
                 io.Float.Input("learning_rate", default=1e-3, min=1e-6, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the LoRA factors."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Noise, timesteps and photo order; same seed, same LoRA on the same device type."),
                 io.Int.Input("resolution", default=1024, min=64, max=4096, step=64,
                              tooltip="The photos are centre-cropped to squares of this size (SDXL: 1024, SD1.5: 512)."),

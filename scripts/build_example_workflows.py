@@ -32,6 +32,7 @@ PHOTO_A = "reference_astronaut.jpg"
 PHOTO_B = "reference_cameraman.jpg"
 POSITIVE = "cinematic portrait photo of a person, soft window light, 85mm, detailed skin"
 NEGATIVE = "blurry, lowres, deformed, cartoon"
+REFINE_CAPTION = "a photo of sks person"  # the caption collect trains identity LoRAs with
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
@@ -133,6 +134,26 @@ def portrait(info: dict, save_lora: bool, sd15: bool = False) -> Graph:
     return g
 
 
+def portrait_refined(info: dict) -> Graph:
+    """HyperDreamBooth's hypernet + fast fine-tune: the sampled LoRA trained 50 steps on the photo."""
+    g = Graph(info)
+    analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
+    face = face_branch(g, PHOTO_A, 0, analyzer)
+    decode = sample_and_decode(g, face, 760)
+    refine = g.add("LoraHypernetRefineLoRA", (760, 470), [50, 0.001, 0, "fixed", 1024], size=(320, 250))
+    apply = sdxl_tail(g, refine, 1140)
+    ckpt = next(n for n in g.nodes if n["type"] == "CheckpointLoaderSimple")
+    caption = g.add("CLIPTextEncode", (380, 820), [REFINE_CAPTION], title="Caption of the photos", size=(320, 120))
+    g.link(ckpt, "CLIP", caption, "clip")
+    g.link(ckpt, "MODEL", refine, "model")
+    g.link(ckpt, "VAE", refine, "vae")
+    g.link(caption, "CONDITIONING", refine, "positive")
+    g.link(next(n for n in g.nodes if n["type"] == "LoadImage"), "IMAGE", refine, "images")
+    g.link(decode, "lora", refine, "lora")
+    assert apply["inputs"][1]["link"] is not None
+    return g
+
+
 def identity_mix(info: dict) -> Graph:
     g = Graph(info)
     analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [FACE_MODEL, "CPU"], size=(320, 90))
@@ -169,6 +190,7 @@ def main() -> int:
         "portrait_and_save_lora": portrait(info, save_lora=True),
         "sd15_portrait_from_one_photo": portrait(info, save_lora=False, sd15=True),
         "identity_mix": identity_mix(info),
+        "portrait_refined_lora": portrait_refined(info),
         "portrait_face_and_global_features": face_and_global(info),
     }
     for name, graph in graphs.items():

@@ -247,6 +247,11 @@ def set_latent_size(page, size: int) -> None:
         for (const w of n.widgets.filter(w => w.name === 'width' || w.name === 'height')) {
           w.value = size; if (w.callback) w.callback(size, window.app.canvas, n); changed++;
         }
+      // Refine LoRA trains at its own resolution: the same size keeps the run short
+      for (const n of window.app.graph.nodes.filter(n => n.type === 'LoraHypernetRefineLoRA'))
+        for (const w of n.widgets.filter(w => w.name === 'resolution')) {
+          w.value = size; if (w.callback) w.callback(size, window.app.canvas, n);
+        }
       window.app.graph.setDirtyCanvas(true, true);
       return changed;
     }""", size)

@@ -164,6 +164,8 @@ def example_prompt(name: str, object_info: dict, image_size: int | None = None) 
             node["class_type"] = "TinySD15CheckpointLoader" if sd15 else "TinySDXLCheckpointLoader"
         if image_size and node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=image_size, height=image_size)
+        if image_size and node["class_type"] == "LoraHypernetRefineLoRA":  # it trains at this size
+            node["inputs"].update(resolution=image_size)
     return prompt
 
 

@@ -91,6 +91,8 @@ def test_example_workflow_runs_from_the_template_browser(browser, object_info, n
     for node in expected.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=TEST_IMAGE_SIZE, height=TEST_IMAGE_SIZE)
+        if node["class_type"] == "LoraHypernetRefineLoRA":
+            node["inputs"].update(resolution=TEST_IMAGE_SIZE)
     differences = browser_support.prompt_differences(run.prompt, expected)
     assert not differences, "\n".join(differences)
 
