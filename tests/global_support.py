@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def register_tiny_arch() -> str:
     if open_clip.get_model_config(TINY_ARCH) is None:
         _CONFIG_DIR.mkdir(parents=True, exist_ok=True)
         path = _CONFIG_DIR / f"{TINY_ARCH}.json"
-        path.write_text(json.dumps(OPEN_CLIP_CONFIG))
+        _write_atomic(path, json.dumps(OPEN_CLIP_CONFIG))
         open_clip.add_model_config(path)
     return TINY_ARCH
 
@@ -53,8 +54,16 @@ def register_tiny_arch() -> str:
 def comfy_config_file() -> str:
     _CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     path = _CONFIG_DIR / "tiny_clip_vision_config.json"
-    path.write_text(json.dumps(COMFY_CONFIG))
+    _write_atomic(path, json.dumps(COMFY_CONFIG))
     return str(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Several processes (collect's workers, parallel test runs) write and read these files at
+    once: a reader must never see one half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def tiny_weights(seed: int = 0) -> dict[str, torch.Tensor]:

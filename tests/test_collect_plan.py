@@ -79,3 +79,18 @@ def test_ray_option_without_ray_installed_says_how_to_install_it(tmp_path):
                             timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: --ray needs the `ray` package, which is not installed: pip install")
+
+
+def test_an_init_lora_of_another_layout_is_refused_before_training(tmp_path):
+    from safetensors.torch import save_file
+
+    from hypernet.collect.run import collect
+    from random_weights import random_kohya_state
+
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    write_tiny_checkpoint(tmp_path / "base.safetensors")
+    save_file(random_kohya_state(preset("tiny-attn-r4").with_rank(2)), str(tmp_path / "init.safetensors"))
+    with pytest.raises(HypernetError, match=r"--init LoRA .* does not fit the layout: module \S+ is \d+x\d+ at rank 2"):
+        collect(tmp_path / "src", tmp_path / "base.safetensors", "tiny-attn-r4", tmp_path / "out",
+                init_lora=tmp_path / "init.safetensors", progress=False)
+    assert not (tmp_path / "out").exists()

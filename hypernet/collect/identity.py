@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,7 +28,7 @@ from ..data.identity_folders import EMBEDDING_FILE, IdentityFolder, Skip
 from ..errors import HypernetError
 from ..lora.layout import Layout
 from ..lora.lora_io import layout_from_lora, lora_from_state_dict, lora_to_state_dict, read_lora, write_lora
-from .jobs import LORA_FILE, PARTIAL_PREFIX, RECORD_FILE, IdentityJob, RunSpec
+from .jobs import LORA_FILE, PARTIAL_PREFIX, RECORD_FILE, IdentityJob, RunSpec, layout_difference
 
 
 def load_preload(entry: str) -> None:
@@ -89,15 +90,16 @@ def host_for(spec: RunSpec) -> TrainerHost:
     return _HOST[0][1]
 
 
-def collect_identity(job: IdentityJob, spec: RunSpec) -> dict:
+def collect_identity(job: IdentityJob, spec: RunSpec, progress: Callable[[int, int], None] | None = None) -> dict:
     """Train and write one identity; its record, or {"status": "failed", "kind", "reason"}.
+    `progress(done, total)` hears of the training steps.
 
     A broken identity (no photos, an unreadable photo, no face, a trainer error) fails alone; a
     problem of the whole run (the trainer package, the base model) raises, since it fails them all."""
     host = host_for(spec)
     started = time.perf_counter()
     try:
-        return _train_and_write(job, spec, host, started)
+        return _train_and_write(job, spec, host, started, progress)
     except Skip as skip:
         return {"id": job.id, "status": "failed", "kind": skip.kind, "reason": str(skip)}
     except (HypernetError, OSError, RuntimeError, ValueError) as exc:
@@ -108,7 +110,7 @@ def collect_identity(job: IdentityJob, spec: RunSpec) -> dict:
         return {"id": job.id, "status": "failed", "kind": kind, "reason": reason}
 
 
-def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started: float) -> dict:
+def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started: float, progress) -> dict:
     if not job.photos:
         raise Skip("no photos", "the folder holds no reference photos")
     for i, photo in enumerate(job.photos, 1):
@@ -121,15 +123,14 @@ def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started
         folder = IdentityFolder(job.id, Path(job.photos[0]).parent, [], [Path(p) for p in job.photos], None)
         embedding = embed_photos(folder, host.face)
     result = host.trainer.train([Path(p) for p in job.photos], job.captions, job.seed,
-                                init_lora=host.init_lora, progress=None, should_stop=None)
+                                init_lora=host.init_lora, progress=progress, should_stop=None)
     weights = lora_from_state_dict(result.state_dict, source=f"the LoRA trained for {job.id}")
-    trained = layout_from_lora(weights, host.layout.base_model)
-    if trained != host.layout:
-        raise HypernetError(f"the trainer returned a LoRA of another layout than {spec.layout_name} "
-                            f"({len(trained)} modules, {len(host.layout)} expected); this is a trainer bug")
+    problem = layout_difference(layout_from_lora(weights, host.layout.base_model), host.layout)
+    if problem:
+        raise HypernetError(f"the trainer returned a LoRA that is not of layout {spec.layout_name}: {problem}")
     record = {
         "id": job.id, "status": "done", "steps": int(result.steps), "final_loss": float(result.loss),
-        "base_loss": float(result.base_loss), "seed": job.seed, "train_seconds": float(result.seconds),
+        "base_loss": float(result.base_loss), "initial_loss": float(result.initial_loss), "seed": job.seed, "train_seconds": float(result.seconds),
         "seconds": round(time.perf_counter() - started, 3), "base_model": Path(spec.base_checkpoint).name,
         "base_sha256": spec.base_sha256, "layout": spec.layout_name, "captions": job.captions,
         "photos": [Path(p).name for p in job.photos], "init_lora": spec.init_lora and Path(spec.init_lora).name,

@@ -11,7 +11,10 @@ from pathlib import Path
 from ..common.files import read_json_object, sha256_file
 from ..common.tensors import seeded_generator
 from ..data.identity_folders import PHOTO_SUFFIXES, scan_source
+from ..common.images import read_image
 from ..errors import HypernetError
+from ..lora.layout import Layout
+from ..lora.lora_io import layout_from_lora, read_lora
 
 LORA_FILE = "lora.safetensors"
 RECORD_FILE = "collect.json"
@@ -148,6 +151,37 @@ def check_same_key(record_path: Path, key: dict) -> None:
         differs = [f"settings.{k}" for k in key["settings"] if (old.get("settings") or {}).get(k) != key["settings"][k]]
     raise HypernetError(f"{record_path.parent} was trained with other settings ({', '.join(differs)} differ); "
                         "continue it with the same settings or collect into another --out folder")
+
+
+def layout_difference(got: Layout, want: Layout) -> str | None:
+    """The first way `got` is not exactly `want` (modules, shapes, ranks, alphas), or None."""
+    missing = [n for n in want.names if n not in got]
+    extra = [n for n in got.names if n not in want]
+    if missing or extra:
+        return (f"{len(missing)} of the layout's {len(want)} modules missing (e.g. {', '.join(missing[:2]) or '-'}), "
+                f"{len(extra)} others (e.g. {', '.join(extra[:2]) or '-'})")
+    for module in want.modules:
+        other = got[module.name]
+        if other != module:
+            return (f"module {module.name} is {other.out_features}x{other.in_features} at rank {other.rank}, alpha "
+                    f"{other.alpha:g}; the layout has {module.out_features}x{module.in_features} at rank "
+                    f"{module.rank}, alpha {module.alpha:g}")
+    return None
+
+
+def check_init_lora(path: str, layout: Layout) -> None:
+    """--init must be exactly the layout's LoRA, or every identity would fail the same way."""
+    weights = read_lora(path).unet_only()
+    problem = layout_difference(layout_from_lora(weights, layout.base_model), layout)
+    if problem:
+        raise HypernetError(f"--init LoRA {path} does not fit the layout: {problem}; start from a LoRA of this layout "
+                            "(e.g. one sampled by a hypernet trained on it)")
+
+
+def check_class_images(paths: tuple[str, ...]) -> None:
+    """Every class image readable, before any identity trains with them."""
+    for path in paths:
+        read_image(path)
 
 
 def file_sha256(path: str | None, what: str) -> str | None:

@@ -61,5 +61,22 @@ class Progress:
         self.bar.set_postfix(done=self.done, failed=self.failed, refresh=False)
         self.bar.update(1)
 
+    def steps(self, identity: str):
+        """A progress(done, total) callback drawing the identity's training steps under the main bar
+        (in-process runs: a worker's steps stay in the worker)."""
+        if self.bar.disable:
+            return None
+        bar = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc=f"  {identity}", unit="step", leave=False, position=1, file=sys.stderr,
+                           dynamic_ncols=True)
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+        return update
+
     def close(self) -> None:
         self.bar.close()

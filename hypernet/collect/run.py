@@ -9,7 +9,8 @@ from pathlib import Path
 from ..common.files import sha256_file
 from ..errors import HypernetError
 from ..lora.presets import load_layout
-from .jobs import RUN_FILE, RunSpec, TrainingSettings, file_sha256, plan_run
+from .jobs import (RUN_FILE, RunSpec, TrainingSettings, check_class_images, check_init_lora, file_sha256,
+                   plan_run)
 from .report import Progress, RunResult
 from .runners import import_ray, run_here, run_processes, run_ray
 
@@ -35,9 +36,13 @@ def collect(src: str | os.PathLike, base: str | os.PathLike, layout: str, out: s
     if ray is not None:
         import_ray()  # a missing package is said before the base model is hashed
     threads = threads or max(1, (os.cpu_count() or 1) // (workers or 1))
+    layout_value = load_layout(layout)
+    if init_lora is not None:
+        check_init_lora(str(init_lora), layout_value)
+    check_class_images(settings.class_images)
     spec = RunSpec(
         src=str(src), out=str(out), base_checkpoint=str(Path(base).resolve()), base_sha256=sha256_file(base),
-        layout=load_layout(layout).to_dict(), layout_name=layout, settings=settings, trainer=trainer,
+        layout=layout_value.to_dict(), layout_name=layout, settings=settings, trainer=trainer,
         init_lora=init_lora and str(Path(init_lora).resolve()), init_sha256=file_sha256(init_lora, "--init LoRA"),
         face_model=face_model and str(Path(face_model).resolve()), preload=tuple(preload), threads=threads,
         link_photos=link_photos)
@@ -49,7 +54,7 @@ def collect(src: str | os.PathLike, base: str | os.PathLike, layout: str, out: s
     elif (workers or 1) > 1:
         records = run_processes(plan.jobs, spec, workers)
     else:
-        records = run_here(plan.jobs, spec)
+        records = run_here(plan.jobs, spec, bar.steps)
     try:
         for record in records:
             (result.trained if record["status"] == "done" else result.failed).append(record)

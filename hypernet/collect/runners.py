@@ -26,9 +26,10 @@ def _crashed(job: IdentityJob, what: str) -> dict:
             "reason": f"{what} while training it (out of memory, or killed); re-run collect to retry it"}
 
 
-def run_here(jobs: list[IdentityJob], spec: RunSpec) -> Iterator[dict]:
+def run_here(jobs: list[IdentityJob], spec: RunSpec, step_progress=None) -> Iterator[dict]:
+    """In this process; `step_progress(identity)` may give a callback for its training steps."""
     for job in jobs:
-        yield collect_identity(job, spec)
+        yield collect_identity(job, spec, step_progress(job.id) if step_progress else None)
 
 
 def run_processes(jobs: list[IdentityJob], spec: RunSpec, workers: int) -> Iterator[dict]:
@@ -104,6 +105,10 @@ def run_ray(jobs: list[IdentityJob], spec: RunSpec, address: str, workers: int |
                 yield ray.get(done[0])
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
                 yield _crashed(job, "its Ray worker died")
+            except ray.exceptions.RayTaskError as exc:  # the worker's own one-line error, not Ray's traceback
+                if isinstance(exc.cause, HypernetError):
+                    raise exc.cause from None
+                raise
     finally:
         if started:
             ray.shutdown()
