@@ -99,16 +99,13 @@ def write_identity(folder, glyphs, chars=CHARSET):
 
 def trainable_glyph_model(path, seed=0):
     """A glyph model file with the trainable tiny SDXL weights: its drawings respond to a LoRA."""
-    from miniature.base_model import GlyphText
-    from miniature.glyph_model_file import GlyphModelFile, save_glyph_model
-    from miniature.pixel_fold import SDXL_LATENT_SCALE
+    import dataclasses
+    from glyph_support import random_glyph_model
+    from miniature.glyph_model_file import load_glyph_model, save_glyph_model
+    glyph = load_glyph_model(random_glyph_model(path, charset=CHARSET, seed=seed))
     model = comfy_support.trainable_tiny_sdxl_patcher(seed=seed).model
     unet = {k[len("diffusion_model."):]: v for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
-    text = GlyphText(CHARSET, comfy_support.TINY_SDXL_UNET["context_dim"])
-    gen = torch.Generator().manual_seed(seed + 1)
-    text.context.data = torch.randn(text.context.shape, generator=gen)
-    text.pooled.data = torch.randn(text.pooled.shape, generator=gen)
-    save_glyph_model(GlyphModelFile(dict(comfy_support.TINY_SDXL_UNET), unet, text, 16, SDXL_LATENT_SCALE), path)
+    save_glyph_model(dataclasses.replace(glyph, unet_state=unet), path)
     return path
 
 
