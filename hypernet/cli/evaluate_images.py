@@ -127,7 +127,7 @@ def build_methods(args, names, renderer, embedder):
         if model.config.condition != "face":
             raise HypernetError(f"the hypernet {args.hypernet.name} is conditioned on '{model.config.condition}'; "
                                 "evaluate-images samples face-conditioned hypernets only")
-        hypernet = im.Hypernet(model, seed=args.hypernet_seed, steps=args.hypernet_steps, guidance=args.guidance)
+        hypernet = im.HypernetSampled(model, seed=args.hypernet_seed, steps=args.hypernet_steps, guidance=args.guidance)
     training = None
     if "nearest" in names or "mean" in names:
         from ..pipeline.lora_baselines import read_training_identities

@@ -114,7 +114,7 @@ class Mean(Method):
         return Made(self.lora, self.seconds)
 
 
-class Hypernet(Method):
+class HypernetSampled(Method):
     name = "hypernet"
     uses_hypernet = True
 
@@ -135,7 +135,7 @@ class Refine(Method):
 
     uses_hypernet = True
 
-    def __init__(self, hypernet: Hypernet, renderer, *, steps: int, learning_rate: float, seed: int):
+    def __init__(self, hypernet: HypernetSampled, renderer, *, steps: int, learning_rate: float, seed: int):
         self.hypernet, self.renderer = hypernet, renderer
         self.steps, self.learning_rate, self.seed = steps, learning_rate, seed
         self.name = f"hypernet+refine{steps}"
