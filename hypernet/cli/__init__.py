@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("train", "train the weight autoencoder and the diffusion prior"),
     "sample": ("sample", "sample a LoRA for a face and write it as .safetensors"),
     "evaluate": ("evaluate", "measure a checkpoint on held-out identities"),
+    "evaluate-images": ("evaluate_images", "identity similarity of what the base model draws with each method's LoRA"),
 }
 
 

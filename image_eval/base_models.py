@@ -1,0 +1,119 @@
+"""The base model an evaluation draws with, in one shape for both kinds it accepts:
+
+* the typeface miniature's glyph model file (its own format: Load Glyph Model's MODEL, the
+  pixel-fold VAE, and conditioning from the character tables; a prompt is one character);
+* a single-file checkpoint as Load Checkpoint loads it (comfy.sd.load_checkpoint_guess_config:
+  MODEL, CLIP, VAE; a prompt is text, the negative prompt empty), SDXL at real scale.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management
+import comfy.sd
+import numpy as np
+import torch
+from PIL import Image
+
+from lora_training._hypernet import HypernetError
+from lora_training.encoding import encode_caption
+
+
+def is_glyph_model(path: Path) -> bool:
+    from safetensors import SafetensorError, safe_open
+    from miniature.glyph_model_file import FORMAT
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError):
+        return False
+
+
+class GlyphBase:
+    kind = "glyph"
+
+    def __init__(self, path: Path):
+        from miniature.base_model import GlyphModelError
+        from miniature.comfy_glyph import FoldVAE, glyph_model_patcher
+        from miniature.glyph_model_file import load_glyph_model
+        try:
+            glyph = load_glyph_model(path)
+            self.model = glyph_model_patcher(glyph, path.name)
+        except GlyphModelError as exc:
+            raise HypernetError(str(exc)) from None
+        self.vae, self.text, self.size = FoldVAE(glyph.fold()), glyph.text, glyph.glyph_size
+
+    def check_prompt(self, prompt: str, what: str) -> None:
+        if len(prompt) != 1 or prompt not in self.text.charset:
+            raise HypernetError(f"{what} {prompt!r}: a glyph model draws one character per prompt, one of "
+                                f"{self.text.charset!r}; for a glyph reference image put its character in the "
+                                "<image>.txt caption beside it")
+
+    def conditioning(self, prompt: str) -> tuple[list, list]:
+        from miniature.comfy_glyph import glyph_conditioning
+        return glyph_conditioning(self.text, prompt)
+
+    def batches(self, prompts, resolution: int):
+        """One sampler call draws every prompt, as Glyph Prompt + KSampler do in a graph."""
+        from miniature.comfy_glyph import empty_glyph_latent, glyph_conditioning
+        positive, negative = glyph_conditioning(self.text, "".join(prompts))
+        yield positive, negative, empty_glyph_latent(len(prompts), self.size)["samples"]
+
+    def training_resolution(self, resolution: int) -> int:
+        return self.size
+
+    def embedding_views(self, images: np.ndarray) -> list[np.ndarray]:
+        """The typeface encoder's "aligned face" is a specimen sheet of up to 16 glyphs (one
+        glyph says little about a typeface): consecutive glyphs, each scaled to the sheet's
+        cell, fill one sheet after another."""
+        from miniature.encoder_onnx import GRID, specimen_sheet
+        from miniature.typeface_encoder import GLYPH_SIZE
+        cells = [np.asarray(Image.fromarray(np.asarray(image)[:, :, :3].mean(axis=2).round().astype(np.uint8))
+                            .resize((GLYPH_SIZE, GLYPH_SIZE), Image.Resampling.BILINEAR)) for image in images]
+        per_sheet = GRID * GRID
+        return [specimen_sheet(np.stack(cells[i:i + per_sheet])) for i in range(0, len(cells), per_sheet)]
+
+
+class CheckpointBase:
+    kind = "checkpoint"
+
+    def __init__(self, path: Path):
+        try:
+            loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+        except Exception as exc:  # ComfyUI raises plain RuntimeErrors for files it cannot read
+            raise HypernetError(f"base model {path} cannot be loaded by ComfyUI: {exc}") from exc
+        self.model, self.clip, self.vae = loaded[:3]
+        if self.model is None or self.clip is None or self.vae is None:
+            raise HypernetError(f"base model {path} lacks a UNet, CLIP or VAE; use a full single-file checkpoint")
+        self._empty = None
+
+    def check_prompt(self, prompt: str, what: str) -> None:
+        if not prompt.strip():
+            raise HypernetError(f"{what} is empty; give a text prompt")
+
+    def conditioning(self, prompt: str) -> tuple[list, list]:
+        if self._empty is None:
+            self._empty = encode_caption(self.clip, "")
+        return encode_caption(self.clip, prompt), self._empty
+
+    def batches(self, prompts, resolution: int):
+        """One sampler call per prompt, each from what Empty Latent Image makes (4 channels at
+        1/8 of the image side)."""
+        for prompt in prompts:
+            positive, negative = self.conditioning(prompt)
+            yield positive, negative, torch.zeros([1, 4, resolution // 8, resolution // 8],
+                                                  device=comfy.model_management.intermediate_device())
+
+    def training_resolution(self, resolution: int) -> int:
+        return resolution
+
+    def embedding_views(self, images: np.ndarray) -> list[np.ndarray]:
+        return list(images)  # each photo is embedded on its own (the face analyzer finds the face)
+
+
+def open_base(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise HypernetError(f"base model {path} does not exist")
+    return GlyphBase(path) if is_glyph_model(path) else CheckpointBase(path)
