@@ -7,6 +7,8 @@ import torch
 import comfy_support
 from hypernet.lora.lora_io import lora_from_state_dict
 from hypernet.lora.presets import preset
+from hypernet.pipeline.training import train
+from hypernet_support import make_dataset, quick_config
 from random_weights import random_kohya_state
 
 LAYOUT = "tiny-attn-r4"
@@ -65,6 +67,42 @@ def test_refine_lowers_the_reference_loss_and_keeps_the_lora_type(comfy, pack, r
     before, after = reference_loss(pack, tiny, start.state_dict), reference_loss(pack, tiny, refined.state_dict)
     assert after < 0.95 * before, (before, after)
     assert "->" in out.ui["text"][0]
+
+
+@pytest.fixture(scope="module")
+def hypernet_lora(pack, tmp_path_factory):
+    """A LoRA as the graph makes one: Load Hypernet -> Sample LoRA -> Decode LoRA, from a tiny
+    hypernet trained (seconds) on a synthetic collection of the model's whole layout."""
+    import folder_paths
+    folder = tmp_path_factory.mktemp("lora_hypernets")
+    data = make_dataset(tmp_path_factory.mktemp("refine_data"), identities=12, layout=preset(LAYOUT))
+    train(data, folder / "refine.safetensors", quick_config(), progress=False)
+    nodes = importlib.import_module(f"{pack.__name__}.nodes.hypernet_nodes")
+    values = importlib.import_module(f"{pack.__name__}.nodes.values")
+    saved = folder_paths.folder_names_and_paths.get("lora_hypernets")
+    folder_paths.folder_names_and_paths["lora_hypernets"] = ([str(folder)], {".safetensors"})
+    folder_paths.filename_list_cache.clear()
+    try:
+        hypernet, _ = nodes.LoadHypernet.execute("refine.safetensors")
+    finally:
+        if saved is None:
+            folder_paths.folder_names_and_paths.pop("lora_hypernets")
+        else:
+            folder_paths.folder_names_and_paths["lora_hypernets"] = saved
+        folder_paths.filename_list_cache.clear()
+    emb = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(0)), dim=0)
+    face = values.FaceEmbeddingValue(emb, emb[None], hypernet.hypernet.embedding_model, (0,))
+    (latent,) = nodes.SampleLoRA.execute(hypernet, face, 3, 5, 1.5, 0.0)
+    return nodes.DecodeLoRA.execute(hypernet, latent)[0]
+
+
+def test_refine_from_a_lora_sampled_by_the_hypernet_lowers_the_reference_loss(comfy, pack, refine, tiny,
+                                                                              hypernet_lora):
+    refined = run_node(refine, tiny, hypernet_lora).args[0]
+    assert refined.layout == hypernet_lora.layout and refined.metadata["hypernet.refine_steps"] == "30"
+    before = reference_loss(pack, tiny, hypernet_lora.state_dict)
+    after = reference_loss(pack, tiny, refined.state_dict)
+    assert after < 0.95 * before, (before, after)
 
 
 def test_the_model_comes_out_unchanged(comfy, pack, refine, tiny):
