@@ -97,7 +97,7 @@ def sdxl_tail(g: Graph, lora_node: dict, x: int, checkpoint: str = CHECKPOINT, s
 
 def face_branch(g: Graph, photo: str, y: int, analyzer: dict) -> dict:
     image = g.add("LoadImage", (0, y), [photo, "image"], size=(320, 320))
-    embed = g.add("LoraHypernetFaceEmbed", (380, y), [False], size=(320, 100))
+    embed = g.add("LoraHypernetFaceEmbed", (380, y), [False, "detect the largest face"], size=(320, 100))
     g.link(analyzer, "face_analyzer", embed, "face_analyzer")
     g.link(image, "IMAGE", embed, "images")
     preview = g.add("PreviewImage", (380, y + 140), [], title="Face used", size=(220, 220))

@@ -17,6 +17,14 @@ def _extra_widget_values(spec) -> int:
     return int(bool(options.get("control_after_generate"))) + int(bool(options.get("image_upload")))
 
 
+def _default(spec):
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options")
+    return choices[0] if choices else None
+
+
 def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow.get("links", [])}
     prompt = {}
@@ -40,6 +48,8 @@ def workflow_to_prompt(workflow: dict, object_info: dict) -> dict:
                 continue
             if pos < len(values):
                 inputs[name] = values[pos]
+            elif _default(spec) is not None:  # a widget newer than the saved workflow: the frontend
+                inputs[name] = _default(spec)  # gives it its default
             pos += 1 + _extra_widget_values(spec)
         inputs.update(linked)
         prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs}
