@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 
 import comfy.model_management
-import comfy.sd
 import numpy as np
 import torch
 from PIL import Image
 
 from lora_training._hypernet import HypernetError
 from lora_training.encoding import encode_caption
+from lora_training.identity import load_full_checkpoint
 
 
 def is_glyph_model(path: Path) -> bool:
@@ -79,13 +79,7 @@ class CheckpointBase:
     kind = "checkpoint"
 
     def __init__(self, path: Path):
-        try:
-            loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
-        except Exception as exc:  # ComfyUI raises plain RuntimeErrors for files it cannot read
-            raise HypernetError(f"base model {path} cannot be loaded by ComfyUI: {exc}") from exc
-        self.model, self.clip, self.vae = loaded[:3]
-        if self.model is None or self.clip is None or self.vae is None:
-            raise HypernetError(f"base model {path} lacks a UNet, CLIP or VAE; use a full single-file checkpoint")
+        self.model, self.clip, self.vae = load_full_checkpoint(path, "base model")
         self._empty = None
 
     def check_prompt(self, prompt: str, what: str) -> None:

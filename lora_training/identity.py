@@ -16,6 +16,19 @@ from .settings import TrainingResult, TrainingSettings
 from .trainer import train_lora
 
 
+def load_full_checkpoint(path: Path, what: str):
+    """(MODEL, CLIP, VAE) of a single-file checkpoint through ComfyUI's own loader, or a one-line
+    HypernetError naming `what` the file was meant to be."""
+    try:
+        loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    except Exception as exc:  # ComfyUI raises plain RuntimeErrors for files it cannot read
+        raise HypernetError(f"{what} {path} cannot be loaded by ComfyUI: {exc}") from exc
+    model, clip, vae = loaded[:3]
+    if model is None or clip is None or vae is None:
+        raise HypernetError(f"{what} {path} lacks a UNet, CLIP or VAE; use a full single-file checkpoint")
+    return model, clip, vae
+
+
 class IdentityTrainer:
     """Trains identity LoRAs restricted to `layout` on a single-file checkpoint.
 
@@ -28,13 +41,7 @@ class IdentityTrainer:
         path = Path(base_checkpoint)
         if not path.is_file():
             raise HypernetError(f"base checkpoint {path} does not exist")
-        try:
-            loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
-        except Exception as exc:  # ComfyUI raises plain RuntimeErrors for files it cannot read
-            raise HypernetError(f"base checkpoint {path} cannot be loaded by ComfyUI: {exc}") from exc
-        self.model, self.clip, self.vae = loaded[:3]
-        if self.model is None or self.clip is None or self.vae is None:
-            raise HypernetError(f"base checkpoint {path} lacks a UNet, CLIP or VAE; use a full single-file checkpoint")
+        self.model, self.clip, self.vae = load_full_checkpoint(path, "base checkpoint")
         weight_keys(self.model, layout)  # refuses a layout of another base model now, not per identity
         self.checkpoint, self.layout, self.settings = path, layout, settings
         self._class_data = None
