@@ -182,6 +182,10 @@ def test_bad_input_gets_a_clear_error(lt, checkpoint, trainer, photos, tmp_path)
         lt.IdentityTrainer(checkpoint, preset("tiny-sd15-w2w"), lt.TrainingSettings(**FAST))
     with pytest.raises(HypernetError, match="base checkpoint .*nothing.safetensors does not exist"):
         lt.IdentityTrainer(tmp_path / "nothing.safetensors", preset(LAYOUT))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    with pytest.raises(HypernetError, match="base checkpoint .*truncated.safetensors cannot be loaded by ComfyUI"):
+        lt.IdentityTrainer(truncated, preset(LAYOUT))
     with pytest.raises(HypernetError, match="resolution must be a multiple of 64"):
         lt.TrainingSettings(resolution=100)
     with pytest.raises(HypernetError, match="must contain {token}"):
