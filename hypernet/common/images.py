@@ -1,6 +1,6 @@
 """Reading photos: upright by EXIF, RGB, and never decoded past a pixel budget.
 
-This is the only place in the library that opens an image file (tests/test_fuzz_images.py
+This is the only place in the library that opens or writes an image file (tests/test_fuzz_images.py
 checks that), so the budget holds for every photo the dataset builder and the CLI read.
 """
 from __future__ import annotations
@@ -47,9 +47,29 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise HypernetError(f"Cannot read image {path}: {reason}. Use a JPEG, PNG or WebP photo.") from error
 
 
-def resize_rgb(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """RGB uint8 HxWx3 resized to height x width (bicubic); returned as is when already that size."""
+def resize_rgb(image: np.ndarray, width: int, height: int, nearest: bool = False) -> np.ndarray:
+    """RGB uint8 HxWx3 resized to height x width (bicubic, or nearest neighbour, which keeps tiny
+    glyphs crisp when enlarged); returned as is when already that size."""
     if image.shape[:2] == (height, width):
         return image
     from PIL import Image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+
+
+def draw_text(canvas: np.ndarray, xy: tuple[int, int], text: str, fill=(255, 255, 255)) -> np.ndarray:
+    """A copy of an RGB uint8 canvas with `text` drawn at `xy` in PIL's default font."""
+    from PIL import Image, ImageDraw
+    picture = Image.fromarray(canvas)
+    ImageDraw.Draw(picture).text(xy, text, fill=fill)
+    return np.array(picture)  # writable, unlike asarray's view of PIL's buffer
+
+
+def write_png_atomic(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """An RGB uint8 array as a PNG that is whole or absent (temporary file, then rename)."""
+    import io
+    from PIL import Image
+    from .files import write_bytes_atomic
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())

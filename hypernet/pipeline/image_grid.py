@@ -2,22 +2,19 @@
 what each method drew for it with the same prompts and seeds."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+
+from ..common.images import draw_text, resize_rgb, write_png_atomic
 
 GAP = 6
 LABEL_HEIGHT = 14
 
 
-def _cell(image: np.ndarray, side: int) -> Image.Image:
-    picture = Image.fromarray(np.ascontiguousarray(image[:, :, :3]).astype(np.uint8))
-    # Nearest neighbour keeps tiny glyphs crisp when they are enlarged.
-    resample = Image.Resampling.NEAREST if max(picture.size) < side else Image.Resampling.LANCZOS
-    return picture.resize((side, side), resample)
+def _cell(image: np.ndarray, side: int) -> np.ndarray:
+    rgb = np.ascontiguousarray(image[:, :, :3]).astype(np.uint8)
+    return resize_rgb(rgb, side, side, nearest=max(rgb.shape[:2]) < side)
 
 
 def write_grid(path: Path, rows: list[tuple[str, list[np.ndarray], dict[str, np.ndarray]]], per_method: int = 4,
@@ -30,11 +27,10 @@ def write_grid(path: Path, rows: list[tuple[str, list[np.ndarray], dict[str, np.
         [min(per_method, max(len(r[2][m]) for r in rows)) for m in methods]
     width = sum(c * side + GAP for c in counts)
     height = LABEL_HEIGHT + len(rows) * (side + GAP)
-    canvas = Image.new("RGB", (width, height), (128, 128, 128))
-    draw = ImageDraw.Draw(canvas)
+    canvas = np.full((height, width, 3), 128, dtype=np.uint8)
     x = 0
     for group, count in zip(groups, counts):
-        draw.text((x + 2, 1), group[: max(1, count * side // 6)], fill=(255, 255, 255))
+        canvas = draw_text(canvas, (x + 2, 1), group[: max(1, count * side // 6)])
         x += count * side + GAP
     for r, (identity, references, drawn) in enumerate(rows):
         y = LABEL_HEIGHT + r * (side + GAP)
@@ -42,14 +38,6 @@ def write_grid(path: Path, rows: list[tuple[str, list[np.ndarray], dict[str, np.
         for group, count in zip(groups, counts):
             images = references if group == "references" else drawn[group]
             for i, image in enumerate(images[:count]):
-                canvas.paste(_cell(image, side), (x + i * side, y))
+                canvas[y:y + side, x + i * side:x + (i + 1) * side] = _cell(image, side)
             x += count * side + GAP
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        canvas.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_png_atomic(path, canvas)
