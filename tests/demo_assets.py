@@ -21,7 +21,6 @@ from PIL import Image
 import global_support
 from comfy_support import REPO
 from face_models import draw_face, write_face_models
-from w2w_support import write_w2w_source
 from workflow_api import workflow_to_prompt
 
 WORKFLOWS = REPO / "example_workflows"
@@ -70,6 +69,9 @@ def train_w2w_hypernet(work: Path, face_dir: Path, identities: int = 96, filenam
     """The SD1.5 example's hypernet the way the README tells a user to make one: weights2weights-
     format files (tests/w2w_support.py) -> import-w2w -> dataset (faces through the face models
     in `face_dir`) -> train with the tiny preset; returns the checkpoint path."""
+    if str(REPO) not in sys.path:  # `make demo` runs from scripts/: the library is imported here
+        sys.path.append(str(REPO))
+    from w2w_support import write_w2w_source
     work.mkdir(parents=True, exist_ok=True)
     files, images = write_w2w_source(work / "w2w", TINY_SD15_LAYOUT, identities)
     python_m("import-w2w", "--weights", str(files), "--images", str(images), "--out", str(work / "collection"),
