@@ -31,6 +31,17 @@ CATEGORY_LORA = f"{PACK}/lora"
 CATEGORY_MINIATURE = f"{PACK}/typeface miniature"
 
 
+def register_model_folder(folder: str) -> None:
+    """models/<folder>/ for .safetensors files, keeping any extra paths a user's
+    extra_model_paths.yaml already gave it."""
+    import os
+    import folder_paths
+    paths = [os.path.join(folder_paths.models_dir, folder)]
+    if folder in folder_paths.folder_names_and_paths:
+        paths += [p for p in folder_paths.get_folder_paths(folder) if p not in paths]
+    folder_paths.folder_names_and_paths[folder] = (paths, {".safetensors"})
+
+
 def display_name(name: str) -> str:
     """Every display name starts with the pack's name, so a search for it finds all our nodes
     and none collides with another pack's "Apply LoRA"."""

@@ -7,6 +7,7 @@ import os
 import folder_paths
 
 from ..miniature.base_model import GlyphModelError
+from . import comfy_glue
 from .comfy_glue import CATEGORY_MINIATURE, GlyphTextType, display_name, io
 from .values import GLYPH_TEXT, GlyphTextValue, expect
 
@@ -15,10 +16,7 @@ FOLDER = "glyph_models"
 
 def register_model_folder() -> None:
     """models/glyph_models/: the miniature's base models (.safetensors)."""
-    paths = [os.path.join(folder_paths.models_dir, FOLDER)]
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths += [p for p in folder_paths.get_folder_paths(FOLDER) if p not in paths]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+    comfy_glue.register_model_folder(FOLDER)
 
 
 class LoadGlyphModel(io.ComfyNode):

@@ -9,6 +9,7 @@ import folder_paths
 
 from ..hypernet.errors import HypernetError
 from ..hypernet.pipeline.sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from . import comfy_glue
 from .comfy_glue import (CATEGORY_HYPERNET, FaceEmbeddingType, GlobalFeaturesType, HypernetType, LoraLatentType,
                          LoraType, display_name, io, progress_callback)
 from .face_nodes import face_embedding as _face_embedding
@@ -20,10 +21,7 @@ FOLDER = "lora_hypernets"
 
 def register_model_folder() -> None:
     """models/lora_hypernets/ (not `hypernetworks`, which ComfyUI uses for an older format)."""
-    paths = [os.path.join(folder_paths.models_dir, FOLDER)]
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths += [p for p in folder_paths.get_folder_paths(FOLDER) if p not in paths]
-    folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+    comfy_glue.register_model_folder(FOLDER)
 
 
 def _file_state(path: str) -> str:
