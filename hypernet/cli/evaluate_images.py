@@ -7,18 +7,16 @@ imported by name when the command runs, after ComfyUI is set up (COMFYUI_PATH)."
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 from pathlib import Path
 
 from ..collect.jobs import DEFAULT_TEMPLATE, DEFAULT_TOKEN
+from ..common.comfy_side import import_comfy_side
 from ..common.files import write_text_atomic
 from ..errors import HypernetError
 from ..pipeline.identity_scores import format_table, report
 from ..pipeline.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
 RENDERER_PACKAGE = "image_eval"
 METHODS = ("base", "nearest", "mean", "hypernet", "refine", "trained")
 MAX_DEFAULT_PROMPTS = 8
@@ -76,15 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_renderer_package():
     """The ComfyUI-side package, by name (hypernet never imports ComfyUI)."""
-    if str(PACK_ROOT) not in sys.path:
-        sys.path.insert(0, str(PACK_ROOT))
-    try:
-        package = importlib.import_module(RENDERER_PACKAGE)
-    except ImportError as exc:
-        raise HypernetError(f"the {RENDERER_PACKAGE!r} package cannot be imported ({exc}); run evaluate-images "
-                            "from the pack's folder with ComfyUI installed (COMFYUI_PATH)") from exc
-    package.start_comfyui()
-    return package
+    return import_comfy_side(RENDERER_PACKAGE, "the package", "evaluate-images")
 
 
 def chosen_methods(args) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .. import GENERATOR
+from ..common.comfy_side import import_comfy_side
 from ..common.files import link_or_copy, save_safetensors_atomic
 from ..common.images import read_image
 from ..common.messages import one_line
@@ -58,12 +59,7 @@ class TrainerHost:
 
     def __init__(self, spec: RunSpec):
         torch.set_num_threads(spec.threads)
-        try:
-            package = importlib.import_module(spec.trainer)
-        except ImportError as exc:
-            raise HypernetError(f"the trainer package {spec.trainer!r} cannot be imported ({exc}); run collect from "
-                                "the pack's folder with ComfyUI installed (COMFYUI_PATH)") from exc
-        package.start_comfyui()  # ComfyUI on sys.path and set up, before anything imports comfy.*
+        package = import_comfy_side(spec.trainer, "the trainer package", "collect")
         for entry in spec.preload:
             load_preload(entry)
         settings = package.TrainingSettings(

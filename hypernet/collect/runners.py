@@ -14,12 +14,12 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from ..common.comfy_side import PACK_ROOT
 from ..common.messages import one_line
 from ..errors import HypernetError
 from .identity import collect_identity
 from .jobs import IdentityJob, RunSpec
 
-PACK_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds `hypernet` and the trainer package
 
 
 def _crashed(job: IdentityJob, what: str) -> dict:
