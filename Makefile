@@ -1,7 +1,7 @@
 # The README's two quick-start commands are `make demo` and `make test`; both set up first.
 PY := .venv/bin/python
 
-.PHONY: setup test demo thumbnails bench clean
+.PHONY: setup test demo miniature thumbnails bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -13,6 +13,12 @@ test: setup
 
 demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+# The typeface miniature (issue 17) from the Debian font packages: base model, encoder, identity
+# LoRAs, hypernet, image evaluation; resumable per stage (about 90 minutes on a 2-core CPU). Writes
+# benchmarks/miniature.json, its RESULTS.md section and picture, and the shipped files in models/.
+miniature: setup
+	$(PY) -m miniature run $(MINIATURE_ARGS)
 
 # Speed and memory tables (minutes; not run by CI): prints them, draws benchmarks/scaling.png and
 # writes the tables into benchmarks/RESULTS.md.

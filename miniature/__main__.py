@@ -5,6 +5,7 @@
   build-font-list    candidate packages -> curated list (prints the families left after each filter)
   train-encoder      the typeface encoder (ArcFace loss, train families), held-out verification,
                      weights + ONNX recognition model under .cache/miniature/encoder
+  run                the whole experiment (`make miniature`): see miniature/run.py
 """
 from __future__ import annotations
 
@@ -38,7 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--batch", type=int, default=64)
     enc.add_argument("--glyphs-per-sample", type=int, default=4)
     enc.add_argument("--seed", type=int, default=0)
+    ref = sub.add_parser("reference-sheet", help="a listed family's specimen sheet (PNG), the image Face Embed takes")
+    ref.add_argument("--family", required=True)
+    ref.add_argument("--out", required=True)
+    ref.add_argument("--list", default=str(FONT_LIST_FILE))
+    ref.add_argument("--size", type=int, default=16, help="glyph size of the glyph model (default: %(default)s)")
+    run = sub.add_parser("run", help="the whole experiment, stage by stage, resumable (make miniature)")
+    run.add_argument("--work", default=".cache/miniature/run", help="where every stage writes (default: %(default)s)")
+    run.add_argument("--scale", choices=("full", "ci"), default="full")
+    run.add_argument("--stages", help="comma-separated subset of the stages (default: all)")
+    run.add_argument("--font-list", help="curated font list (default: miniature/data/fonts.tsv)")
+    run.add_argument("--collect-steps", type=int, help="override the scale's LoRA steps per identity")
+    run.add_argument("--ship-to", help="models folder for the trained files (default: the pack's models/)")
+    run.add_argument("--no-ship", action="store_true", help="leave the shipped files alone")
+    run.add_argument("--results", help="folder of RESULTS.md / miniature.json (default: benchmarks/)")
+    run.add_argument("--no-results", action="store_true", help="leave benchmarks/ alone")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        from .run import main as run_main
+        return run_main(args)
     # Measured: one thread is fastest on a busy 2-core machine.
     torch.set_num_threads(1)
     try:
@@ -47,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fetch-fonts":
             files = resolve(read_list(Path(args.list)))
             print(f"{len(files)} fonts present, SHA-256 as listed")
+        elif args.command == "reference-sheet":
+            from PIL import Image
+
+            from .identities import reference_sheet
+            entries = [e for e in read_list(Path(args.list)) if e.family == args.family]
+            if not entries:
+                raise HypernetError(f"no family {args.family!r} in {args.list}")
+            font = resolve(entries)[entries[0]]
+            Image.fromarray(reference_sheet(font, entries[0].index, args.size)).save(args.out)
+            print(f"wrote {args.out} ({entries[0].family}, {entries[0].split})")
         elif args.command == "train-encoder":
             from .encoder_cli import DEFAULT_OUT, train_and_export
             report = train_and_export(Path(args.list), Path(args.out) if args.out else DEFAULT_OUT, args.steps,

@@ -38,6 +38,22 @@ def specimen_sheet(glyphs: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.repeat(sheet[:, :, None], 3, axis=2)
 
 
+def specimen_views(images) -> list[np.ndarray]:
+    """The sheets the encoder sees for a group of glyph images of one typeface (uint8, grey or
+    RGB, any one size): each glyph scaled to a sheet cell, consecutive glyphs filling one sheet
+    after another. The one rule for references, drawn glyphs and training identities alike,
+    so their embeddings compare like with like."""
+    from PIL import Image
+    cells = []
+    for image in images:
+        grey = np.asarray(image)
+        grey = grey[:, :, :3].mean(axis=2) if grey.ndim == 3 else grey
+        cells.append(np.asarray(Image.fromarray(grey.round().astype(np.uint8))
+                                .resize((GLYPH_SIZE, GLYPH_SIZE), Image.Resampling.BILINEAR)))
+    per_sheet = GRID * GRID
+    return [specimen_sheet(np.stack(cells[i:i + per_sheet])) for i in range(0, len(cells), per_sheet)]
+
+
 class SheetRecognizer(nn.Module):
     """[N, 3, 128, 128] normalised as insightface does -> [N, 512] unit embeddings."""
 

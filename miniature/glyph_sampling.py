@@ -28,3 +28,17 @@ def image_grid(rows: list[torch.Tensor], pad: int = 1) -> torch.Tensor:
         for c, image in enumerate(images):
             grid[r * (height + pad):r * (height + pad) + height, c * (width + pad):c * (width + pad) + width] = image
     return grid
+
+
+def glyph_sheet(images: torch.Tensor, columns: int = 0, scale: int = 4) -> torch.Tensor:
+    """An IMAGE batch of glyphs [N, H, W, 3] as one IMAGE [1, ...]: `columns` per row (0: all in
+    one row), grey gaps, enlarged `scale` times by repeating pixels (16 px glyphs are too small
+    to judge, and smoothing would invent shapes the model did not draw)."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty IMAGE batch [N, H, W, C], got shape {tuple(images.shape)}")
+    columns = columns if columns > 0 else images.shape[0]
+    rows = [images[i:i + columns, :, :, :3].float().cpu() for i in range(0, images.shape[0], columns)]
+    if rows[-1].shape[0] < columns:  # the last row padded with grey cells
+        rows[-1] = torch.cat([rows[-1], torch.full((columns - rows[-1].shape[0], *rows[-1].shape[1:]), 0.5)])
+    grid = image_grid(rows)
+    return grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)[None]

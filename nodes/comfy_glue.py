@@ -31,14 +31,25 @@ CATEGORY_LORA = f"{PACK}/lora"
 CATEGORY_MINIATURE = f"{PACK}/typeface miniature"
 
 
+def shipped_models_dir(folder: str) -> str:
+    """The pack's own models/<folder>/: the trained typeface miniature ships there, so its
+    example workflow runs on a fresh install without downloads."""
+    import os
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", folder)
+
+
 def register_model_folder(folder: str) -> None:
     """models/<folder>/ for .safetensors files, keeping any extra paths a user's
-    extra_model_paths.yaml already gave it."""
+    extra_model_paths.yaml already gave it, and the pack's shipped files last (a user's file
+    of the same name wins)."""
     import os
     import folder_paths
     paths = [os.path.join(folder_paths.models_dir, folder)]
     if folder in folder_paths.folder_names_and_paths:
         paths += [p for p in folder_paths.get_folder_paths(folder) if p not in paths]
+    shipped = shipped_models_dir(folder)
+    if os.path.isdir(shipped) and shipped not in paths:
+        paths.append(shipped)
     folder_paths.folder_names_and_paths[folder] = (paths, {".safetensors"})
 
 

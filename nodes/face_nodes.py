@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..hypernet.errors import HypernetError
+from . import comfy_glue
 from .comfy_glue import CATEGORY_FACE, FaceAnalyzerType, FaceEmbeddingType, display_name, io, progress_callback
 from .values import FACE_ANALYZER, FACE_EMBEDDING, FaceEmbeddingValue, expect
 PROVIDERS = ["CPU", "CUDA", "ROCm", "CoreML"]
@@ -22,6 +23,9 @@ def insightface_model_roots() -> list[str]:
     roots = [os.path.join(folder_paths.models_dir, "insightface", "models")]
     if "insightface" in folder_paths.folder_names_and_paths:  # extra_model_paths.yaml may add more
         roots += [os.path.join(p, "models") for p in folder_paths.get_folder_paths("insightface")]
+    shipped = os.path.join(comfy_glue.shipped_models_dir("insightface"), "models")  # the typeface encoder
+    if os.path.isdir(shipped):
+        roots.append(shipped)
     return list(dict.fromkeys(roots))
 
 

@@ -96,4 +96,29 @@ class GlyphPrompt(io.ComfyNode):
         return io.NodeOutput(positive, negative, empty_glyph_latent(len(characters), glyph_text.glyph_size))
 
 
-NODES = [LoadGlyphModel, GlyphPrompt]
+class GlyphSheet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LoraHypernetGlyphSheet",
+            display_name=display_name("Glyph Sheet"),
+            category=CATEGORY_MINIATURE,
+            description="Lays out a batch of glyph images as one picture, enlarged without smoothing, so a row of "
+                        "16 px glyphs can be judged and saved as one image.",
+            inputs=[
+                io.Image.Input("images", tooltip="The glyphs, e.g. from VAE Decode after a Glyph Prompt KSampler."),
+                io.Int.Input("columns", default=0, min=0, max=256,
+                             tooltip="Glyphs per row; 0 puts them all in one row."),
+                io.Int.Input("scale", default=4, min=1, max=16,
+                             tooltip="Enlargement by repeating pixels (4: 16 px glyphs become 64 px)."),
+            ],
+            outputs=[io.Image.Output("image", display_name="IMAGE", tooltip="One picture of all the glyphs.")],
+        )
+
+    @classmethod
+    def execute(cls, images, columns: int, scale: int) -> io.NodeOutput:
+        from ..miniature.glyph_sampling import glyph_sheet
+        return io.NodeOutput(glyph_sheet(images, columns, scale))
+
+
+NODES = [LoadGlyphModel, GlyphPrompt, GlyphSheet]

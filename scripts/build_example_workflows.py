@@ -34,6 +34,10 @@ POSITIVE = "cinematic portrait photo of a person, soft window light, 85mm, detai
 NEGATIVE = "blurry, lowres, deformed, cartoon"
 REFINE_CAPTION = "a photo of sks person"  # the caption collect trains identity LoRAs with
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# The typeface miniature (issue 17), shipped in the pack's models/: a specimen sheet of a held-out
+# family goes into Face Embed like a photo; the glyph model draws with and without its LoRA.
+TYPEFACE = dict(reference="reference_typeface.png", analyzer="typeface", hypernet="typeface_hypernet.safetensors",
+                glyph_model="typeface_glyphs.safetensors", characters="Hamburgefonstiv")
 
 
 class Graph:
@@ -182,6 +186,42 @@ def face_and_global(info: dict) -> Graph:
     return g
 
 
+def typeface(info: dict) -> Graph:
+    """Issue 17's miniature: one specimen sheet -> hypernet LoRA -> the stock KSampler draws glyphs in
+    that typeface; the same seed without the LoRA below, for comparison."""
+    g = Graph(info)
+    analyzer = g.add("LoraHypernetLoadFaceAnalyzer", (0, -140), [TYPEFACE["analyzer"], "CPU"], size=(320, 90))
+    image = g.add("LoadImage", (0, 0), [TYPEFACE["reference"], "image"], title="Specimen of the typeface",
+                  size=(320, 320))
+    embed = g.add("LoraHypernetFaceEmbed", (380, 0), [False, "whole image is the aligned crop"], size=(320, 100))
+    g.link(analyzer, "face_analyzer", embed, "face_analyzer")
+    g.link(image, "IMAGE", embed, "images")
+    decode = sample_and_decode(g, embed, 760, hypernet=TYPEFACE["hypernet"])
+    glyphs = g.add("LoraHypernetLoadGlyphModel", (1140, 170), [TYPEFACE["glyph_model"]], size=(320, 100))
+    apply = g.add("LoraHypernetApplyLoRA", (1140, 0), [1.0, 1.0])
+    g.link(glyphs, "MODEL", apply, "model")
+    g.link(decode, "lora", apply, "lora")
+    prompt = g.add("LoraHypernetGlyphPrompt", (1140, 310), [TYPEFACE["characters"]], size=(320, 100))
+    g.link(glyphs, "glyph_text", prompt, "glyph_text")
+    for row, (model, label, title) in enumerate(((apply, "hypernet", "With the typeface's LoRA"),
+                                                 (glyphs, "base", "Base model, same seed"))):
+        y = row * 420
+        sampler = g.add("KSampler", (1520, y), [42, "fixed", 20, 3.0, "euler", "normal", 1.0], title=title,
+                        size=(320, 262))
+        g.link(model, "MODEL", sampler, "model")
+        g.link(prompt, "positive", sampler, "positive")
+        g.link(prompt, "negative", sampler, "negative")
+        g.link(prompt, "LATENT", sampler, "latent_image")
+        vae_decode = g.add("VAEDecode", (1900, y), [], size=(220, 60))
+        g.link(sampler, "LATENT", vae_decode, "samples")
+        g.link(glyphs, "VAE", vae_decode, "vae")
+        sheet = g.add("LoraHypernetGlyphSheet", (1900, y + 100), [0, 4], size=(260, 100))
+        g.link(vae_decode, "IMAGE", sheet, "images")
+        save = g.add("SaveImage", (2200, y), [f"lora_hypernet/typeface_{label}"], title=title, size=(900, 200))
+        g.link(sheet, "image", save, "images")
+    return g
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as base, ComfyServer(Path(base)) as server:
         info = server.get("/object_info")
@@ -192,6 +232,7 @@ def main() -> int:
         "identity_mix": identity_mix(info),
         "portrait_refined_lora": portrait_refined(info),
         "portrait_face_and_global_features": face_and_global(info),
+        "typeface_from_one_specimen": typeface(info),
     }
     for name, graph in graphs.items():
         workflow = graph.to_json()

@@ -28,6 +28,7 @@ FACE_MODEL = "antelopev2"
 HYPERNET_FILE = "lora_hypernet_sdxl.safetensors"
 HYPERNET_FACE_GLOBAL_FILE = "lora_hypernet_sdxl_face_global.safetensors"
 CLIP_VISION_FILE = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"  # the name the workflow uses
+TYPEFACE_REFERENCE = "reference_typeface.png"  # a held-out family's specimen sheet (miniature/reference.py)
 # Where each shipped photo's face is (x, y, side in pixels) and which synthetic identity the
 # generated detector and recogniser will see there.
 PHOTO_FACES = {"reference_astronaut.jpg": (168, 50, 100, 1), "reference_cameraman.jpg": (225, 55, 80, 2)}
@@ -137,6 +138,9 @@ def install_models(base: Path, hypernet_ckpt: Path | None = None, work: Path | N
     for name, (x, y, side, identity) in PHOTO_FACES.items():
         photo = np.array(Image.open(WORKFLOWS / name).convert("RGB"))
         Image.fromarray(draw_face(photo, x, y, side, identity)).save(base / "input" / name)
+    # The typeface example runs on the pack's shipped models/ (the trained miniature) and its
+    # specimen sheet as it is: nothing to stand in for.
+    shutil.copyfile(WORKFLOWS / TYPEFACE_REFERENCE, base / "input" / TYPEFACE_REFERENCE)
     return installed
 
 

@@ -22,3 +22,23 @@ def urw_root() -> Path:
 
 def urw_font(name: str, folder: str = URW_OTF) -> Path:
     return urw_root() / folder / name
+
+
+# The miniature's pipeline in CI: twelve URW faces play the families (each face one "family",
+# which is enough to exercise every stage); three are held out.
+URW_TRAIN = ("C059-Roman", "C059-Bold", "NimbusMonoPS-Regular", "NimbusRoman-Regular", "NimbusRoman-Bold",
+             "NimbusSans-Regular", "NimbusSans-Bold", "URWBookman-Light", "URWGothic-Book")
+URW_HELDOUT = ("P052-Roman", "NimbusSansNarrow-Regular", "URWGothic-Demi")
+
+
+def write_urw_font_list(path: Path) -> Path:
+    """A curated-list file (miniature/data/fonts.tsv's format) of the URW test faces."""
+    from hypernet.common.files import sha256_file
+    from miniature.font_list import FontEntry, write_list
+    name, version = TEST_PACKAGE
+    root = urw_root()
+    entries = [FontEntry(name, version, f"{URW_OTF}/{face}.otf", 0, sha256_file(root / URW_OTF / f"{face}.otf"),
+                         face.replace("-", " "), split)
+               for faces, split in ((URW_TRAIN, "train"), (URW_HELDOUT, "heldout")) for face in faces]
+    write_list(entries, path)
+    return path

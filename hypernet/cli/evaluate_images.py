@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the numbers as JSON")
     out.add_argument("--grid", type=Path, metavar="PNG", help="write references beside what each method drew")
+    out.add_argument("--grid-identities", type=int, metavar="N",
+                     help="only the first N identities in the --grid picture (default: all)")
     out.add_argument("--threads", type=int, help="torch threads")
     out.add_argument("--quiet", action="store_true", help="no per-identity lines")
 
@@ -191,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, json.dumps(numbers, indent=1) + "\n")
         print(f"wrote {args.json}")
     if args.grid:
-        rows = [(i.id, reference_thumbnails(i, 4), drawn[i.id]) for i in identities]
+        shown = identities[:args.grid_identities] if args.grid_identities else identities
+        rows = [(i.id, reference_thumbnails(i, 4), drawn[i.id]) for i in shown]
         write_grid(args.grid, rows)
         print(f"wrote {args.grid}")
     return 0

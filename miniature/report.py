@@ -1,0 +1,102 @@
+"""The miniature's numbers: benchmarks/miniature.json, its section of RESULTS.md, the picture.
+
+miniature.json is evaluate-images' report reduced to what the issue asks for per method (mean
+identity similarity, standard error, seconds per identity; for the hypernet LoRA gap_closed,
+speedup and heldout_families), with the calibration row, the targets checked and each stage's time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from hypernet.common.files import write_text_atomic
+from hypernet.pipeline.identity_scores import format_table
+
+SECTION = "## Typeface miniature: images personalized on held-out typefaces (issue 17, `make miniature`)"
+HYPERNET, NEAREST, MEAN, BASE, TRAINED = "hypernet", "nearest", "mean", "base", "trained"
+
+
+def summarize(evaluation: dict, timings: dict, scale) -> dict:
+    methods = {}
+    for name, row in evaluation["methods"].items():
+        kept = {k: row.get(k) for k in ("mean", "sem", "seconds_per_identity")}
+        for extra in ("gap_closed", "speedup"):
+            if extra in row:
+                kept[extra] = row[extra]
+        methods[name] = kept
+    heldout = evaluation["heldout_identities"]
+    if HYPERNET in methods:
+        methods[HYPERNET]["heldout_families"] = heldout
+    return {"methods": methods, "calibration": evaluation.get("calibration", {}) and
+            {k: evaluation["calibration"][k] for k in ("name", "mean", "sem")},
+            "heldout_families": heldout, "targets": targets(methods), "stage_seconds": timings,
+            "prompts": evaluation["prompts"], "seeds": evaluation["seeds"], "sampler": evaluation["sampler"],
+            "scale": asdict(scale), "threads": 1, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def targets(methods: dict) -> dict:
+    """The issue's targets, each True/False (None where a method is missing)."""
+    h = methods.get(HYPERNET)
+    if h is None:
+        return {}
+
+    def beats(other: str):
+        o = methods.get(other)
+        if o is None or h["mean"] is None or o["mean"] is None:
+            return None
+        margin = max(h["sem"] or 0.0, o["sem"] or 0.0)
+        return bool(h["mean"] - o["mean"] > margin)
+
+    gap, speedup = h.get("gap_closed"), h.get("speedup")
+    return {"gap_closed_at_least_0.7": None if gap is None else bool(gap >= 0.7),
+            "beats_nearest_by_more_than_sem": beats(NEAREST), "beats_mean_by_more_than_sem": beats(MEAN),
+            "speedup_at_least_1000": None if speedup is None else bool(speedup >= 1000)}
+
+
+def markdown(summary: dict, evaluation: dict, command: str) -> str:
+    t = summary["targets"]
+    lines = [SECTION, "",
+             f"`{command}` on this 2-core CPU, one torch thread per process (load average at the end "
+             f"{', '.join(map(str, summary['load_average']))}). {summary['heldout_families']} held-out families "
+             "(never seen by the base model, the encoder, the collection or the hypernet); each method draws "
+             f"the characters {''.join(summary['prompts'])!r} with seeds {summary['seeds']} "
+             f"({summary['sampler']['steps']} {summary['sampler']['sampler']} steps, cfg {summary['sampler']['cfg']}); "
+             "identity similarity = cosine between the typeface encoder's embeddings of the drawn glyphs and "
+             "of the family's reference glyphs (specimen sheets of 16). Seconds per identity: making the LoRA "
+             "(embedding the references included where the method needs them).", "",
+             format_table(evaluation), "",
+             "Targets: " + ", ".join(f"{k} **{v}**" for k, v in t.items()), "",
+             "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), "",
+             "Picture: `benchmarks/miniature.png` (reference glyphs of held-out families, then what each method "
+             "drew).", ""]
+    return "\n".join(lines)
+
+
+def replace_section(results: Path, text: str) -> None:
+    """RESULTS.md with this section replaced (or appended): re-running updates, never duplicates."""
+    old = results.read_text() if results.is_file() else ""
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if end < 0 else "\n" + old[end + 1:])
+    write_text_atomic(results, new.rstrip("\n") + "\n")
+
+
+def write_report(paths, scale, timings: dict, results_dir: Path | None,
+                 command: str = "make miniature") -> dict:
+    evaluation = json.loads((paths.eval / "evaluate.json").read_text())
+    summary = summarize(evaluation, timings, scale)
+    write_text_atomic(paths.work / "miniature.json", json.dumps(summary, indent=1) + "\n")
+    print(format_table(evaluation))
+    print("targets: " + json.dumps(summary["targets"]))
+    if results_dir is not None:
+        write_text_atomic(results_dir / "miniature.json", json.dumps(summary, indent=1) + "\n")
+        shutil.copyfile(paths.eval / "grid.png", results_dir / "miniature.png")
+        replace_section(results_dir / "RESULTS.md", markdown(summary, evaluation, command))
+        print(f"wrote {results_dir / 'miniature.json'}, {results_dir / 'miniature.png'} and the RESULTS.md section")
+    return summary

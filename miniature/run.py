@@ -1,0 +1,244 @@
+"""`make miniature` (`python -m miniature run`): the whole typeface experiment, stage by stage.
+
+Every stage is the command a user would run (`python -m miniature ...`, `python -m hypernet
+collect | dataset | train | evaluate-images`), started as a subprocess with one torch thread
+(measured fastest on a busy 2-core machine; the base model and the encoder train side by side).
+A stage whose output exists is skipped, and the long ones resume themselves (train_base
+--resume, collect per identity, train --resume), so an interrupted run picks up where it stopped.
+
+    fonts        the curated list's fonts from Debian, SHA-256 checked
+    base         the glyph base model (train families only)        } in parallel
+    encoder      the typeface encoder + its ONNX recognition model  }
+    identities   one identity folder per family: glyph PNGs, captions, embedding
+    collect      one LoRA per family, train and held-out (held-out: the per-family upper bound)
+    dataset      the train collection as a hypernet dataset
+    hypernet     python -m hypernet train
+    evaluate     evaluate-images on the held-out families (every method, same prompts and seeds)
+    report       benchmarks/miniature.json, the RESULTS.md table, the picture
+    ship         the trained files, float16, where the example workflow finds them (models/)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .font_list import FONT_LIST_FILE
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("fonts", "base", "encoder", "identities", "collect", "dataset", "hypernet", "evaluate", "report", "ship")
+ENCODER_NAME = "typeface"  # the recognition model's folder: the name hypernets record and nodes list
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each stage is. `full` is the issue's experiment (~90 minutes on 2 cores);
+    `ci` is the same pipeline in seconds per stage, for the tests."""
+
+    base_preset: str = "default"
+    base_steps: int | None = None
+    encoder_steps: int = 600
+    glyph_size: int = 16
+    layout: str = "tiny-attn-r4"
+    collect_steps: int = 120
+    collect_lr: float = 3e-3
+    collect_batch: int = 4
+    identities_per_step: int = 32
+    workers: int = 2
+    hypernet_config: dict = field(default_factory=lambda: {
+        "preset": "default", "autoencoder": {"kind": "mlp", "latent_dim": 16, "hidden": 12, "blocks": 1,
+                                             "kl_weight": 0.001},
+        "prior": {"width": 128, "blocks": 3, "conditioning": "adanorm"},
+        "ae_steps": 1500, "ae_batch": 64, "prior_steps": 3000, "prior_batch": 128, "prior_lr": 1e-3,
+        "checkpoint_every": 500})
+    dataset_heldout: float = 0.1
+    prompts: str = "AaBbEeGgKkMmRr38"
+    seeds: tuple[int, ...] = (0, 1)
+    sample_steps: int = 20
+    refine_steps: int = 20
+    refine_lr: float = 3e-3
+
+
+SCALES = {
+    "full": Scale(),
+    "ci": Scale(base_preset="ci", encoder_steps=4, collect_steps=6, identities_per_step=2, workers=1,
+                hypernet_config={"preset": "tiny", "autoencoder": {"latent_dim": 8, "hidden": 8},
+                                 "ae_steps": 20, "prior_steps": 20, "checkpoint_every": 10},
+                dataset_heldout=0.2, prompts="AaBb", seeds=(0,), sample_steps=4, refine_steps=2),
+}
+
+
+class Paths:
+    def __init__(self, work: Path):
+        self.work = work
+        self.base = work / "glyph_base.safetensors"
+        self.encoder = work / "encoder"
+        self.recognizer = self.encoder / "insightface" / ENCODER_NAME
+        self.identities = work / "identities"
+        self.collection = work / "collection"
+        self.dataset = work / "dataset"
+        self.hypernet = work / "typeface_hypernet.safetensors"
+        self.eval = work / "eval"
+
+
+def python_env(threads: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    default_comfy = REPO / ".comfyui" / "ComfyUI"
+    if "COMFYUI_PATH" not in env and (default_comfy / "main.py").is_file():
+        env["COMFYUI_PATH"] = str(default_comfy)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"  $ python {' '.join(args)}   (log: {log})", flush=True)
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=python_env(), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def wait(proc: subprocess.Popen, log: Path, what: str) -> None:
+    if proc.wait() != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"stage {what} failed (exit {proc.returncode}); the end of {log}:\n" + "\n".join(tail))
+
+
+def run_command(args: list[str], log: Path, what: str) -> None:
+    wait(start(args, log), log, what)
+
+
+class Pipeline:
+    def __init__(self, work: Path, font_list: Path, scale: Scale, ship_to: Path | None, results: Path | None):
+        self.p, self.font_list, self.scale = Paths(work), font_list, scale
+        self.ship_to, self.results = ship_to, results
+        self.logs = work / "logs"
+        self.timings: dict[str, float] = {}
+
+    # -- stages -----------------------------------------------------------------------------
+    def fonts(self):
+        run_command(["-m", "miniature", "fetch-fonts", "--list", str(self.font_list)], self.logs / "fonts.log", "fonts")
+
+    def base_and_encoder(self, stages):
+        """The two independent trainings side by side, one core each."""
+        procs = []
+        s = self.scale
+        if "base" in stages and not self.p.base.is_file():
+            args = ["-m", "miniature.train_base", "--font-list", str(self.font_list), "--out", str(self.p.base),
+                    "--preset", s.base_preset, "--size", str(s.glyph_size), "--resume", "--threads", "1",
+                    "--samples", str(self.p.work / "glyph_base_samples.png")]
+            if s.base_steps:
+                args += ["--steps", str(s.base_steps)]
+            procs.append(("base", start(args, self.logs / "base.log"), self.logs / "base.log"))
+        if "encoder" in stages and not (self.p.recognizer / "typeface_arcface.onnx").is_file():
+            args = ["-m", "miniature", "train-encoder", "--list", str(self.font_list), "--out", str(self.p.encoder),
+                    "--steps", str(s.encoder_steps)]
+            procs.append(("encoder", start(args, self.logs / "encoder.log"), self.logs / "encoder.log"))
+        for name, proc, log in procs:
+            wait(proc, log, name)
+
+    def identities(self):
+        from hypernet.encoders.face import ArcFaceEmbedder
+
+        from .base_model import DEFAULT_CHARSET
+        from .font_list import read_list, resolve
+        entries = read_list(self.font_list)
+        files = resolve(entries)
+        embedder = ArcFaceEmbedder(self.p.recognizer, aligned_crops=True)
+        from .identities import write_identities
+        write_identities(entries, files, self.p.identities, DEFAULT_CHARSET, self.scale.glyph_size, embedder)
+
+    def collect(self):
+        from .shared_start import write_shared_start
+        s = self.scale
+        start = self.p.work / "shared_start.safetensors"
+        if not start.is_file():
+            write_shared_start(s.layout, start)
+        for split in ("train", "heldout"):
+            args = ["-m", "hypernet", "collect", "--src", str(self.p.identities / split), "--base", str(self.p.base),
+                    "--layout", s.layout, "--out", str(self.p.collection / split), "--steps", str(s.collect_steps),
+                    "--learning-rate", str(s.collect_lr), "--batch", str(s.collect_batch), "--seed", "0",
+                    "--identities-per-step", str(s.identities_per_step), "--workers", str(s.workers),
+                    "--init", str(start), "--threads", "1", "--quiet"]
+            run_command(args, self.logs / f"collect_{split}.log", f"collect ({split})")
+
+    def dataset(self):
+        if (self.p.dataset / "manifest.json").is_file():
+            return
+        run_command(["-m", "hypernet", "dataset", "--src", str(self.p.collection / "train"), "--out",
+                     str(self.p.dataset), "--heldout", str(self.scale.dataset_heldout)],
+                    self.logs / "dataset.log", "dataset")
+
+    def hypernet(self):
+        if self.p.hypernet.is_file():
+            return
+        config = self.p.work / "hypernet_config.json"
+        config.write_text(json.dumps(self.scale.hypernet_config, indent=1))
+        args = ["-m", "hypernet", "train", "--data", str(self.p.dataset), "--out", str(self.p.hypernet),
+                "--config", str(config), "--quiet"]
+        if Path(str(self.p.hypernet) + ".resume").exists():
+            args.append("--resume")
+        run_command(args, self.logs / "hypernet.log", "hypernet")
+
+    def evaluate(self):
+        s = self.scale
+        out = self.p.eval / "evaluate.json"
+        if out.is_file():
+            return
+        args = ["-m", "hypernet", "evaluate-images", "--base", str(self.p.base),
+                "--identities", str(self.p.collection / "heldout"), "--embedding-model", str(self.p.recognizer),
+                "--aligned-crops", "--train-collection", str(self.p.collection / "train"),
+                "--hypernet", str(self.p.hypernet), "--refine-steps", str(s.refine_steps),
+                "--learning-rate", str(s.refine_lr), "--prompts", *s.prompts,
+                "--seeds", *map(str, s.seeds), "--sample-steps", str(s.sample_steps),
+                "--json", str(out), "--grid", str(self.p.eval / "grid.png"), "--grid-identities", "8", "--threads", "1"]
+        run_command(args, self.logs / "evaluate.log", "evaluate")
+
+    def report(self):
+        from .report import write_report
+        write_report(self.p, self.scale, self.timings, self.results)
+
+    def ship(self):
+        from .ship import ship
+        ship(self.p, self.ship_to)
+
+    # -- driver -----------------------------------------------------------------------------
+    def run(self, stages: tuple[str, ...]) -> None:
+        self.p.work.mkdir(parents=True, exist_ok=True)
+        timings_file = self.p.work / "timings.json"
+        if timings_file.is_file():
+            self.timings = json.loads(timings_file.read_text())
+        steps = [("fonts", self.fonts), ("base+encoder", lambda: self.base_and_encoder(stages)),
+                 ("identities", self.identities), ("collect", self.collect), ("dataset", self.dataset),
+                 ("hypernet", self.hypernet), ("evaluate", self.evaluate), ("report", self.report),
+                 ("ship", self.ship)]
+        for name, step in steps:
+            if not set(name.split("+")) & set(stages) or (name == "ship" and self.ship_to is None):
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+            started = time.perf_counter()
+            step()
+            # Only stages that did work are timed: a skipped stage keeps the time it took.
+            seconds = time.perf_counter() - started
+            if seconds > 1.0 or name not in self.timings:
+                self.timings[name] = round(seconds, 1)
+            timings_file.write_text(json.dumps(self.timings, indent=1))
+
+
+def main(args) -> int:
+    scale = SCALES[args.scale]
+    if args.collect_steps:
+        scale = replace(scale, collect_steps=args.collect_steps)
+    stages = tuple(args.stages.split(",")) if args.stages else STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    ship_to = None if args.no_ship else Path(args.ship_to or REPO / "models")
+    results = None if args.no_results else Path(args.results or REPO / "benchmarks")
+    pipeline = Pipeline(Path(args.work), Path(args.font_list or FONT_LIST_FILE), scale, ship_to, results)
+    print(f"typeface miniature, scale {args.scale}: {json.dumps(asdict(scale))}", flush=True)
+    pipeline.run(stages)
+    return 0

@@ -1,0 +1,133 @@
+"""`make miniature` end to end at CI size: twelve URW faces play the families (nine train, three
+held out), every stage runs as the user-facing command it is, and each stage's output is checked
+for what the next one and the reader need. Then a re-run finds everything done, and a stage whose
+output is removed runs again alone."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import font_support
+from comfy_support import REPO
+
+pytestmark = pytest.mark.comfy
+
+
+def run_miniature(work: Path, font_list: Path, models: Path, results: Path, *extra: str):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "miniature", "run", "--scale", "ci", "--work", str(work),
+                           "--font-list", str(font_list), "--ship-to", str(models), "--results", str(results),
+                           *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    root = tmp_path_factory.mktemp("miniature")
+    font_list = font_support.write_urw_font_list(root / "fonts.tsv")
+    results = root / "benchmarks"
+    results.mkdir()
+    (results / "RESULTS.md").write_text("# Results\n\n## An earlier section\n\nkept\n")
+    proc = run_miniature(root / "work", font_list, root / "models", results)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return root, font_list, proc.stdout
+
+
+def test_every_stage_ran_in_order(miniature):
+    root, _, out = miniature
+    stages = ["fonts", "base+encoder", "identities", "collect", "dataset", "hypernet", "evaluate", "report", "ship"]
+    positions = [out.index(f"] {stage}\n") for stage in stages]
+    assert positions == sorted(positions)
+    timings = json.loads((root / "work" / "timings.json").read_text())
+    assert set(timings) == set(stages)
+
+
+def test_identity_folders_hold_glyphs_captions_and_the_encoders_embedding(miniature):
+    root, _, _ = miniature
+    ids = root / "work" / "identities"
+    assert sorted(p.name for p in (ids / "heldout").iterdir()) == sorted(font_support.URW_HELDOUT)
+    folder = ids / "train" / "C059-Roman"
+    pngs = sorted(folder.glob("*.png"))
+    assert len(pngs) == 62
+    assert [(folder / f"{p.stem}.txt").read_text() for p in pngs[:3]] == ["A", "B", "C"]
+    with safe_open(str(folder / "embedding.safetensors"), "pt") as f:
+        embedding = f.get_tensor("embedding")
+        assert "typeface" in f.metadata()["embedding_model"]
+    assert embedding.shape == (512,) and abs(float(embedding.norm()) - 1.0) < 1e-4
+
+
+def test_collections_have_one_lora_per_family_and_keep_the_embedding(miniature):
+    root, _, _ = miniature
+    for split, faces in (("train", font_support.URW_TRAIN), ("heldout", font_support.URW_HELDOUT)):
+        folders = sorted((root / "work" / "collection" / split).iterdir())
+        folders = [f for f in folders if f.is_dir()]
+        assert len(folders) == len(faces)
+        for folder in folders:
+            assert (folder / "lora.safetensors").is_file() and (folder / "embedding.safetensors").is_file()
+            record = json.loads((folder / "collect.json").read_text())
+            assert record["final_loss"] < record["base_loss"], record
+
+
+def test_evaluation_has_every_method_and_the_calibration_row(miniature):
+    root, _, _ = miniature
+    numbers = json.loads((root / "work" / "eval" / "evaluate.json").read_text())
+    assert set(numbers["methods"]) == {"base", "nearest", "mean", "hypernet", "hypernet+refine2", "trained"}
+    assert numbers["heldout_identities"] == len(font_support.URW_HELDOUT)
+    for row in numbers["methods"].values():
+        assert -1.0 <= row["mean"] <= 1.0
+    assert "calibration" in numbers
+
+
+def test_report_writes_miniature_json_results_section_and_picture(miniature):
+    root, font_list, _ = miniature
+    results = root / "benchmarks"
+    summary = json.loads((results / "miniature.json").read_text())
+    hypernet = summary["methods"]["hypernet"]
+    assert hypernet["heldout_families"] == len(font_support.URW_HELDOUT)
+    assert {"mean", "sem", "seconds_per_identity", "gap_closed", "speedup"} <= set(hypernet)
+    assert set(summary["targets"]) == {"gap_closed_at_least_0.7", "beats_nearest_by_more_than_sem",
+                                       "beats_mean_by_more_than_sem", "speedup_at_least_1000"}
+    text = (results / "RESULTS.md").read_text()
+    assert text.count("## Typeface miniature") == 1 and "## An earlier section\n\nkept" in text
+    assert (results / "miniature.png").stat().st_size > 1000
+    # A re-run skips every finished stage and replaces the section instead of adding a second one.
+    proc = run_miniature(root / "work", font_list, root / "models", results, "--stages", "report")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (results / "RESULTS.md").read_text().count("## Typeface miniature") == 1
+
+
+def test_shipped_files_load_as_the_nodes_load_them(miniature):
+    root, _, _ = miniature
+    from hypernet.model.checkpoint import load_hypernet
+    from miniature.ship import SHIP_LIMIT, shipped_paths
+    shipped = shipped_paths(root / "models")
+    total = sum(p.stat().st_size for p in shipped.values() if p.is_file()) + \
+        sum(p.stat().st_size for p in shipped["encoder"].glob("*.onnx"))
+    assert total < SHIP_LIMIT
+    with safe_open(str(shipped["hypernet"]), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    half = load_hypernet(shipped["hypernet"])
+    full = load_hypernet(root / "work" / "typeface_hypernet.safetensors")
+    for (name, a), b in zip(half.state_dict().items(), full.state_dict().values()):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-2 * (1 + float(b.abs().max())), rtol=1e-2, msg=name)
+    assert (shipped["encoder"] / "typeface_arcface.onnx").is_file()
+
+
+def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
+    root, font_list, _ = miniature
+    evaluation = root / "work" / "eval" / "evaluate.json"
+    evaluation.unlink()
+    proc = run_miniature(root / "work", font_list, root / "models", root / "benchmarks", "--stages",
+                         "base,encoder,identities,collect,dataset,hypernet,evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "  $ python -m hypernet evaluate-images" in proc.stdout
+    for command in ("miniature.train_base", "train-encoder", "hypernet train", "hypernet dataset"):
+        assert f"$ python -m {command}" not in proc.stdout
+    assert evaluation.is_file()
