@@ -18,12 +18,12 @@ import comfy.sd
 import numpy as np
 import torch
 
+from lora_training.base_models import open_base
 from lora_training._hypernet import HypernetError, Layout, LoraWeights, layout_mismatches, lora_to_state_dict
 from lora_training.encoding import encode_images
 from lora_training.images import load_images
 from lora_training.trainer import train_lora
 
-from .base_models import open_base
 from .settings import DrawSettings
 
 

@@ -32,17 +32,27 @@ def create_adapters(patcher, layout: Layout, seed: int, init: LoraWeights | None
     MODEL keeps no trace). Fresh factors are drawn on the CPU from `seed`, so the start is the
     same on every device; `init` continues a LoRA of this layout instead."""
     keys = weight_keys(patcher, layout)
+    shapes = {name: comfy.utils.get_attr(patcher.model, key).shape for name, key in keys.items()}
+    adapters = new_adapters(layout, shapes, seed, init, patcher.load_device)
+    for name, adapter in adapters.items():
+        patcher.add_weight_wrapper(keys[name], adapter)
+    return adapters
+
+
+def new_adapters(layout: Layout, shapes: dict[str, torch.Size], seed: int, init: LoraWeights | None,
+                 device) -> dict[str, torch.nn.Module]:
+    """The adapters create_adapters registers, unregistered: the one start of an identity's LoRA
+    for its seed, whichever loop trains it."""
     if init is not None:
         _check_init(init, layout)
-    device = patcher.load_device
     adapters = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in layout.modules:
             if init is None:
-                shape = comfy.utils.get_attr(patcher.model, keys[module.name]).shape
                 # create_train reads only the shape and device of the weight it is given
-                adapter = LoRAAdapter.create_train(torch.zeros(()).expand(shape), rank=module.rank, alpha=module.alpha)
+                adapter = LoRAAdapter.create_train(torch.zeros(()).expand(shapes[module.name]), rank=module.rank,
+                                                   alpha=module.alpha)
             else:
                 weights = init[module.name]
                 factors = (weights.up_matrix().float().clone(), weights.down_matrix().float().clone(),
@@ -50,7 +60,6 @@ def create_adapters(patcher, layout: Layout, seed: int, init: LoraWeights | None
                 adapter = LoRAAdapter(set(), factors).to_train()
             adapter = adapter.to(device=device, dtype=torch.float32).requires_grad_(True)
             adapter.alpha.requires_grad_(False)  # alpha is the layout's, not learned
-            patcher.add_weight_wrapper(keys[module.name], adapter)
             adapters[module.name] = adapter
     return adapters
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import ImageFont
 
+import comfy_support
 from comfy_support import TINY_SDXL_UNET, build_sdxl_model
 
 
@@ -31,4 +32,15 @@ def random_glyph_model(path: Path, charset: str = "ABCabc012", seed: int = 0, gl
     text.pooled.data = torch.randn(text.pooled.shape, generator=gen)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_glyph_model(GlyphModelFile(dict(TINY_SDXL_UNET), unet, text, glyph_size, SDXL_LATENT_SCALE, BLACK), path)
+    return path
+
+
+def trainable_glyph_model(path: Path, charset: str = "ABCabc012", seed: int = 0) -> Path:
+    """A glyph model file with the trainable tiny SDXL weights: its drawings respond to a LoRA."""
+    import dataclasses
+    from miniature.glyph_model_file import load_glyph_model, save_glyph_model
+    glyph = load_glyph_model(random_glyph_model(path, charset=charset, seed=seed))
+    model = comfy_support.trainable_tiny_sdxl_patcher(seed=seed).model
+    unet = {k[len("diffusion_model."):]: v for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
+    save_glyph_model(dataclasses.replace(glyph, unet_state=unet), path)
     return path

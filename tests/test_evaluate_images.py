@@ -98,15 +98,8 @@ def write_identity(folder, glyphs, chars=CHARSET):
 
 
 def trainable_glyph_model(path, seed=0):
-    """A glyph model file with the trainable tiny SDXL weights: its drawings respond to a LoRA."""
-    import dataclasses
-    from glyph_support import random_glyph_model
-    from miniature.glyph_model_file import load_glyph_model, save_glyph_model
-    glyph = load_glyph_model(random_glyph_model(path, charset=CHARSET, seed=seed))
-    model = comfy_support.trainable_tiny_sdxl_patcher(seed=seed).model
-    unet = {k[len("diffusion_model."):]: v for k, v in model.state_dict().items() if k.startswith("diffusion_model.")}
-    save_glyph_model(dataclasses.replace(glyph, unet_state=unet), path)
-    return path
+    from glyph_support import trainable_glyph_model as write
+    return write(path, CHARSET, seed)
 
 
 @pytest.fixture(scope="module")

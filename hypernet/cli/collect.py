@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of identity folders, one per person, with reference photos (and optional "
                              "<photo>.txt captions)")
     parser.add_argument("--base", required=True, type=Path, metavar="CHECKPOINT",
-                        help="the base model: a single-file checkpoint (.safetensors) as ComfyUI loads it")
+                        help="the base model: a single-file checkpoint (.safetensors) as ComfyUI loads it, or the "
+                             "typeface miniature's glyph model file (captions: one character per glyph image)")
     parser.add_argument("--layout", required=True, metavar="PRESET",
                         help="layout preset or layout JSON file: which modules the LoRAs train, at what rank/alpha")
     parser.add_argument("--out", required=True, type=Path, metavar="COLLECTION",
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
                        help="default: %(default)s")
     train.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="images per step (default: %(default)s)")
+    train.add_argument("--identities-per-step", type=int, default=1, metavar="K",
+                       help="train K identities together: each step draws --batch images per identity and runs one "
+                            "batched forward/backward, every sample seeing only its identity's LoRA; each LoRA is "
+                            "as if trained alone. Faster for small latents (glyphs); no --class-images (default: 1)")
     train.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
                        help="training resolution in pixels (default: %(default)s)")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed,
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         class_images=class_image_files(args.class_images))
     result = collect(args.src, args.base, args.layout, args.out, settings=settings, workers=args.workers,
                      ray=args.ray, init_lora=args.init, face_model=args.face_model, preload=tuple(args.preload),
-                     threads=args.threads, link_photos=not args.copy, progress=not args.quiet)
+                     threads=args.threads, link_photos=not args.copy, progress=not args.quiet,
+                     identities_per_step=args.identities_per_step)
     print(result.summary())
     print(f"next: python -m hypernet dataset --src {args.out} --layout {args.layout} --out DATASET"
           + ("" if args.face_model else " --face-model FACE_MODEL"))

@@ -1,5 +1,6 @@
 """The per-identity code path: every runner (in-process, worker processes, Ray tasks) calls
-`collect_identity`, which trains one LoRA and writes the identity's folder atomically.
+`collect_jobs`, which trains one LoRA at a time (`collect_identity`) or a group of identities in
+one batched loop (`collect_group`) and writes each identity's folder atomically.
 
 The trainer package needs ComfyUI, so it is imported by name here, at run time, inside the
 process that trains; `hypernet` itself never imports ComfyUI.
@@ -95,18 +96,65 @@ def collect_identity(job: IdentityJob, spec: RunSpec, progress: Callable[[int, i
     host = host_for(spec)
     started = time.perf_counter()
     try:
-        return _train_and_write(job, spec, host, started, progress)
-    except Skip as skip:
-        return {"id": job.id, "status": "failed", "kind": skip.kind, "reason": str(skip)}
-    except (HypernetError, OSError, RuntimeError, ValueError) as exc:
-        kind = "invalid input" if isinstance(exc, HypernetError) else "training error"
-        reason = one_line(str(exc) or type(exc).__name__, 500)
-        if not isinstance(exc, HypernetError):
-            reason += " | " + one_line(traceback.format_exc(limit=-2), 300)
-        return {"id": job.id, "status": "failed", "kind": kind, "reason": reason}
+        embedding = _check_photos(job, host)
+        result = host.trainer.train([Path(p) for p in job.photos], job.captions, job.seed,
+                                    init_lora=host.init_lora, progress=progress, should_stop=None)
+        return _write_identity(job, spec, host, result, embedding, started)
+    except _FAILURES as exc:
+        return _failure(job, exc)
 
 
-def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started: float, progress) -> dict:
+def collect_jobs(jobs: list[IdentityJob], spec: RunSpec, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """The runners' unit of work: one identity at a time (`identities_per_step` 1, the trainer's
+    one-identity loop), or every job of `jobs` as one group trained in one batched loop."""
+    if spec.identities_per_step == 1:
+        return [collect_identity(job, spec, progress) for job in jobs]
+    return collect_group(jobs, spec, progress)
+
+
+def collect_group(jobs: list[IdentityJob], spec: RunSpec, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Train `jobs` together (the trainer's train_group) and write each; one record per job, in
+    order. Each identity's photos and captions are checked and encoded first, so a broken one
+    fails alone and the group trains without it."""
+    host = host_for(spec)
+    started = time.perf_counter()
+    records: dict[str, dict] = {}
+    members, ready = [], []
+    for job in jobs:
+        try:
+            embedding = _check_photos(job, host)
+            members.append(host.trainer.member([Path(p) for p in job.photos], job.captions, job.seed))
+        except _FAILURES as exc:
+            records[job.id] = _failure(job, exc)
+            continue
+        ready.append((job, embedding))
+    if members:
+        results = host.trainer.train_group(members, init_lora=host.init_lora, progress=progress)
+        for (job, embedding), result in zip(ready, results):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                records[job.id] = _write_identity(job, spec, host, result, embedding, started, len(members))
+            except _FAILURES as exc:
+                records[job.id] = _failure(job, exc)
+    return [records[job.id] for job in jobs]
+
+
+_FAILURES = (Skip, HypernetError, OSError, RuntimeError, ValueError)
+
+
+def _failure(job: IdentityJob, exc: Exception) -> dict:
+    if isinstance(exc, Skip):
+        return {"id": job.id, "status": "failed", "kind": exc.kind, "reason": str(exc)}
+    kind = "invalid input" if isinstance(exc, HypernetError) else "training error"
+    reason = one_line(str(exc) or type(exc).__name__, 500)
+    if not isinstance(exc, HypernetError):
+        reason += " | " + one_line(traceback.format_exc(limit=-2), 300)
+    return {"id": job.id, "status": "failed", "kind": kind, "reason": reason}
+
+
+def _check_photos(job: IdentityJob, host: TrainerHost):
+    """Skip for an identity without readable photos (or faces); its embedding when faces are asked for."""
     if not job.photos:
         raise Skip("no photos", "the folder holds no reference photos")
     for i, photo in enumerate(job.photos, 1):
@@ -114,12 +162,14 @@ def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started
             read_image(photo)
         except HypernetError as exc:
             raise Skip("unreadable photo", f"photo {i} of {len(job.photos)}: {exc}") from exc
-    embedding = None
-    if host.face is not None:
-        folder = IdentityFolder(job.id, Path(job.photos[0]).parent, [], [Path(p) for p in job.photos], None)
-        embedding = embed_photos(folder, host.face)
-    result = host.trainer.train([Path(p) for p in job.photos], job.captions, job.seed,
-                                init_lora=host.init_lora, progress=progress, should_stop=None)
+    if host.face is None:
+        return None
+    folder = IdentityFolder(job.id, Path(job.photos[0]).parent, [], [Path(p) for p in job.photos], None)
+    return embed_photos(folder, host.face)
+
+
+def _write_identity(job: IdentityJob, spec: RunSpec, host: TrainerHost, result, embedding, started: float,
+                    group_size: int = 1) -> dict:
     weights = lora_from_state_dict(result.state_dict, source=f"the LoRA trained for {job.id}")
     problem = layout_difference(layout_from_lora(weights, host.layout.base_model), host.layout)
     if problem:
@@ -132,6 +182,8 @@ def _train_and_write(job: IdentityJob, spec: RunSpec, host: TrainerHost, started
         "photos": [Path(p).name for p in job.photos], "init_lora": spec.init_lora and Path(spec.init_lora).name,
         "generator": GENERATOR, "key": spec.key(),
     }
+    if spec.identities_per_step > 1:  # train_seconds is then the group's time over its size
+        record["group_size"] = group_size
     _write_folder(job, spec, weights, embedding, record, host)
     return record
 

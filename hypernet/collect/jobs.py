@@ -76,6 +76,14 @@ class RunSpec:
     preload: tuple[str, ...] = ()
     threads: int = 1
     link_photos: bool = True
+    # Identities trained together in one batched loop (a speed setting: an identity's LoRA does
+    # not depend on its group, so it is not part of key()).
+    identities_per_step: int = 1
+
+    def groups(self, jobs: list[IdentityJob]) -> list[list[IdentityJob]]:
+        """The runners' units of work, in plan order."""
+        k = self.identities_per_step
+        return [jobs[i:i + k] for i in range(0, len(jobs), k)]
 
     def key(self) -> dict:
         """What decides a finished identity's LoRA: a re-run with another key must not mix with it."""

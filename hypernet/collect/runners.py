@@ -1,8 +1,9 @@
 """Where identities are trained: in this process, in N worker processes, or as Ray tasks.
 
-Each runner yields one record per job as jobs finish, all through identity.collect_identity, so
-a LoRA does not depend on where it was trained. A worker process loads the base model once
-(identity.host_for) and trains identity after identity with it.
+Each runner yields one record per job as jobs finish, all through identity.collect_jobs, so a
+LoRA does not depend on where it was trained. The unit of work is a group of
+`spec.identities_per_step` jobs (one job by default). A worker process loads the base model
+once (identity.host_for) and trains group after group with it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..common.comfy_side import PACK_ROOT
 from ..common.messages import one_line
 from ..errors import HypernetError
-from .identity import collect_identity
+from .identity import collect_jobs
 from .jobs import IdentityJob, RunSpec
 
 
@@ -29,8 +30,9 @@ def _crashed(job: IdentityJob, what: str) -> dict:
 
 def run_here(jobs: list[IdentityJob], spec: RunSpec, step_progress=None) -> Iterator[dict]:
     """In this process; `step_progress(identity)` may give a callback for its training steps."""
-    for job in jobs:
-        yield collect_identity(job, spec, step_progress(job.id) if step_progress else None)
+    for group in spec.groups(jobs):
+        name = group[0].id if len(group) == 1 else f"{group[0].id} +{len(group) - 1}"
+        yield from collect_jobs(group, spec, step_progress(name) if step_progress else None)
 
 
 def run_processes(jobs: list[IdentityJob], spec: RunSpec, workers: int) -> Iterator[dict]:
@@ -39,16 +41,16 @@ def run_processes(jobs: list[IdentityJob], spec: RunSpec, workers: int) -> Itera
     # No initializer: a failing one breaks the pool silently, while the first job's failing
     # setup (no trainer package, an unloadable base model) raises its own message here.
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {pool.submit(collect_identity, job, spec): job for job in jobs}
+        pending = {pool.submit(collect_jobs, group, spec): group for group in spec.groups(jobs)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    job = pending.pop(future)
+                    group = pending.pop(future)
                     try:
-                        yield future.result()
+                        yield from future.result()
                     except BrokenProcessPool:
-                        yield _crashed(job, "a worker process died")
+                        yield from (_crashed(job, "a worker process died") for job in group)
         finally:
             for future in pending:
                 future.cancel()
@@ -91,26 +93,26 @@ def start_ray(address: str, cpus: int | None):
 
 
 def run_ray(jobs: list[IdentityJob], spec: RunSpec, address: str, workers: int | None) -> Iterator[dict]:
-    """One Ray task per identity: a GPU each where the cluster has GPUs, else `spec.threads` CPUs.
+    """One Ray task per group of identities (one identity by default): a GPU each where the cluster has GPUs, else `spec.threads` CPUs.
     Task processes are kept (max_calls=0), so each loads the base model once; `workers` caps the
     tasks in flight (default: as many as the cluster's resources allow)."""
     ray, started = start_ray(address, (workers or 1) * spec.threads)
     try:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         task = ray.remote(num_cpus=0 if gpus else spec.threads, num_gpus=gpus, max_calls=0,
-                          max_retries=1)(collect_identity)
-        queue, pending = deque(jobs), {}
-        window = workers or len(jobs)
+                          max_retries=1)(collect_jobs)
+        queue, pending = deque(spec.groups(jobs)), {}
+        window = workers or len(queue)
         while queue or pending:
             while queue and len(pending) < window:
-                job = queue.popleft()
-                pending[task.remote(job, spec)] = job
+                group = queue.popleft()
+                pending[task.remote(group, spec)] = group
             done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
+            group = pending.pop(done[0])
             try:
-                yield ray.get(done[0])
+                yield from ray.get(done[0])
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError):
-                yield _crashed(job, "its Ray worker died")
+                yield from (_crashed(job, "its Ray worker died") for job in group)
             except ray.exceptions.RayTaskError as exc:  # the worker's own one-line error, not Ray's traceback
                 if isinstance(exc.cause, HypernetError):
                     raise exc.cause from None

@@ -1,4 +1,5 @@
-"""The base model an evaluation draws with, in one shape for both kinds it accepts:
+"""The base model LoRAs are trained on (collect) and drawn with (evaluate-images), in one shape
+for both kinds accepted:
 
 * the typeface miniature's glyph model file (its own format: Load Glyph Model's MODEL, the
   pixel-fold VAE, and conditioning from the character tables; a prompt is one character);
@@ -11,13 +12,26 @@ import os
 from pathlib import Path
 
 import comfy.model_management
+import comfy.sd
 import numpy as np
 import torch
 from PIL import Image
 
-from lora_training._hypernet import HypernetError
-from lora_training.encoding import encode_caption
-from lora_training.identity import load_full_checkpoint
+from ._hypernet import HypernetError
+from .encoding import encode_caption
+
+
+def load_full_checkpoint(path: Path, what: str):
+    """(MODEL, CLIP, VAE) of a single-file checkpoint through ComfyUI's own loader, or a one-line
+    HypernetError naming `what` the file was meant to be."""
+    try:
+        loaded = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    except Exception as exc:  # ComfyUI raises plain RuntimeErrors for files it cannot read
+        raise HypernetError(f"{what} {path} cannot be loaded by ComfyUI: {exc}") from exc
+    model, clip, vae = loaded[:3]
+    if model is None or clip is None or vae is None:
+        raise HypernetError(f"{what} {path} lacks a UNet, CLIP or VAE; use a full single-file checkpoint")
+    return model, clip, vae
 
 
 def is_glyph_model(path: Path) -> bool:
@@ -78,8 +92,8 @@ class GlyphBase:
 class CheckpointBase:
     kind = "checkpoint"
 
-    def __init__(self, path: Path):
-        self.model, self.clip, self.vae = load_full_checkpoint(path, "base model")
+    def __init__(self, path: Path, what: str = "base model"):
+        self.model, self.clip, self.vae = load_full_checkpoint(path, what)
         self._empty = None
 
     def check_prompt(self, prompt: str, what: str) -> None:
@@ -106,8 +120,8 @@ class CheckpointBase:
         return list(images)  # each photo is embedded on its own (the face analyzer finds the face)
 
 
-def open_base(path: str | os.PathLike):
+def open_base(path: str | os.PathLike, what: str = "base model"):
     path = Path(path)
     if not path.is_file():
-        raise HypernetError(f"base model {path} does not exist")
-    return GlyphBase(path) if is_glyph_model(path) else CheckpointBase(path)
+        raise HypernetError(f"{what} {path} does not exist")
+    return GlyphBase(path) if is_glyph_model(path) else CheckpointBase(path, what)
