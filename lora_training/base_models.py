@@ -15,7 +15,6 @@ import comfy.model_management
 import comfy.sd
 import numpy as np
 import torch
-from PIL import Image
 
 from ._hypernet import HypernetError
 from .encoding import encode_caption
@@ -79,14 +78,10 @@ class GlyphBase:
 
     def embedding_views(self, images: np.ndarray) -> list[np.ndarray]:
         """The typeface encoder's "aligned face" is a specimen sheet of up to 16 glyphs (one
-        glyph says little about a typeface): consecutive glyphs, each scaled to the sheet's
-        cell, fill one sheet after another."""
-        from miniature.encoder_onnx import GRID, specimen_sheet
-        from miniature.typeface_encoder import GLYPH_SIZE
-        cells = [np.asarray(Image.fromarray(np.asarray(image)[:, :, :3].mean(axis=2).round().astype(np.uint8))
-                            .resize((GLYPH_SIZE, GLYPH_SIZE), Image.Resampling.BILINEAR)) for image in images]
-        per_sheet = GRID * GRID
-        return [specimen_sheet(np.stack(cells[i:i + per_sheet])) for i in range(0, len(cells), per_sheet)]
+        glyph says little about a typeface): miniature.encoder_onnx.specimen_views, the one rule
+        for references, drawn glyphs and the collection's identities."""
+        from miniature.encoder_onnx import specimen_views
+        return specimen_views(images)
 
 
 class CheckpointBase:
