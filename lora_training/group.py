@@ -178,7 +178,9 @@ def train_group(patcher, members: Sequence[GroupMember], layout: Layout, *, step
             comfy.model_management.load_models_gpu([clone])
             lora.attach(clone.model, keys)
             run = _GroupRun(clone.model, members, device)
-            losses = _train(run, lora, members, steps, learning_rate, batch_size, eval_draws, init_lora is None, progress)
+            starts_at_base = init_lora is None or all(not bool(m.up.any()) for m in init_lora.values())
+            losses = _train(run, lora, members, steps, learning_rate, batch_size, eval_draws, starts_at_base,
+                            progress)
     finally:
         lora.detach()
         remove_adapters(clone, {})
@@ -204,7 +206,7 @@ def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, ba
                       for i in range(member.latents.shape[0]) for d in range(eval_draws)])
     chunk = 2 * count * batch_size  # no gradients kept: twice a training step's rows fit
     base = [_mean_loss(run, lora, k, evals[k], None, chunk) for k in range(count)]
-    # A fresh LoRA's up factor times its zero down factor adds exactly nothing.
+    # A fresh LoRA (or a start with zero up factors) adds exactly nothing: its loss is the base's.
     initial = list(base) if fresh else [_mean_loss(run, lora, k, evals[k], k, chunk) for k in range(count)]
     generators = [torch.Generator().manual_seed(m.seed) for m in members]
     optimizer = torch.optim.AdamW(lora.parameters(), lr=learning_rate, weight_decay=0.0)

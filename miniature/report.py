@@ -19,7 +19,7 @@ SECTION = "## Typeface miniature: images personalized on held-out typefaces (iss
 HYPERNET, NEAREST, MEAN, BASE, TRAINED = "hypernet", "nearest", "mean", "base", "trained"
 
 
-def summarize(evaluation: dict, timings: dict, scale) -> dict:
+def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path) -> dict:
     methods = {}
     for name, row in evaluation["methods"].items():
         kept = {k: row.get(k) for k in ("mean", "sem", "seconds_per_identity")}
@@ -33,8 +33,39 @@ def summarize(evaluation: dict, timings: dict, scale) -> dict:
     return {"methods": methods, "calibration": evaluation.get("calibration", {}) and
             {k: evaluation["calibration"][k] for k in ("name", "mean", "sem")},
             "heldout_families": heldout, "targets": targets(methods), "stage_seconds": timings,
+            "conditioning": conditioning_rows(eval_dir, methods, scale.hypernet_config),
             "prompts": evaluation["prompts"], "seeds": evaluation["seeds"], "sampler": evaluation["sampler"],
             "scale": asdict(scale), "threads": 1, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def conditioning_rows(eval_dir: Path, methods: dict, config: dict) -> dict:
+    """The prior's conditioning variants (evaluate stage) beside the shipped one, each hypernet's
+    image score and the share of the base -> per-family gap it closes."""
+    base, upper = methods.get(BASE, {}).get("mean"), methods.get(TRAINED, {}).get("mean")
+
+    def row(numbers: dict) -> dict:
+        out = {k: numbers.get(k) for k in ("mean", "sem", "seconds_per_identity")}
+        if base is not None and upper is not None and upper != base and out["mean"] is not None:
+            out["gap_closed"] = (out["mean"] - base) / (upper - base)
+        return out
+
+    rows = {}
+    if HYPERNET in methods:
+        rows[config.get("prior", {}).get("conditioning", "shipped")] = row(methods[HYPERNET])
+    for path in sorted(eval_dir.glob("conditioning_*.json")):
+        numbers = json.loads(path.read_text())["methods"].get(HYPERNET)
+        if numbers:
+            rows[path.stem.removeprefix("conditioning_")] = row(numbers)
+    return rows
+
+
+def conditioning_table(rows: dict) -> list[str]:
+    lines = []
+    for name, r in rows.items():
+        gap = r.get("gap_closed")
+        lines.append(f"| {name} | {r['mean']:.3f} | {(r['sem'] or 0.0):.3f} | "
+                     f"{'-' if gap is None else f'{100 * gap:.0f} %'} |")
+    return lines
 
 
 def targets(methods: dict) -> dict:
@@ -69,6 +100,10 @@ def markdown(summary: dict, evaluation: dict, command: str) -> str:
              "(embedding the references included where the method needs them).", "",
              format_table(evaluation), "",
              "Targets: " + ", ".join(f"{k} **{v}**" for k, v in t.items()), "",
+             "The prior's conditioning on the same dataset, config and budget (AdaNorm is what ships; "
+             "ADALoRA is LoRA Diffusion's, gated is its zero-initialised gate):", "",
+             "| prior conditioning | identity similarity | std. error | gap closed |", "| --- | --- | --- | --- |",
+             *conditioning_table(summary["conditioning"]), "",
              "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), "",
              "Picture: `benchmarks/miniature.png` (reference glyphs of held-out families, then what each method "
              "drew).", ""]
@@ -90,11 +125,12 @@ def replace_section(results: Path, text: str) -> None:
 def write_report(paths, scale, timings: dict, results_dir: Path | None,
                  command: str = "make miniature") -> dict:
     evaluation = json.loads((paths.eval / "evaluate.json").read_text())
-    summary = summarize(evaluation, timings, scale)
+    summary = summarize(evaluation, timings, scale, paths.eval)
     write_text_atomic(paths.work / "miniature.json", json.dumps(summary, indent=1) + "\n")
     print(format_table(evaluation))
     print("targets: " + json.dumps(summary["targets"]))
     if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(results_dir / "miniature.json", json.dumps(summary, indent=1) + "\n")
         shutil.copyfile(paths.eval / "grid.png", results_dir / "miniature.png")
         replace_section(results_dir / "RESULTS.md", markdown(summary, evaluation, command))

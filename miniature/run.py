@@ -31,7 +31,10 @@ from .font_list import FONT_LIST_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("fonts", "base", "encoder", "identities", "collect", "dataset", "hypernet", "evaluate", "report", "ship")
-ENCODER_NAME = "typeface"  # the recognition model's folder: the name hypernets record and nodes list
+ENCODER_NAME = "typeface"
+# The prior's conditioning as the papers have it, against the shipped AdaNorm (issue 17's re-test).
+CONDITIONING_VARIANTS = {"adalora": {"conditioning": "adalora", "adalora_gate": False},
+                         "adalora_gated": {"conditioning": "adalora", "adalora_gate": True}}  # the recognition model's folder: the name hypernets record and nodes list
 
 
 @dataclass(frozen=True)
@@ -43,16 +46,17 @@ class Scale:
     base_steps: int | None = None
     encoder_steps: int = 600
     glyph_size: int = 16
-    layout: str = "tiny-attn-r4"
-    collect_steps: int = 120
-    collect_lr: float = 3e-3
+    layout: str = "tiny-attn-r2"  # rank 2: the shipped hypernet has to fit beside the base model
+    collect_steps: int = 80
+    collect_lr: float = 1e-2
     collect_batch: int = 4
+    collect_eval_draws: int = 1
     identities_per_step: int = 32
     workers: int = 2
     hypernet_config: dict = field(default_factory=lambda: {
-        "preset": "default", "autoencoder": {"kind": "mlp", "latent_dim": 16, "hidden": 12, "blocks": 1,
+        "preset": "default", "autoencoder": {"kind": "mlp", "latent_dim": 16, "hidden": 8, "blocks": 1,
                                              "kl_weight": 0.001},
-        "prior": {"width": 128, "blocks": 3, "conditioning": "adanorm"},
+        "prior": {"width": 64, "blocks": 2, "conditioning": "adanorm"},
         "ae_steps": 1500, "ae_batch": 64, "prior_steps": 3000, "prior_batch": 128, "prior_lr": 1e-3,
         "checkpoint_every": 500})
     dataset_heldout: float = 0.1
@@ -60,13 +64,14 @@ class Scale:
     seeds: tuple[int, ...] = (0, 1)
     sample_steps: int = 20
     refine_steps: int = 20
-    refine_lr: float = 3e-3
+    refine_lr: float = 1e-2  # collect's: Refine continues the same kind of training
 
 
 SCALES = {
     "full": Scale(),
     "ci": Scale(base_preset="ci", encoder_steps=4, collect_steps=6, identities_per_step=2, workers=1,
                 hypernet_config={"preset": "tiny", "autoencoder": {"latent_dim": 8, "hidden": 8},
+                                 "prior": {"width": 32, "blocks": 1, "conditioning": "adanorm"},
                                  "ae_steps": 20, "prior_steps": 20, "checkpoint_every": 10},
                 dataset_heldout=0.2, prompts="AaBb", seeds=(0,), sample_steps=4, refine_steps=2),
 }
@@ -162,6 +167,7 @@ class Pipeline:
                     "--layout", s.layout, "--out", str(self.p.collection / split), "--steps", str(s.collect_steps),
                     "--learning-rate", str(s.collect_lr), "--batch", str(s.collect_batch), "--seed", "0",
                     "--identities-per-step", str(s.identities_per_step), "--workers", str(s.workers),
+                    "--eval-draws", str(s.collect_eval_draws),
                     "--init", str(start), "--threads", "1", "--quiet"]
             run_command(args, self.logs / f"collect_{split}.log", f"collect ({split})")
 
@@ -172,30 +178,52 @@ class Pipeline:
                      str(self.p.dataset), "--heldout", str(self.scale.dataset_heldout)],
                     self.logs / "dataset.log", "dataset")
 
-    def hypernet(self):
-        if self.p.hypernet.is_file():
-            return
-        config = self.p.work / "hypernet_config.json"
-        config.write_text(json.dumps(self.scale.hypernet_config, indent=1))
-        args = ["-m", "hypernet", "train", "--data", str(self.p.dataset), "--out", str(self.p.hypernet),
-                "--config", str(config), "--quiet"]
-        if Path(str(self.p.hypernet) + ".resume").exists():
-            args.append("--resume")
-        run_command(args, self.logs / "hypernet.log", "hypernet")
-
-    def evaluate(self):
-        s = self.scale
-        out = self.p.eval / "evaluate.json"
+    def train_hypernet(self, out: Path, config: dict, log: str) -> None:
         if out.is_file():
             return
+        config_file = out.with_suffix(".config.json")
+        config_file.write_text(json.dumps(config, indent=1))
+        args = ["-m", "hypernet", "train", "--data", str(self.p.dataset), "--out", str(out), "--config",
+                str(config_file), "--quiet"]
+        if Path(str(out) + ".resume").exists():
+            args.append("--resume")
+        run_command(args, self.logs / log, log.removesuffix(".log"))
+
+    def hypernet(self):
+        self.train_hypernet(self.p.hypernet, self.scale.hypernet_config, "hypernet.log")
+
+    def evaluate_args(self, hypernet: Path, out: Path, methods: str | None = None) -> list[str]:
+        s = self.scale
         args = ["-m", "hypernet", "evaluate-images", "--base", str(self.p.base),
                 "--identities", str(self.p.collection / "heldout"), "--embedding-model", str(self.p.recognizer),
-                "--aligned-crops", "--train-collection", str(self.p.collection / "train"),
-                "--hypernet", str(self.p.hypernet), "--refine-steps", str(s.refine_steps),
-                "--learning-rate", str(s.refine_lr), "--prompts", *s.prompts,
-                "--seeds", *map(str, s.seeds), "--sample-steps", str(s.sample_steps),
-                "--json", str(out), "--grid", str(self.p.eval / "grid.png"), "--grid-identities", "8", "--threads", "1"]
-        run_command(args, self.logs / "evaluate.log", "evaluate")
+                "--aligned-crops", "--hypernet", str(hypernet), "--prompts", *s.prompts,
+                "--seeds", *map(str, s.seeds), "--sample-steps", str(s.sample_steps), "--json", str(out),
+                "--threads", "1"]
+        if methods:
+            return args + ["--methods", methods, "--quiet"]
+        return args + ["--train-collection", str(self.p.collection / "train"), "--refine-steps", str(s.refine_steps),
+                       "--learning-rate", str(s.refine_lr), "--grid", str(self.p.eval / "grid.png"),
+                       "--grid-identities", "8"]
+
+    def evaluate(self):
+        """Every method on the held-out families; on the other core meanwhile, the prior's
+        conditioning variants (the paper's ADALoRA, gated and not, against our AdaNorm): each its
+        own hypernet from the same dataset and config, scored the same way."""
+        self.p.eval.mkdir(parents=True, exist_ok=True)
+        out = self.p.eval / "evaluate.json"
+        main = None if out.is_file() else start(self.evaluate_args(self.p.hypernet, out), self.logs / "evaluate.log")
+        for name, prior in CONDITIONING_VARIANTS.items():
+            variant = self.p.eval / f"conditioning_{name}.json"
+            if variant.is_file():
+                continue
+            config = json.loads(json.dumps(self.scale.hypernet_config))
+            config["prior"] = {**config.get("prior", {}), **prior}
+            hypernet = self.p.work / f"hypernet_{name}.safetensors"
+            self.train_hypernet(hypernet, config, f"hypernet_{name}.log")
+            run_command(self.evaluate_args(hypernet, variant, "hypernet"), self.logs / f"evaluate_{name}.log",
+                        f"evaluate ({name})")
+        if main is not None:
+            wait(main, self.logs / "evaluate.log", "evaluate")
 
     def report(self):
         from .report import write_report

@@ -202,7 +202,7 @@ def typeface(info: dict) -> Graph:
     g.link(glyphs, "MODEL", apply, "model")
     g.link(decode, "lora", apply, "lora")
     prompt = g.add("LoraHypernetGlyphPrompt", (1140, 310), [TYPEFACE["characters"]], size=(320, 100))
-    g.link(glyphs, "glyph_text", prompt, "glyph_text")
+    g.link(glyphs, "glyph text", prompt, "glyph_text")
     for row, (model, label, title) in enumerate(((apply, "hypernet", "With the typeface's LoRA"),
                                                  (glyphs, "base", "Base model, same seed"))):
         y = row * 420
@@ -218,7 +218,7 @@ def typeface(info: dict) -> Graph:
         sheet = g.add("LoraHypernetGlyphSheet", (1900, y + 100), [0, 4], size=(260, 100))
         g.link(vae_decode, "IMAGE", sheet, "images")
         save = g.add("SaveImage", (2200, y), [f"lora_hypernet/typeface_{label}"], title=title, size=(900, 200))
-        g.link(sheet, "image", save, "images")
+        g.link(sheet, "IMAGE", save, "images")
     return g
 
 

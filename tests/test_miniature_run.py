@@ -17,7 +17,6 @@ from safetensors import safe_open
 import font_support
 from comfy_support import REPO
 
-pytestmark = pytest.mark.comfy
 
 
 def run_miniature(work: Path, font_list: Path, models: Path, results: Path, *extra: str):

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="train K identities together: each step draws --batch images per identity and runs one "
                             "batched forward/backward, every sample seeing only its identity's LoRA; each LoRA is "
                             "as if trained alone. Faster for small latents (glyphs); no --class-images (default: 1)")
+    train.add_argument("--eval-draws", type=int, default=DEFAULTS.eval_draws, metavar="N",
+                       help="fixed noise/timestep draws per image behind the reported losses (default: %(default)s)")
     train.add_argument("--resolution", type=int, default=DEFAULTS.resolution,
                        help="training resolution in pixels (default: %(default)s)")
     train.add_argument("--seed", type=int, default=DEFAULTS.seed,
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainingSettings(
         steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch, resolution=args.resolution,
         seed=args.seed, caption_template=args.caption_template, token=args.token,
-        class_images=class_image_files(args.class_images))
+        class_images=class_image_files(args.class_images), eval_draws=args.eval_draws)
     result = collect(args.src, args.base, args.layout, args.out, settings=settings, workers=args.workers,
                      ray=args.ray, init_lora=args.init, face_model=args.face_model, preload=tuple(args.preload),
                      threads=args.threads, link_photos=not args.copy, progress=not args.quiet,

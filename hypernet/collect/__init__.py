@@ -9,6 +9,7 @@ Output: the collection `python -m hypernet dataset` reads (data.builder's input 
     OUT/<identity>/lora.safetensors     kohya LoRA of the layout, trained on the base model
     OUT/<identity>/<photos, captions>   the identity's photos (hard links, or copies) and .txt files
     OUT/<identity>/embedding.safetensors  the photos' ArcFace embeddings, when a face model is given
+                                          (else the source folder's own embedding file, when it has one)
     OUT/<identity>/collect.json         the record: steps, final and base loss, seed, base-model
                                         SHA-256, seconds, and the settings it was trained with
     OUT/collect_run.json                the last run: settings, counts and every failure's reason

@@ -67,7 +67,7 @@ class TrainerHost:
             steps=spec.settings.steps, learning_rate=spec.settings.learning_rate,
             batch_size=spec.settings.batch_size, resolution=spec.settings.resolution, seed=spec.settings.seed,
             caption_template=spec.settings.caption_template, token=spec.settings.token,
-            class_images=tuple(spec.settings.class_images))
+            class_images=tuple(spec.settings.class_images), eval_draws=spec.settings.eval_draws)
         self.layout = Layout.from_dict(spec.layout)
         self.trainer = package.IdentityTrainer(spec.base_checkpoint, self.layout, settings)
         self.init_lora = lora_to_state_dict(read_lora(spec.init_lora)) if spec.init_lora else None
@@ -203,6 +203,10 @@ def _write_folder(job: IdentityJob, spec: RunSpec, weights, embedding, record: d
         if embedding is not None:
             save_safetensors_atomic({"embedding": embedding}, partial / EMBEDDING_FILE,
                                     {"embedding_model": host.face.name})
+        elif job.photos and (Path(job.photos[0]).parent / EMBEDDING_FILE).is_file():
+            # An embedding the identity folder already has (the miniature's typeface embeddings,
+            # a collection made elsewhere) travels with it, so `dataset` needs no face model.
+            shutil.copyfile(Path(job.photos[0]).parent / EMBEDDING_FILE, partial / EMBEDDING_FILE)
         (partial / RECORD_FILE).write_text(json.dumps(record, indent=1))
         os.rename(partial, final)
     finally:

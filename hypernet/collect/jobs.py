@@ -36,9 +36,12 @@ class TrainingSettings:
     caption_template: str = DEFAULT_TEMPLATE
     token: str = DEFAULT_TOKEN
     class_images: tuple[str, ...] = ()
+    # The reported losses average this many fixed noise/timestep draws per image (the base
+    # model's, the start's, the result's): 62 glyphs x 4 draws x 3 cost as much as training.
+    eval_draws: int = 4
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "resolution"):
+        for name in ("steps", "batch_size", "resolution", "eval_draws"):
             if int(getattr(self, name)) < 1:
                 raise HypernetError(f"--{name.replace('_', '-')} must be 1 or more, not {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -85,6 +85,8 @@ PRESETS = {
     "sdxl-attn-r4": dict(unet="sdxl", rank=4, projections=("q", "k", "v", "out")),
     "sdxl-qv-r1": dict(unet="sdxl", rank=1, projections=("q", "v")),
     "tiny-attn-r4": dict(unet="tiny-sdxl", rank=4, projections=("q", "k", "v", "out")),
+    # The typeface miniature's identity LoRAs: rank 2 keeps its shipped hypernet small (issue 17).
+    "tiny-attn-r2": dict(unet="tiny-sdxl", rank=2, projections=("q", "k", "v", "out")),
     # For synthetic benchmarks of a mid-size vector: the tiny UNet's 88 attention modules at rank 6.
     "synth-100k": dict(unet="tiny-sdxl", rank=6, projections=("q", "k", "v", "out")),
 }
@@ -92,7 +94,7 @@ PRESETS = {
 
 def preset(name: str) -> Layout:
     """A named layout: `sdxl-attn-r4` has 560 modules and 5,806,080 values, `sdxl-qv-r1` 280 and
-    725,760, `tiny-attn-r4` 88 and 66,560, `synth-100k` 88 and 99,840, `sd15-w2w` 64 and 99,648,
+    725,760, `tiny-attn-r4` 88 and 66,560, `tiny-attn-r2` 88 and 33,280, `synth-100k` 88 and 99,840, `sd15-w2w` 64 and 99,648,
     `sd15-attn-r4` 128 and 797,184, `tiny-sd15-w2w` 64 and 10,272."""
     if name not in PRESETS:
         raise ValueError(f"unknown layout preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
