@@ -61,8 +61,8 @@ class Scale:
         "checkpoint_every": 500})
     dataset_heldout: float = 0.1
     prompts: str = "AaBbEeGgKkMmRr38"
-    seeds: tuple[int, ...] = (0, 1)
-    sample_steps: int = 20
+    seeds: tuple[int, ...] = (0,)
+    sample_steps: int = 12
     refine_steps: int = 20
     refine_lr: float = 1e-2  # collect's: Refine continues the same kind of training
 
@@ -192,38 +192,48 @@ class Pipeline:
     def hypernet(self):
         self.train_hypernet(self.p.hypernet, self.scale.hypernet_config, "hypernet.log")
 
-    def evaluate_args(self, hypernet: Path, out: Path, methods: str | None = None) -> list[str]:
+    def evaluate_args(self, hypernet: Path, identities: Path, out: Path, methods: str | None = None,
+                      grid: bool = False) -> list[str]:
         s = self.scale
-        args = ["-m", "hypernet", "evaluate-images", "--base", str(self.p.base),
-                "--identities", str(self.p.collection / "heldout"), "--embedding-model", str(self.p.recognizer),
-                "--aligned-crops", "--hypernet", str(hypernet), "--prompts", *s.prompts,
-                "--seeds", *map(str, s.seeds), "--sample-steps", str(s.sample_steps), "--json", str(out),
-                "--threads", "1"]
+        args = ["-m", "hypernet", "evaluate-images", "--base", str(self.p.base), "--identities", str(identities),
+                "--embedding-model", str(self.p.recognizer), "--aligned-crops", "--hypernet", str(hypernet),
+                "--prompts", *s.prompts, "--seeds", *map(str, s.seeds), "--sample-steps", str(s.sample_steps),
+                "--json", str(out), "--threads", "1"]
         if methods:
             return args + ["--methods", methods, "--quiet"]
-        return args + ["--train-collection", str(self.p.collection / "train"), "--refine-steps", str(s.refine_steps),
-                       "--learning-rate", str(s.refine_lr), "--grid", str(self.p.eval / "grid.png"),
-                       "--grid-identities", "8"]
+        args += ["--train-collection", str(self.p.collection / "train"), "--refine-steps", str(s.refine_steps),
+                 "--learning-rate", str(s.refine_lr)]
+        return args + (["--grid", str(self.p.eval / "grid.png"), "--grid-identities", "8"] if grid else [])
+
+    def evaluate_split(self, out: Path, name: str, hypernet: Path, methods: str | None = None) -> None:
+        """One evaluate-images per core over disjoint parts of the held-out families, merged."""
+        from .eval_parts import merge_files, split_identities
+        if out.is_file():
+            return
+        parts = split_identities(self.p.collection / "heldout", self.p.eval / "parts", self.scale.workers)
+        jsons, procs = [], []
+        for i, part in enumerate(parts):
+            part_json = self.p.eval / f"{name}.part-{i}.json"
+            jsons.append(part_json)
+            if not part_json.is_file():
+                log = self.logs / f"{name}.part-{i}.log"
+                procs.append((start(self.evaluate_args(hypernet, part, part_json, methods, grid=i == 0), log), log))
+        for proc, log in procs:
+            wait(proc, log, name)
+        merge_files(jsons, out)
 
     def evaluate(self):
-        """Every method on the held-out families; on the other core meanwhile, the prior's
-        conditioning variants (the paper's ADALoRA, gated and not, against our AdaNorm): each its
-        own hypernet from the same dataset and config, scored the same way."""
+        """Every method on the held-out families, then the prior's conditioning variants (the
+        paper's ADALoRA, gated and not, against our AdaNorm): each its own hypernet from the same
+        dataset and config, scored the same way."""
         self.p.eval.mkdir(parents=True, exist_ok=True)
-        out = self.p.eval / "evaluate.json"
-        main = None if out.is_file() else start(self.evaluate_args(self.p.hypernet, out), self.logs / "evaluate.log")
+        self.evaluate_split(self.p.eval / "evaluate.json", "evaluate", self.p.hypernet)
         for name, prior in CONDITIONING_VARIANTS.items():
-            variant = self.p.eval / f"conditioning_{name}.json"
-            if variant.is_file():
-                continue
             config = json.loads(json.dumps(self.scale.hypernet_config))
             config["prior"] = {**config.get("prior", {}), **prior}
             hypernet = self.p.work / f"hypernet_{name}.safetensors"
             self.train_hypernet(hypernet, config, f"hypernet_{name}.log")
-            run_command(self.evaluate_args(hypernet, variant, "hypernet"), self.logs / f"evaluate_{name}.log",
-                        f"evaluate ({name})")
-        if main is not None:
-            wait(main, self.logs / "evaluate.log", "evaluate")
+            self.evaluate_split(self.p.eval / f"conditioning_{name}.json", f"evaluate_{name}", hypernet, "hypernet")
 
     def report(self):
         from .report import write_report

@@ -261,3 +261,18 @@ def test_train_command_ci_size_writes_a_loadable_file_and_never_overwrites(comfy
     assert again.returncode == 2 and "exists; pass --resume" in again.stderr
     other = train("--resume", "--seed", "1")
     assert other.returncode == 2 and "other fonts or settings" in other.stderr
+
+
+def test_glyph_sheet_lays_a_batch_out_in_rows_enlarged_without_smoothing(comfy, glyph_nodes):
+    images = torch.rand(5, 16, 16, 3)
+    (sheet,) = glyph_nodes.GlyphSheet.execute(images, 2, 3).result
+    # 3 rows of 2 cells, 1 px grey gaps, every pixel repeated 3 x 3 times
+    assert sheet.shape == (1, 3 * 17 * 3, 2 * 17 * 3, 3)
+    cell = sheet[0, 17 * 3:17 * 3 + 16 * 3, 0:16 * 3]  # second row, first column: glyph 2
+    torch.testing.assert_close(cell[::3, ::3], images[2])
+    torch.testing.assert_close(cell[1::3, 2::3], images[2])
+    assert torch.all(sheet[0, 2 * 17 * 3:2 * 17 * 3 + 48, 17 * 3:17 * 3 + 48] == 0.5)  # the padded sixth cell
+    (row,) = glyph_nodes.GlyphSheet.execute(images, 0, 1).result
+    assert row.shape == (1, 17, 5 * 17, 3)
+    with pytest.raises(ValueError, match="non-empty IMAGE batch"):
+        glyph_nodes.GlyphSheet.execute(torch.rand(0, 16, 16, 3), 0, 1)
