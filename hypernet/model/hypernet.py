@@ -280,4 +280,6 @@ class Hypernet(nn.Module):
                    if cfg.global_encoder else "\n") +
                 f"autoencoder: {cfg.autoencoder.kind}, latent {self.latent_size}, {counts['autoencoder']:,} parameters\n"
                 f"prior: {cfg.prior.kind} {cfg.prior.conditioning}, {cfg.diffusion.prediction}-prediction, "
-                f"{counts['prior']:,} parameters")
+                f"{counts['prior']:,} parameters"
+                + (f"\nsamples with: {cfg.sampler.kind} (chosen in training on validation identities; the prior "
+                   "is not used, every seed gives the same LoRA)" if cfg.sampler.kind != "prior" else ""))
