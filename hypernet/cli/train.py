@@ -17,11 +17,10 @@ from ..pipeline.training import train
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder from `python -m hypernet dataset`")
     parser.add_argument("--out", required=True, help="hypernet checkpoint to write (.safetensors)")
-    parser.add_argument("--config", default=AUTO,
-                        help=f"auto (the default: chosen from the dataset, with a validation split, early stopping "
-                             f"and a choice between the prior, ridge regression and a kernel mean: "
-                             f"hypernet/pipeline/auto_config.py), a preset ({', '.join(PRESETS)}) or a JSON file of "
-                             "overrides (optionally with \"preset\", default preset: default)")
+    parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), auto (chosen from the dataset, with a "
+                                         "validation split, early stopping and a choice between the prior, ridge "
+                                         "regression and a kernel mean: hypernet/pipeline/auto_config.py) or JSON "
+                                         "file of overrides (optionally with \"preset\"); default: default")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--seed", type=int, help="override the config's seed")
