@@ -19,7 +19,7 @@ and > nearest embedding; recon error <= 1.5 x the floor's).
 CPU-sized: layouts are cut from the tiny SDXL UNet's attention (tiny-attn-r4), 400 identities
 by default, and --ae-steps/--prior-steps shorten the preset's training (stated in the table).
 
-    .venv/bin/python benchmarks/bench_robustness.py [--config default] [--ae-steps 600 --prior-steps 1000]
+    .venv/bin/python benchmarks/bench_robustness.py [--config auto|default] [--ae-steps 600 --prior-steps 1000]
         [--cells centre noise-0.5 ...] [--threads 1] [--work DIR] [--write-results]
 """
 from __future__ import annotations
@@ -74,8 +74,9 @@ SMOKE_CELLS = ["centre", "fourier"]
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="default",
-                        help="`train --config`: a preset, a JSON file, or any value train accepts (default: default)")
+    parser.add_argument("--config", default="auto",
+                        help="`train --config`: auto, a preset, a JSON file, or any value train accepts (default: auto, "
+                             "train's own default)")
     parser.add_argument("--ae-steps", type=int, help="shorten the preset: autoencoder steps (needs a preset --config)")
     parser.add_argument("--prior-steps", type=int, help="shorten the preset: prior steps (needs a preset --config)")
     parser.add_argument("--train-args", default="", help="more arguments for `train`, one string (e.g. '--seed 1')")
@@ -156,9 +157,18 @@ def run_cell(name: str, knobs: dict, config: str, args: argparse.Namespace, env:
                                  "--seeds", str(args.seeds), "--steps", str(args.steps))
     result = json.loads(evaluated.stdout)
     result["train_seconds"] = seconds
+    result["chosen"] = chosen_sampler(folder / "hypernet.safetensors")
     if args.work is None:  # the temporary folder is removed anyway; free the disk cell by cell
         shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def chosen_sampler(checkpoint: Path) -> str:
+    """What `train --config auto` chose to sample with (its `auto` record), or "prior" for a preset."""
+    sys.path.insert(0, str(_bench.ROOT))
+    from hypernet.model.checkpoint import read_header
+    auto = read_header(checkpoint)[0].get("auto")
+    return json.loads(auto).get("sampler", "prior") if auto else "prior"
 
 
 def what_differs(name: str, identities: int | None) -> str:
@@ -191,11 +201,12 @@ def row(name: str, identities: int | None, r: dict) -> tuple:
     return (name, what_differs(name, identities), f"{r['count']['train']}/{r['count']['heldout']}",
             f(r["recon"]["rel_err"]), f(floor.get("rel_err")), f"**{r['sampled']['top1']:.3f}**",
             f(base["nearest_embedding"]["top1"]), f(base["mean"]["top1"]), f(ridge), f(r["ceiling"]["top1"]),
-            f(floor.get("top1")), f"{r['train_seconds']:.0f}", meets_targets(r))
+            f(floor.get("top1")), r["chosen"], f"{r['train_seconds']:.0f}", meets_targets(r))
 
 
 HEADER = ("cell", "differs from the centre", "train/held-out", "recon rel err", "floor rel err", "sampled top1",
-          "nearest-emb top1", "mean top1", "ridge top1", "ceiling top1", "floor top1", "train s", "issue-19 targets")
+          "nearest-emb top1", "mean top1", "ridge top1", "ceiling top1", "floor top1", "sampled with", "train s",
+          "issue-19 targets")
 
 
 def main() -> None:

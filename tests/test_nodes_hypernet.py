@@ -1,4 +1,5 @@
 """Hypernet nodes in-process: Load Hypernet, Sample LoRA, Decode LoRA, and their errors."""
+import dataclasses
 import importlib
 import os
 
@@ -104,3 +105,32 @@ def test_a_replaced_file_is_loaded_again_and_wrong_values_get_a_message(nodes, e
         nodes.SampleLoRA.execute(hypernet, {"embedding": [0.0] * 512}, 0, 3, 1.0, 0.0)
     with pytest.raises(errors.HypernetError, match="hypernet input got a str.*Load Hypernet"):
         nodes.SampleLoRA.execute("small.safetensors", None, 0, 3, 1.0, 0.0)
+
+
+def test_a_checkpoint_that_samples_ridge_to_the_lora_works_in_the_nodes(nodes, values, registered):
+    """train --config auto may choose a point sampler (issue 19); the nodes get it through sampling.py."""
+    from hypernet.model.checkpoint import load_hypernet, save_hypernet
+    from hypernet.model.point_samplers import SamplerConfig
+    model = load_hypernet(registered / "small.safetensors")
+    model.config = dataclasses.replace(model.config, offset="ridge")  # ridge samplers live beside the ridge offset
+    model.norm.register_buffer("offset_weight", torch.zeros(512, model.latent_size))
+    model.norm.register_buffer("offset_bias", torch.zeros(model.latent_size))
+    gen = torch.Generator().manual_seed(3)
+    D = SMALL_LAYOUT.num_values
+    tensors = {"ridge_in": torch.randn(512, 6, generator=gen), "ridge_out": 0.01 * torch.randn(6, D, generator=gen),
+               "ridge_bias": 0.01 * torch.randn(D, generator=gen)}
+    model.use_sampler(SamplerConfig("ridge-lora", rank=6), **tensors)
+    save_hypernet(model, registered / "ridge.safetensors", {})
+    try:
+        hypernet, info = nodes.LoadHypernet.execute("ridge.safetensors")
+        first = nodes.SampleLoRA.execute(hypernet, face(values), 11, 5, 1.5, 0.0)[0]
+        other = nodes.SampleLoRA.execute(hypernet, face(values), 12, 3, 3.0, 0.0)[0]
+        assert first.latent.shape == (1, 6) and torch.equal(first.latent, other.latent)  # no noise: no seed
+        (lora,) = nodes.DecodeLoRA.execute(hypernet, first)
+        emb = face(values).embedding[None]
+        expected = (emb @ tensors["ridge_in"]) @ tensors["ridge_out"] + tensors["ridge_bias"]
+        decoded = model.decode_samples(first.latent)
+        assert torch.allclose(decoded, expected, atol=1e-5)
+        assert len(lora.state_dict) == 3 * len(SMALL_LAYOUT) and "samples with: ridge-lora" in info
+    finally:
+        (registered / "ridge.safetensors").unlink()

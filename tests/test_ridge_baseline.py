@@ -14,7 +14,7 @@ from hypernet.lora.vectorize import flatten
 from hypernet.lora.weights import LoraWeights, ModuleWeights
 from hypernet.pipeline.evaluate import ridge_baseline
 from hypernet.pipeline.metrics import compare
-from hypernet.pipeline.ridge import (choose_lambda, ridge_linear_map, ridge_mix, ridge_predict,
+from hypernet.pipeline.ridge import (choose_lambda, ridge_linear_map, ridge_low_rank, ridge_mix, ridge_predict,
                                      validation_split)
 
 LAYOUT = Layout(preset("tiny-attn-r4").modules[:4], "sdxl")
@@ -97,3 +97,19 @@ def test_ridge_baseline_on_a_dataset_folder_chooses_lambda_on_training_identitie
     # lambda depends on the training identities only: other held-out rows give the same lambda
     assert direct["lambda"] == ridge_baseline(train_v, train_e, held_v[:3], held_e[:3], LAYOUT)["lambda"]
     assert direct["top1"] == 1.0 and math.isfinite(direct["lambda"])
+
+
+def test_the_low_rank_ridge_map_is_exact_within_its_rank_and_the_best_truncation_beyond():
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.randn(40, 12, generator=gen), torch.randn(40, 300, generator=gen)
+    new = torch.randn(6, 12, generator=gen)
+    lam = 0.3
+    a, b, bias = ridge_low_rank(x, y, lam, max_rank=64)
+    assert a.shape == (12, 12) and b.shape == (12, 300)  # the map's rank is at most the face size
+    assert torch.allclose((new @ a) @ b + bias, ridge_predict(x, y, new, lam), atol=1e-4)
+    # truncated to rank 4: the coefficients are the full map's best rank-4 approximation
+    full, _ = ridge_linear_map(x, y, lam)
+    a4, b4, bias4 = ridge_low_rank(x, y, lam, max_rank=4)
+    u, s, vh = torch.linalg.svd(full.double())
+    assert torch.allclose((a4 @ b4).double(), (u[:, :4] * s[:4]) @ vh[:4], atol=1e-4)
+    assert torch.allclose(bias4, y.mean(0) - x.mean(0) @ (a4 @ b4), atol=1e-4)

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder from `python -m hypernet dataset`")
     parser.add_argument("--out", required=True, help="hypernet checkpoint to write (.safetensors)")
     parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), auto (chosen from the dataset, with a "
-                                         "validation split and early stopping: hypernet/pipeline/auto_config.py) or "
-                                         "JSON file of overrides (optionally with \"preset\"); default: default")
+                                         "validation split, early stopping and a choice between the prior, ridge "
+                                         "regression and a kernel mean: hypernet/pipeline/auto_config.py) or JSON "
+                                         "file of overrides (optionally with \"preset\"); default: default")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--seed", type=int, help="override the config's seed")
@@ -56,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
               + (", stopped on a plateau" if early.get("stopped") else ""))
     if "auto" in metadata:
         auto = json.loads(metadata["auto"])
-        print(f"auto: temperature {auto['temperature']:g}, guidance {auto['guidance']:g}; {auto['statement']}")
+        print(f"auto: samples with {auto['sampler']}; {auto['statement']}")
     return 0

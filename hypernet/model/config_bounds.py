@@ -90,6 +90,10 @@ def _size_fields(config: HypernetConfig) -> list[tuple[str, object]]:
     if config.prior.conditioning == "adalora":
         fields.append(("prior.adalora_rank", config.prior.adalora_rank))
     fields += [(f"autoencoder.{f}", getattr(config.autoencoder, f)) for f in AUTOENCODER_SIZES[config.autoencoder.kind]]
+    if config.sampler.kind == "kernel":
+        fields.append(("sampler.rows", config.sampler.rows))
+    if config.sampler.kind == "ridge-lora":
+        fields.append(("sampler.rank", config.sampler.rank))
     return fields
 
 

@@ -9,13 +9,17 @@ the papers; hypernet/pipeline/auto_config.py) live in the config, because they c
 sample is: `offset` "ridge" means the prior models the residual of the latent around a linear
 (ridge) map of the face embedding, stored as norm.offset_weight [E, m] and norm.offset_bias [m],
 which sampling adds back; `temperature` scales the starting noise of DDIM (1: the prior's own
-spread; 0: its deterministic, mean-like answer). Both are written only when they differ from
-"none" and 1.0, so older checkpoints keep their config JSON and load unchanged.
+spread; 0: its deterministic, mean-like answer). A third, `sampler`, says what answers a face
+at all: the prior (the default), or a point sampler that replaces it where the prior did worse
+on the validation split (point_samplers.py: the ridge map alone, ridge regression to the LoRA
+itself, or a kernel mean of training latents; their tensors live under norm.). All three are
+written only when they differ from "none", 1.0 and "prior", so older checkpoints keep their
+config JSON and load unchanged.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -29,10 +33,12 @@ from ..errors import HypernetError
 from ..lora.layout import Layout
 from .denoisers import build_denoiser
 from ..common.messages import brief, one_line
+from .point_samplers import SamplerConfig, kernel_mean
 from .prior_config import PriorConfig
+from ..lora.vectorize import Normalizer
 
 OFFSETS = ("none", "ridge")
-from ..lora.vectorize import Normalizer
+POINT_BUFFERS = ("kernel_keys", "kernel_latents", "ridge_in", "ridge_out", "ridge_bias")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class HypernetConfig:
     global_encoder: dict | None = None
     offset: str = "none"  # "none" or "ridge" (see the module docstring)
     temperature: float = 1.0
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self):
         check_condition(self.condition)
@@ -61,6 +68,10 @@ class HypernetConfig:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not 0 <= self.temperature <= 1:
             raise HypernetError(f"temperature must be a number between 0 and 1, not {brief(self.temperature)}")
+        if self.sampler.kind == "ridge" and self.offset != "ridge":
+            raise HypernetError("sampler 'ridge' needs offset 'ridge': the ridge map is the offset")
+        if self.sampler.kind == "kernel" and self.condition != "face":
+            raise HypernetError(f"sampler 'kernel' needs condition 'face', not {brief(self.condition)}")
         if not 1 <= self.embedding_dim <= 65536:
             raise HypernetError(f"embedding_dim {brief(self.embedding_dim)} is out of range")
         if not needs_global(self.condition):
@@ -88,6 +99,8 @@ class HypernetConfig:
             data["offset"] = self.offset
         if self.temperature != 1.0:
             data["temperature"] = self.temperature
+        if self.sampler.kind != "prior":
+            data["sampler"] = self.sampler.to_dict()
         return data
 
     @classmethod
@@ -99,6 +112,7 @@ class HypernetConfig:
                        global_dim=int(data.get("global_dim", 0)),
                        global_encoder=dict(encoder) if isinstance(encoder, dict) else encoder,
                        offset=data.get("offset", "none"), temperature=data.get("temperature", 1.0),
+                       sampler=SamplerConfig.from_dict(data.get("sampler", {})),
                        autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
@@ -133,6 +147,19 @@ class Hypernet(nn.Module):
         if config.offset == "ridge":
             self.norm.register_buffer("offset_weight", torch.zeros(config.embedding_dim, self.latent_size))
             self.norm.register_buffer("offset_bias", torch.zeros(self.latent_size))
+        self._sampler_buffers(config.sampler)
+
+    def _sampler_buffers(self, sampler: SamplerConfig) -> None:
+        """Register the point sampler's tensors (zeros; training or loading fills them), drop others'."""
+        sizes = {"kernel": {"kernel_keys": (sampler.rows, self.config.embedding_dim),
+                            "kernel_latents": (sampler.rows, self.latent_size)},
+                 "ridge-lora": {"ridge_in": (self.config.embedding_dim, sampler.rank),
+                                "ridge_out": (sampler.rank, self.config.layout.num_values),
+                                "ridge_bias": (self.config.layout.num_values,)}}
+        for name in POINT_BUFFERS:
+            self.norm._buffers.pop(name, None)
+        for name, shape in sizes.get(sampler.kind, {}).items():
+            self.norm.register_buffer(name, torch.zeros(shape, device=self.norm.mean.device))
 
     @property
     def layout(self) -> Layout:
@@ -159,6 +186,40 @@ class Hypernet(nn.Module):
         if self.config.offset == "none":
             return None
         return cond @ self.norm.offset_weight + self.norm.offset_bias
+
+    def point_latents(self, cond: torch.Tensor) -> torch.Tensor | None:
+        """The point sampler's latents for condition rows [n, E]; None when the prior samples."""
+        sampler = self.config.sampler
+        if sampler.kind == "ridge":
+            return self.latent_offset(cond)
+        if sampler.kind == "kernel":
+            return kernel_mean(cond, self.norm.kernel_keys, self.norm.kernel_latents, sampler.k, sampler.tau)
+        if sampler.kind == "ridge-lora":
+            return cond @ self.norm.ridge_in
+        return None
+
+    @property
+    def sample_size(self) -> int:
+        """Width of what sample_latents returns: the latent size, or the rank of a ridge-lora map."""
+        return self.config.sampler.rank if self.config.sampler.kind == "ridge-lora" else self.latent_size
+
+    @torch.no_grad()
+    def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """What sample_latents returned [n, sample_size] -> flat vectors [n, D] on the CPU (aligned factors)."""
+        if self.config.sampler.kind != "ridge-lora":
+            return self.decode_latents(samples)
+        if samples.dim() != 2 or samples.shape[1] != self.sample_size:
+            raise HypernetError(f"samples must have shape [n, {self.sample_size}], not {tuple(samples.shape)}")
+        samples = samples.to(self._device()).float()
+        return (samples @ self.norm.ridge_out + self.norm.ridge_bias).cpu()
+
+    def use_sampler(self, sampler: SamplerConfig, **tensors: torch.Tensor) -> None:
+        """Switch what answers a face: the config, and the point sampler's tensors by name
+        (kernel: kernel_keys, kernel_latents; ridge-lora: ridge_in, ridge_out, ridge_bias)."""
+        self.config = replace(self.config, sampler=sampler)  # validates the combination
+        self._sampler_buffers(sampler)
+        for name, tensor in tensors.items():
+            getattr(self.norm, name).copy_(tensor)
 
     def prepare(self, vectors: torch.Tensor) -> torch.Tensor:
         """Canonical vectors [n, D] -> aligned and normalised: what the autoencoder sees."""
@@ -219,4 +280,6 @@ class Hypernet(nn.Module):
                    if cfg.global_encoder else "\n") +
                 f"autoencoder: {cfg.autoencoder.kind}, latent {self.latent_size}, {counts['autoencoder']:,} parameters\n"
                 f"prior: {cfg.prior.kind} {cfg.prior.conditioning}, {cfg.diffusion.prediction}-prediction, "
-                f"{counts['prior']:,} parameters")
+                f"{counts['prior']:,} parameters"
+                + (f"\nsamples with: {cfg.sampler.kind} (chosen in training on validation identities; the prior "
+                   "is not used, every seed gives the same LoRA)" if cfg.sampler.kind != "prior" else ""))

@@ -12,13 +12,23 @@ By rule, from the dataset (`auto_train_config`):
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
   linear map explains needs no learning and an untrained or early-stopped prior still gives it.
 
-On the validation split, after training (`choose_sampling`): the temperature (1, 0.5 or 0 times
-the starting noise) whose samples retrieve the validation identities best (top-1, then delta-W
-error) at the guidance every caller uses by default (sampling.DEFAULT_GUIDANCE: the node, `sample`
-and `evaluate` then sample what was validated), compared with ridge regression from the face to the LoRA on the
-same split. When the hypernet does not beat ridge there, training says so in one line and
-records it in the checkpoint (`auto` metadata), and the checkpoint keeps the choice that came
-closest.
+On the validation split, after training (`choose_sampling`), candidates for what answers a face
+are scored by how well their LoRAs retrieve the validation identities (top-1, then delta-W
+error), the best is kept and all scores are recorded in the checkpoint (`auto` metadata):
+
+- the trained prior at temperature 1, 0.5 or 0 times the starting noise, at the guidance every
+  caller uses by default (sampling.DEFAULT_GUIDANCE: the node, `sample` and `evaluate` then
+  sample what was validated);
+- "ridge": the prior's ridge offset alone, its residual switched off;
+- "ridge-lora": ridge regression from the face to the LoRA itself (evaluate's baseline, not
+  limited by the autoencoder's reconstruction error), stored low-rank;
+- "kernel": the softmax-weighted mean of the latents of the k most similar training faces
+  (k 1: the nearest training identity), for a grid of k and softmax temperatures.
+
+A point sampler (ridge, kernel) chosen on the fit identities is then refitted on all training
+identities, fit and validation (point_samplers.py). The candidates are compared with ridge
+regression from the face to the LoRA (evaluate's baseline) on the same split; when none beats
+it, training says so in one line and records it, and the checkpoint keeps the best candidate.
 """
 from __future__ import annotations
 
@@ -29,14 +39,23 @@ import torch
 
 from ..data.dataset import LoraDataset
 from ..model.hypernet import Hypernet
-from .evaluate import ridge_baseline
+from ..model.point_samplers import SamplerConfig, kernel_mean
+from ..lora.alignment import align
+from .evaluate import delta_rel_err
 from .metrics import compare
+from .ridge import choose_lambda, ridge_linear_map, ridge_low_rank
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_latents
 from .train_config import PRESETS, TrainConfig, _merge
 
 MLP_LIMIT = 400_000
 TEMPERATURES = (1.0, 0.5, 0.0)
-GUIDANCES = (DEFAULT_GUIDANCE,)
+# Kernel grid: neighbours averaged, and softmax temperatures on the cosine similarity (random
+# 512-d faces lie at cosine 0 +- 0.04, neighbours on a face manifold far closer).
+KERNEL_KS = (1, 4, 16, 64)
+KERNEL_TAUS = (0.01, 0.03, 0.1, 1.0)
+# Rank of a stored ridge-lora map: 256 x D values, about what the dense autoencoder's two outer
+# layers hold; a 512-d face allows rank 512, whose second half carries little on our collections.
+RIDGE_LORA_RANK = 256
 
 
 def _nearest_power_of_two(value: float) -> int:
@@ -64,36 +83,89 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
     return TrainConfig.from_dict(base), reasons
 
 
+def _candidates(model: Hypernet, fit_latents: torch.Tensor, fit_face: torch.Tensor, cond: torch.Tensor):
+    """(name, what it changes, a function giving the validation latents) for every candidate."""
+    for temperature in TEMPERATURES:
+        def prior(temperature=temperature):
+            model.config = dataclasses.replace(model.config, temperature=temperature)
+            return sample_latents(model, cond, seed=0, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE)
+        yield f"prior, temperature {temperature:g}", ("prior", temperature), prior
+    if model.config.offset == "ridge":
+        yield "ridge", ("ridge",), lambda: model.latent_offset(cond)
+    for k in sorted({min(k, len(fit_latents)) for k in KERNEL_KS}):
+        for tau in (KERNEL_TAUS if k > 1 else KERNEL_TAUS[:1]):  # one neighbour: tau changes nothing
+            yield (f"kernel, k {k}, tau {tau:g}", ("kernel", k, tau),
+                   lambda k=k, tau=tau: kernel_mean(cond, fit_face, fit_latents, k, tau))
+
+
+def _ridge_lora(face: torch.Tensor, vectors: torch.Tensor, layout) -> dict[str, torch.Tensor]:
+    """The ridge-lora sampler's tensors: ridge face -> LoRA (aligned factors), lambda chosen by
+    delta-W error on a split of these rows as evaluate's baseline chooses it."""
+    lam, _ = choose_lambda(face, vectors, lambda p, t: delta_rel_err(p, t, layout))
+    a, b, bias = ridge_low_rank(face, vectors, lam, RIDGE_LORA_RANK)
+    return {"ridge_in": a, "ridge_out": b, "ridge_bias": bias}
+
+
+def _apply(model: Hypernet, choice: tuple, face: torch.Tensor, latents: torch.Tensor,
+           vectors: torch.Tensor) -> None:
+    """Make the checkpoint sample the chosen candidate; a point sampler learns from all training rows."""
+    model.config = dataclasses.replace(model.config, temperature=choice[1] if choice[0] == "prior" else 1.0)
+    if choice[0] == "ridge":
+        lam, _ = choose_lambda(face, latents, lambda p, t: float((p - t).square().mean()))
+        weight, bias = ridge_linear_map(face, latents, lam)
+        model.norm.offset_weight.copy_(weight)
+        model.norm.offset_bias.copy_(bias)
+        model.use_sampler(SamplerConfig("ridge"))
+    elif choice[0] == "ridge-lora":
+        tensors = _ridge_lora(face.cpu(), vectors, model.layout)
+        model.use_sampler(SamplerConfig("ridge-lora", rank=tensors["ridge_in"].shape[1]), **tensors)
+    elif choice[0] == "kernel":
+        model.use_sampler(SamplerConfig("kernel", k=choice[1], tau=choice[2], rows=len(latents)),
+                          kernel_keys=face, kernel_latents=latents)
+
+
 @torch.no_grad()
 def choose_sampling(model: Hypernet, fit: tuple[torch.Tensor, torch.Tensor],
                     validation: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Set the model's temperature to the best on the validation rows and return the record:
-    {"temperature", "guidance", "validation": {choice: {top1, rel_err}}, "ridge": {...},
-    "beats_ridge", "statement"}."""
-    val_vectors, val_face = validation
-    scores = {}
-    for temperature in TEMPERATURES:
-        model.config = dataclasses.replace(model.config, temperature=temperature)
-        for guidance in GUIDANCES:
-            latents = sample_latents(model, val_face, seed=0, steps=DEFAULT_STEPS, guidance=guidance)
-            result = compare(model.decode_latents(latents), val_vectors, model.layout)
-            scores[(temperature, guidance)] = {"top1": result["top1"], "rel_err": result["rel_err"]}
-    temperature, guidance = max(scores, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]))
-    model.config = dataclasses.replace(model.config, temperature=temperature)
-    best = scores[(temperature, guidance)]
-    ridge = ridge_baseline(fit[0], fit[1], val_vectors, val_face, model.layout)
-    ridge = {"top1": ridge["top1"], "rel_err": ridge["rel_err"]}
-    beats = (best["top1"], -best["rel_err"]) >= (ridge["top1"], -ridge["rel_err"])
+    """Make the model sample the best candidate on the validation rows and return the record:
+    {"sampler", "temperature", "guidance", "validation": {candidate: {top1, rel_err}}, "ridge",
+    "beats_ridge", "statement"}. `fit`: the fit rows' (aligned vectors, normalised faces)."""
+    (fit_vectors, fit_face), (val_vectors, val_face) = fit, validation
+    device = model.norm.mean.device
+    fit_face, val_face = fit_face.to(device), val_face.to(device)
+    fit_latents = model.encode_vectors(fit_vectors).to(device)
+    cond = model.condition_vectors(val_face, None)
+    scores, choices = {}, {}
+    for name, choice, latents in _candidates(model, fit_latents, fit_face, cond):
+        result = compare(model.decode_latents(latents()), val_vectors, model.layout)
+        scores[name], choices[name] = {"top1": result["top1"], "rel_err": result["rel_err"]}, choice
+    # ridge regression to the LoRA itself: evaluate's baseline, and a candidate like the others
+    ridge = _ridge_lora(fit_face.cpu(), fit_vectors, model.layout)
+    predicted = (val_face.cpu() @ ridge["ridge_in"]) @ ridge["ridge_out"] + ridge["ridge_bias"]
+    result = compare(predicted, val_vectors, model.layout)
+    ridge = scores["ridge-lora"] = {"top1": result["top1"], "rel_err": result["rel_err"]}
+    choices["ridge-lora"] = ("ridge-lora",)
+    best = max(scores, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]))  # ties: the first, the prior
+    all_vectors = torch.cat([fit_vectors, align(val_vectors, model.norm.reference.cpu(), model.layout)])
+    _apply(model, choices[best], torch.cat([fit_face, val_face]),
+           torch.cat([fit_latents, model.encode_vectors(val_vectors).to(device)]), all_vectors)
+    score = scores[best]
+    regression = choices[best][0] in ("ridge", "ridge-lora")
+    beats = not regression and (score["top1"], -score["rel_err"]) > (ridge["top1"], -ridge["rel_err"])
     n = len(val_vectors)  # top-1 moves in steps of 1/n: the counts say how much a difference weighs
-    versus = (f"validation top-1 {best['top1']:.3f} ({round(best['top1'] * n)} of {n} identities; delta-W error "
-              f"{best['rel_err']:.3f}) against ridge regression's {ridge['top1']:.3f} ({round(ridge['top1'] * n)} of "
-              f"{n}; {ridge['rel_err']:.3f})")
+    versus = (f"validation top-1 {score['top1']:.3f} ({round(score['top1'] * n)} of {n} identities; delta-W error "
+              f"{score['rel_err']:.3f}) against ridge regression's {ridge['top1']:.3f} ({round(ridge['top1'] * n)} "
+              f"of {n}; {ridge['rel_err']:.3f})")
     if beats:
-        statement = f"the hypernet beats the ridge baseline on the validation identities: {versus}"
+        statement = f"the hypernet ({best}) beats the ridge baseline on the validation identities: {versus}"
+    elif regression:
+        what = "face -> LoRA" if best == "ridge-lora" else "face -> latent"
+        statement = (f"could not beat the ridge baseline on the validation identities: the best candidate is ridge "
+                     f"regression itself ({best}: {versus}), so the checkpoint samples the ridge map {what} and "
+                     "the trained prior is not used")
     else:
         statement = (f"could not beat the ridge baseline on the validation identities: {versus}. The checkpoint keeps "
-                     f"the closest setting (temperature {temperature:g}, guidance {guidance:g}); for this collection "
-                     "ridge regression from the face embedding predicts the LoRA better than sampling does")
-    return {"temperature": temperature, "guidance": guidance,
-            "validation": {f"temperature {t:g}, guidance {g:g}": v for (t, g), v in scores.items()},
-            "ridge": ridge, "beats_ridge": beats, "statement": statement}
+                     f"the closest candidate ({best}); for this collection ridge regression from the face embedding "
+                     "predicts the LoRA better than the hypernet does")
+    return {"sampler": best, "temperature": model.config.temperature, "guidance": DEFAULT_GUIDANCE,
+            "validation": scores, "ridge": ridge, "beats_ridge": beats, "statement": statement}

@@ -80,7 +80,7 @@ def _sampled(model: Hypernet, true: torch.Tensor, emb: torch.Tensor, glob: torch
     for k in tqdm(range(seeds), desc="sampling", disable=not progress, file=sys.stderr):
         latents = sample_latents(model, face_input, seed=k, steps=steps, guidance=guidance, eta=eta,
                                  global_features=glob)
-        samples.append(model.decode_latents(latents))
+        samples.append(model.decode_samples(latents))
     per_seed = [compare(s, true, model.layout) for s in samples]
     means = {key: sum(m[key] for m in per_seed) / seeds for key in ("top1", "cosine", "rel_err")}
     return {**means, "diversity": diversity(samples, true, model.layout)}

@@ -83,3 +83,29 @@ def ridge_linear_map(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float) -> tu
     u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
     weight = vh.T @ ((s / (s.square() + lam))[:, None] * (u.T @ (y - y_mean)))
     return weight.float(), (y_mean - x_mean @ weight).float()
+
+
+def ridge_low_rank(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float, max_rank: int,
+                   chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a [E, r], b [r, K], bias [K]) with ridge(x) ~= (x @ a) @ b + bias, r <= max_rank: the
+    ridge map to LoRA-sized targets, which as an E x K matrix would not fit a checkpoint. Exact
+    when the map's rank (at most min(n - 1, E)) is within max_rank, else its best rank-r part
+    in the Frobenius norm of the coefficients. The targets are read in column chunks."""
+    x = x_fit.double()
+    x_mean = x.mean(0)
+    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
+    keep = s > s[0] * 1e-9 if len(s) else s.bool()
+    a0 = vh[keep].T * (s[keep] / (s[keep].square() + lam))  # [E, r0]
+    u = u[:, keep]
+    y_mean = torch.zeros(y_fit.shape[1], dtype=torch.float64)
+    b0 = torch.zeros(u.shape[1], y_fit.shape[1], dtype=torch.float64)
+    for start in range(0, y_fit.shape[1], chunk):
+        block = y_fit[:, start:start + chunk].double()
+        y_mean[start:start + chunk] = block.mean(0)
+        b0[:, start:start + chunk] = u.T @ (block - block.mean(0))
+    if a0.shape[1] > max_rank:  # the coefficients W = a0 b0; their top left singular vectors
+        gram = a0 @ (b0 @ b0.T) @ a0.T
+        left = torch.linalg.eigh(gram).eigenvectors[:, -max_rank:]  # [E, r]
+        a0, b0 = left, (left.T @ a0) @ b0
+    bias = y_mean - x_mean @ a0 @ b0
+    return a0.float(), b0.float(), bias.float()

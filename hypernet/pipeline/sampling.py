@@ -73,31 +73,43 @@ def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = DEFAU
     identity; the checkpoint's condition says which of the two it needs (condition_inputs).
     guidance 1 samples the conditional prior, 0 the unconditional one, > 1 pushes towards the
     condition. `callback(done_steps)` runs after each step (the nodes use it for progress and
-    cancel)."""
+    cancel). A checkpoint whose training chose a point sampler (ridge or kernel mean) answers
+    without DDIM: seed, steps, guidance and eta then change nothing."""
     if guidance < 0:
         raise HypernetError(f"guidance must not be negative, not {guidance}")
     device = torch.device(device) if device is not None else model.norm.mean.device
     face, global_ = condition_inputs(model, embeddings, global_features)
     cond = model.condition_vectors(face if face is None else face.to(device),
                                    global_ if global_ is None else global_.to(device))
+    latents = model.point_latents(cond)
+    if latents is not None:  # a point sampler chosen in training (point_samplers.py): no DDIM, no seed
+        if callback is not None:
+            callback(steps)
+    else:
+        latents = _prior_latents(model, cond, seed, steps, guidance, eta, callback, device)
+    if not all_finite(latents):
+        raise HypernetError("sampling produced NaN or infinite values; try guidance closer to 1")
+    return latents
+
+
+def _prior_latents(model: Hypernet, cond: torch.Tensor, seed: int, steps: int, guidance: float, eta: float,
+                   callback, device: torch.device) -> torch.Tensor:
     noise, step_noise = _start_noise(seed, cond.shape[0], model.latent_size, device, model.config.temperature)
     denoise = _guided_denoiser(model.prior, cond, guidance)
     latents = model.diffusion.ddim_sample(denoise, noise, steps, eta, step_noise, callback)
     offset = model.latent_offset(cond)
     if offset is not None:
         latents = latents + offset
-    if not all_finite(latents):
-        raise HypernetError("sampling produced NaN or infinite values; try guidance closer to 1")
     return latents
 
 
 @torch.no_grad()
 def decode_lora(model: Hypernet, latent: torch.Tensor) -> LoraWeights:
     """One latent [m] or [1, m] -> LoraWeights in the model's layout (alpha = rank)."""
-    latent = latent.reshape(-1, model.latent_size) if latent.dim() == 1 else latent
+    latent = latent.reshape(-1, model.sample_size) if latent.dim() == 1 else latent
     if latent.shape[0] != 1:
         raise HypernetError(f"decode_lora takes one latent, got {latent.shape[0]}")
-    vector = model.decode_latents(latent)[0]
+    vector = model.decode_samples(latent)[0]
     if not all_finite(vector):
         raise HypernetError("the decoded LoRA contains NaN or infinite values")
     return unflatten(vector, model.layout)
