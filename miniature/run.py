@@ -31,16 +31,16 @@ from .font_list import FONT_LIST_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("fonts", "base", "encoder", "identities", "collect", "dataset", "hypernet", "evaluate", "report", "ship")
-ENCODER_NAME = "typeface"
+ENCODER_NAME = "typeface"  # the recognition model's folder: the name hypernets record and nodes list
 # The prior's conditioning as the papers have it, against the shipped AdaNorm (issue 17's re-test).
 CONDITIONING_VARIANTS = {"adalora": {"conditioning": "adalora", "adalora_gate": False},
-                         "adalora_gated": {"conditioning": "adalora", "adalora_gate": True}}  # the recognition model's folder: the name hypernets record and nodes list
+                         "adalora_gated": {"conditioning": "adalora", "adalora_gate": True}}
 
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each stage is. `full` is the issue's experiment (~90 minutes on 2 cores);
-    `ci` is the same pipeline in seconds per stage, for the tests."""
+    """How big each stage is. `full` is the issue's experiment (about 75 minutes on 2 cores);
+    `ci` is the same pipeline on a few fonts in minutes, for the tests."""
 
     base_preset: str = "default"
     base_steps: int | None = None
