@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_shipped_files_load_as_the_nodes_load_them(miniature):
 def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
     root, font_list, _ = miniature
     evaluation = root / "work" / "eval" / "evaluate.json"
-    evaluation.unlink()
+    shutil.rmtree(evaluation.parent)  # the stage's whole output: its merged report and its parts
     proc = run_miniature(root / "work", font_list, root / "models", root / "benchmarks", "--stages",
                          "base,encoder,identities,collect,dataset,hypernet,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
