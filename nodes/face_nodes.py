@@ -34,8 +34,10 @@ def face_model_names() -> list[str]:
     for root in insightface_model_roots():
         if os.path.isdir(root):
             names.update(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    # Listed even when absent, so the node says where to put it instead of failing validation.
-    return sorted(names) or [DEFAULT_FACE_MODEL]
+    # The default leads the list even when absent: shared portrait workflows name it, and the node
+    # then says where to put it instead of failing validation (the shipped typeface encoder alone
+    # would otherwise replace it).
+    return [DEFAULT_FACE_MODEL] + sorted(names - {DEFAULT_FACE_MODEL})
 
 
 def face_model_dir(name: str) -> str:

@@ -15,7 +15,7 @@ def test_server_imports_pack_without_failure(comfy_server):
 NODE_IDS = {"LoraHypernetLoadFaceAnalyzer", "LoraHypernetFaceEmbed", "LoraHypernetMixIdentities",
             "LoraHypernetEncodeGlobalFeatures", "LoraHypernetLoad", "LoraHypernetSample", "LoraHypernetDecode",
             "LoraHypernetApplyLoRA", "LoraHypernetSaveLoRA", "LoraHypernetLoadGlyphModel", "LoraHypernetGlyphPrompt",
-            "LoraHypernetRefineLoRA"}
+            "LoraHypernetRefineLoRA", "LoraHypernetGlyphSheet"}
 # ComfyUI's own socket types that our nodes use; every other type must carry our prefix.
 CORE_TYPES = {"IMAGE", "MODEL", "CLIP", "CLIP_VISION", "INT", "FLOAT", "STRING", "BOOLEAN", "COMBO",
               "VAE", "CONDITIONING", "LATENT"}

@@ -29,10 +29,12 @@ def as_image(*photos) -> torch.Tensor:
     return torch.from_numpy(np.stack(photos)).float() / 255.0
 
 
-def test_model_list_names_the_default_until_a_folder_exists(face_nodes, models_root):
-    assert face_nodes.face_model_names() == ["antelopev2"]
+def test_model_list_leads_with_the_default_and_adds_found_folders(face_nodes, models_root):
+    names = face_nodes.face_model_names()
+    assert names[0] == "antelopev2" and not (models_root / "antelopev2").exists()
+    assert "typeface" in names  # the pack's shipped encoder, found beside ComfyUI's folder
     write_face_models(models_root / "buffalo_l")
-    assert face_nodes.face_model_names() == ["buffalo_l"]
+    assert face_nodes.face_model_names() == ["antelopev2", "buffalo_l", "typeface"]
 
 
 def test_missing_model_folder_error_says_where_to_put_files(face_nodes, errors, models_root):
