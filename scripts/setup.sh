@@ -139,9 +139,18 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   echo "setup: using your ComfyUI at $COMFYUI_PATH"
   setup_env .venv "$COMFYUI_PATH"
 else
-  setup_env .venv "$DEFAULT_COMFY"
   if [ -f "$NEW_COMFY_TARBALL" ]; then
-    setup_env "$NEW_VENV" "$NEW_COMFY"
+    # Side by side: mostly downloads and unpacking, which overlap well on two cores.
+    ( setup_env .venv "$DEFAULT_COMFY" ) 2>&1 | sed -u 's/^/[.venv] /' &
+    oldest=$!
+    ( setup_env "$NEW_VENV" "$NEW_COMFY" ) 2>&1 | sed -u "s/^/[$NEW_VENV] /" &
+    newest=$!
+    failed=0
+    wait $oldest || failed=1
+    wait $newest || failed=1
+    [ $failed = 0 ] || { echo "setup: failed; see the messages above" >&2; exit 1; }
+  else
+    setup_env .venv "$DEFAULT_COMFY"
   fi
 fi
 # The typeface miniature's tests read fonts from one small Debian package (the tests never

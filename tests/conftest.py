@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 
 import pytest
 
@@ -16,12 +18,28 @@ comfy_support.prepare_comfy()
 # directly or through another fixture, is marked `comfy`: `make test` runs those on every
 # ComfyUI it tests (pytest -m comfy), and the rest (the pure hypernet library) once.
 COMFY_FIXTURES = {"comfy", "comfy_server", "pack", "browser"}
+# With pytest-xdist (`make test` runs two workers, --dist loadgroup): the tests on the session's
+# ComfyUI server and its installed models share one worker, so the server starts and its hypernets
+# train once; a module with module-scoped fixtures runs whole on one worker, so they are built once;
+# every other test goes to whichever worker is free.
+SERVER_FIXTURES = {"comfy_server", "installed"}
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if COMFY_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.comfy)
+def _xdist_group(item) -> str | None:
+    if SERVER_FIXTURES & set(item.fixturenames):
+        return "comfy-server"
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d.scope in ("module", "class", "package") for defs in definitions.values() for d in defs):
+        return item.nodeid.split("::")[0]
+    return None
+
+
+def pytest_itemcollected(item):  # at collection, before pytest-xdist's workers read the groups
+    if COMFY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.comfy)
+    group = _xdist_group(item) if hasattr(item, "fixturenames") else None
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_report_header(config):
@@ -92,8 +110,15 @@ def installed(comfy_server, tmp_path_factory):
     """The example workflows' models in the server's folders: generated face models, the tiny
     CLIP vision file and two tiny hypernets trained here on synthetic collections."""
     import demo_assets
-    return demo_assets.install_models(comfy_server.base_dir, work=tmp_path_factory.mktemp("hypernet_training"),
-                                      with_global=True)
+    # `make test` trains them once for both ComfyUIs (scripts/test.sh sets this to a folder of its
+    # own, removed at the end): they depend on this pack's code, not on the ComfyUI under test.
+    shared = os.environ.get("LORA_HYPERNET_TEST_TRAINED")
+    work = Path(shared) if shared else tmp_path_factory.mktemp("hypernet_training")
+    found = {name: path for name, path in (("hypernet_ckpt", work / demo_assets.HYPERNET_FILE),
+                                           ("sd15_ckpt", work / "sd15" / demo_assets.HYPERNET_SD15_FILE),
+                                           ("face_global_ckpt", work / "face_global" / demo_assets.HYPERNET_FACE_GLOBAL_FILE))
+             if path.is_file()}
+    return demo_assets.install_models(comfy_server.base_dir, work=work, with_global=True, **found)
 
 
 @pytest.fixture(scope="module")

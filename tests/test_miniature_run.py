@@ -122,12 +122,13 @@ def test_shipped_files_load_as_the_nodes_load_them(miniature):
 
 def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
     root, font_list, _ = miniature
-    evaluation = root / "work" / "eval" / "evaluate.json"
-    shutil.rmtree(evaluation.parent)  # the stage's whole output: its merged report and its parts
+    manifest = root / "work" / "dataset" / "manifest.json"
+    shutil.rmtree(manifest.parent)  # the stage's whole output
     proc = run_miniature(root / "work", font_list, root / "models", root / "benchmarks", "--stages",
                          "base,encoder,identities,collect,dataset,hypernet,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "  $ python -m hypernet evaluate-images" in proc.stdout
-    for command in ("miniature.train_base", "train-encoder", "hypernet train", "hypernet dataset"):
+    assert "  $ python -m hypernet dataset" in proc.stdout
+    for command in ("miniature.train_base", "miniature train-encoder", "hypernet collect", "hypernet train",
+                    "hypernet evaluate-images"):
         assert f"$ python -m {command}" not in proc.stdout
-    assert evaluation.is_file()
+    assert manifest.is_file()
