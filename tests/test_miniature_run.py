@@ -128,7 +128,7 @@ def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
                          "base,encoder,identities,collect,dataset,hypernet,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  $ python -m hypernet dataset" in proc.stdout
-    for command in ("miniature.train_base", "miniature train-encoder", "hypernet collect", "hypernet train",
-                    "hypernet evaluate-images"):
+    # collect always runs: it skips the identities it finished itself (resume), so it is not listed
+    for command in ("miniature.train_base", "miniature train-encoder", "hypernet train", "hypernet evaluate-images"):
         assert f"$ python -m {command}" not in proc.stdout
     assert manifest.is_file()
