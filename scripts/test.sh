@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite on the newest ComfyUI set up here, and the tests that touch
-# ComfyUI (in-process, server, example workflows, browser; pytest -m comfy) on 0.3.75 too.
+# ComfyUI (in-process, server, example workflows; pytest -m comfy) on 0.3.75 too.
 #   COMFYUI_PATH set:                      the whole suite on that ComfyUI (.venv)
 #   .comfyui/ComfyUI-0.33.0 set up:        the whole suite on 0.33.0, then -m comfy on 0.3.75
 #                                          (OLDEST_LEFT_OUT below left out)

@@ -16,7 +16,8 @@ comfy_support.prepare_comfy()
 
 # Fixtures that bring up ComfyUI's code (in-process or as a server). A test that uses one,
 # directly or through another fixture, is marked `comfy`: `make test` runs those on every
-# ComfyUI it tests (pytest -m comfy), and the rest (the pure hypernet library) once.
+# ComfyUI it tests (pytest -m comfy; scripts/test.sh names the modules left out on 0.3.75), and
+# the rest (the pure hypernet library) once.
 COMFY_FIXTURES = {"comfy", "comfy_server", "pack", "browser"}
 # With pytest-xdist (`make test` runs two workers, --dist loadgroup): the tests on the session's
 # ComfyUI server and its installed models share one worker, so the server starts and its hypernets
