@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from hypernet.lora.lora_io import layout_from_lora, read_lora, write_lora  # noqa: E402
 from hypernet.lora.vectorize import flatten, unflatten  # noqa: E402
+from hypernet.model.point_samplers import kernel_mean  # noqa: E402
+from hypernet.pipeline.identity_scores import MethodScores  # noqa: E402
 from miniature.run import python_env  # noqa: E402
 
 NEIGHBOURS, TAU = 16, 0.1
@@ -55,18 +56,15 @@ def control_loras(run: Path) -> tuple[list[str], dict[str, torch.Tensor], object
     _, train, train_faces, layout = load_collection(run / "collection" / "train")
     ids, _, faces, _ = load_collection(run / "collection" / "heldout", layout)
     mean = train.mean(0)
-    top, index = (faces @ train_faces.T).topk(NEIGHBOURS, dim=1)
-    k16 = (torch.softmax(top / TAU, dim=1).unsqueeze(2) * train[index]).sum(1)
+    k16 = kernel_mean(faces, train_faces, train, NEIGHBOURS, TAU)  # issue 19's kernel sampler, on whole LoRAs
     scale = (train - mean).norm(dim=1).mean() / (k16 - mean).norm(dim=1).mean()
     pick = torch.randint(len(train), (len(ids),), generator=torch.Generator().manual_seed(0))
     return ids, {"random": train[pick], "k16": k16, "k16x": mean + (k16 - mean) * scale}, layout
 
 
 def paired(a: dict, b: dict) -> str:
-    diffs = [a[i] - b[i] for i in a]
-    mean = sum(diffs) / len(diffs)
-    sem = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-    return f"{mean:+.3f} +- {sem:.3f}"
+    difference = MethodScores("difference", {i: a[i] - b[i] for i in a})
+    return f"{difference.mean:+.3f} +- {difference.sem:.3f}"
 
 
 def main(argv=None) -> int:
@@ -94,21 +92,21 @@ def main(argv=None) -> int:
                "--identities", str(families), "--aligned-crops",
                "--embedding-model", str(run / "encoder" / "insightface" / "typeface"), "--methods", "",
                "--prompts", *evaluation["prompts"], "--seeds", *map(str, evaluation["seeds"]),
-               "--sample-steps", str(evaluation["sampler"].get("steps", 12)), "--threads", "1",
+               "--sample-steps", str(evaluation["sampler"]["steps"]), "--cfg", str(evaluation["sampler"]["cfg"]),
+               "--sampler", evaluation["sampler"]["sampler"], "--scheduler", evaluation["sampler"]["scheduler"],
+               "--threads", "1",
                "--json", str(out / "controls.json"), "--quiet"]
     for name in loras:
         command += ["--lora-dir", f"{name}={out / name}"]
     print("$", " ".join(command))
-    subprocess.run(command, check=True, cwd=REPO, env={**python_env(), "OMP_NUM_THREADS": "1"})
+    subprocess.run(command, check=True, cwd=REPO, env=python_env())  # one torch thread
     controls = json.loads((out / "controls.json").read_text())["methods"]
     methods = {name: {i: m["per_identity"][i] for i in ids} for name, m in evaluation["methods"].items()}
     methods.update({name: m["per_identity"] for name, m in controls.items() if name in loras})
     print(f"\n{len(ids)} held-out families; identity similarity, mean (std. error)")
     for name, scores in methods.items():
-        values = list(scores.values())
-        mean = sum(values) / len(values)
-        sem = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-        print(f"  {name:20s} {mean:+.3f} ({sem:.3f})")
+        row = MethodScores(name, scores)
+        print(f"  {name:20s} {row.mean:+.3f} ({row.sem:.3f})")
     print("\npaired differences (same families and seeds), mean +- std. error")
     for a, b in (("nearest", "random"), ("random", "base"), ("k16", "mean"), ("k16x", "nearest"),
                  ("trained", "nearest")):
