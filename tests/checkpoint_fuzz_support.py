@@ -26,19 +26,24 @@ from hypernet.model.prior_config import PriorConfig
 
 MAX_MESSAGE = 500  # characters: a message names the problem, it does not echo the file
 
-# Two small hypernets that between them use every repeated block list and size field.
+# Small hypernets that between them use every repeated block list, size field and autoencoder kind.
 VARIANTS = {
     "mlp": dict(autoencoder=AutoencoderConfig(latent_dim=16, hidden=24, blocks=1),
                 prior=PriorConfig(width=32, blocks=2, adalora_rank=2, time_dim=16)),
     "transformer": dict(autoencoder=AutoencoderConfig(kind="chunks", chunk=256, token_dim=4, hidden=24, blocks=2),
                         prior=PriorConfig(kind="transformer", conditioning="adanorm", tokens=4, token_width=16,
                                           depth=2, heads=2, time_dim=16)),
+    "linear": dict(autoencoder=AutoencoderConfig(kind="linear", latent_dim=12),
+                   prior=PriorConfig(kind="transformer", conditioning="adanorm", tokens=2, token_width=16,
+                                     depth=1, heads=2, time_dim=16)),
 }
 # The config fields each variant's model is built from (the others are kept but unused).
 USED = {"mlp": {"prior": {"width", "blocks", "adalora_rank", "time_dim"},
                 "autoencoder": {"latent_dim", "hidden", "blocks"}},
         "transformer": {"prior": {"token_width", "depth", "heads", "tokens", "time_dim"},
-                        "autoencoder": {"chunk", "token_dim", "hidden", "blocks"}}}
+                        "autoencoder": {"chunk", "token_dim", "hidden", "blocks"}},
+        "linear": {"prior": {"token_width", "depth", "heads", "tokens", "time_dim"},
+                   "autoencoder": {"latent_dim"}}}
 
 
 @dataclass

@@ -33,7 +33,7 @@ REPEATED = {"mlp": ("prior", "blocks", "prior.blocks."),
 AUTOENCODER_REPEATED = (("autoencoder", "blocks", "vae.enc_blocks."), ("autoencoder", "blocks", "vae.dec_blocks."))
 # The size fields each kind uses as tensor dimensions (unused fields keep their defaults).
 PRIOR_SIZES = {"mlp": ("width", "time_dim"), "transformer": ("token_width", "time_dim", "tokens", "heads")}
-AUTOENCODER_SIZES = {"mlp": ("latent_dim", "hidden"), "chunks": ("chunk", "token_dim", "hidden")}
+AUTOENCODER_SIZES = {"mlp": ("latent_dim", "hidden"), "chunks": ("chunk", "token_dim", "hidden"), "linear": ("latent_dim",)}
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ def _check_sizes(config: HypernetConfig, sizes: HeaderSizes, name: str) -> None:
 def _check_block_counts(config: HypernetConfig, sizes: HeaderSizes, name: str) -> None:
     for section, field, prefix in (REPEATED[config.prior.kind], *AUTOENCODER_REPEATED):
         wanted = getattr(getattr(config, section), field)
+        if section == "autoencoder" and config.autoencoder.kind == "linear":
+            wanted = 0  # a linear autoencoder has no blocks, whatever its config's (unused) field says
         if not isinstance(wanted, int) or wanted != sizes.block_counts[prefix]:
             raise _refuse(name, f"{section}.{field} is {brief(wanted)}, the file has weights for "
                                 f"{sizes.block_counts[prefix]} such blocks")

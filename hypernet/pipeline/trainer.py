@@ -204,9 +204,14 @@ class Trainer:
     def train_autoencoder(self, state: TrainState) -> None:
         cfg, model = self.cfg, state.model
         vae = model.vae.train()
+        mean, std = model.norm.mean, model.norm.std
+        if cfg.autoencoder.kind == "linear":  # closed form: principal directions, no steps
+            vae.fit(torch.cat([(v.to(self.device) - mean) / std for v in self.vectors.split(256)]), cfg.seed)
+            state.phase, state.step = "prior", 0
+            vae.eval()
+            return
         optimizer = self._optimizer(vae.parameters(), cfg.ae_lr, state)
         layout = self.dataset.layout
-        mean, std = model.norm.mean, model.norm.std
         # The weight-space term is relative to the data's own delta-W energy, so its weight is scale-free.
         delta_scale = None
         if cfg.autoencoder.delta_weight > 0:
