@@ -35,7 +35,24 @@ def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path) -> dict:
             "heldout_families": heldout, "targets": targets(methods), "stage_seconds": timings,
             "conditioning": conditioning_rows(eval_dir, methods, scale.hypernet_config),
             "prompts": evaluation["prompts"], "seeds": evaluation["seeds"], "sampler": evaluation["sampler"],
+            "identity_scale": identity_scale_choice(eval_dir),
             "scale": asdict(scale), "threads": 1, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def identity_scale_choice(eval_dir: Path) -> dict | None:
+    """The hypernet stage's choice (run.py): the shipped scale and every candidate's validation score."""
+    path = eval_dir / "identity_scale.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def identity_scale_lines(choice: dict | None) -> list[str]:
+    if not choice:
+        return []
+    scores = ", ".join(f"x{k} {v:.3f}" for k, v in choice["validation_similarity"].items())
+    return [f"Identity scale (decoded LoRAs moved that many times as far from the mean LoRA): "
+            f"**{choice['chosen']:g}**, the best of the candidates by identity similarity on the "
+            f"{choice['validation_families']} training families the dataset held out from the hypernet "
+            f"(not the families above): {scores}.", ""]
 
 
 def conditioning_rows(eval_dir: Path, methods: dict, config: dict) -> dict:
@@ -100,8 +117,9 @@ def markdown(summary: dict, evaluation: dict, command: str) -> str:
              "(embedding the references included where the method needs them).", "",
              format_table(evaluation), "",
              "Targets: " + ", ".join(f"{k} **{v}**" for k, v in t.items()), "",
-             "The prior's conditioning on the same dataset, config and budget (AdaNorm is what ships; "
-             "ADALoRA is LoRA Diffusion's, gated is its zero-initialised gate):", "",
+             *identity_scale_lines(summary.get("identity_scale")),
+             "The prior's conditioning on the same dataset, config, budget and identity scale (AdaNorm is what "
+             "ships; ADALoRA is LoRA Diffusion's, gated is its zero-initialised gate):", "",
              "| prior conditioning | identity similarity | std. error | gap closed |", "| --- | --- | --- | --- |",
              *conditioning_table(summary["conditioning"]), "",
              "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()), "",

@@ -12,7 +12,8 @@ A stage whose output exists is skipped, and the long ones resume themselves (tra
     identities   one identity folder per family: glyph PNGs, captions, embedding
     collect      one LoRA per family, train and held-out (held-out: the per-family upper bound)
     dataset      the train collection as a hypernet dataset
-    hypernet     python -m hypernet train
+    hypernet     python -m hypernet train, then identity-scale: the scale whose LoRAs draw the
+                 dataset's held-out training families best (evaluate-images) is the one shipped
     evaluate     evaluate-images on the held-out families (every method, same prompts and seeds)
     report       benchmarks/miniature.json, the RESULTS.md table, the picture
     ship         the trained files, float16, where the example workflow finds them (models/)
@@ -54,26 +55,29 @@ class Scale:
     identities_per_step: int = 32
     workers: int = 2
     hypernet_config: dict = field(default_factory=lambda: {
-        "preset": "default", "autoencoder": {"kind": "mlp", "latent_dim": 16, "hidden": 8, "blocks": 1,
-                                             "kl_weight": 0.001},
+        # linear: an MLP VAE collapses to the mean LoRA on these noisy identity LoRAs (autoencoder.py)
+        "preset": "default", "autoencoder": {"kind": "linear", "latent_dim": 16},
         "prior": {"width": 64, "blocks": 2, "conditioning": "adanorm"},
-        "ae_steps": 1500, "ae_batch": 64, "prior_steps": 3000, "prior_batch": 128, "prior_lr": 1e-3,
-        "checkpoint_every": 500})
+        "prior_steps": 3000, "prior_batch": 128, "prior_lr": 1e-3, "checkpoint_every": 500})
     dataset_heldout: float = 0.1
     prompts: str = "AaBbEeGgKkMmRr38"
     seeds: tuple[int, ...] = (0,)
     sample_steps: int = 12
     refine_steps: int = 20
     refine_lr: float = 1e-2  # collect's: Refine continues the same kind of training
+    # hypernet stage: identity_scale candidates, scored by image on the dataset's held-out split
+    # of the training families (never on the evaluated families); the best is shipped
+    identity_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
 
 
 SCALES = {
     "full": Scale(),
     "ci": Scale(base_preset="ci", encoder_steps=4, collect_steps=6, identities_per_step=2, workers=1,
-                hypernet_config={"preset": "tiny", "autoencoder": {"latent_dim": 8, "hidden": 8},
+                hypernet_config={"preset": "tiny", "autoencoder": {"kind": "linear", "latent_dim": 8},
                                  "prior": {"width": 32, "blocks": 1, "conditioning": "adanorm"},
                                  "ae_steps": 20, "prior_steps": 20, "checkpoint_every": 10},
-                dataset_heldout=0.2, prompts="AaBb", seeds=(0,), sample_steps=4, refine_steps=2),
+                dataset_heldout=0.2, prompts="AaBb", seeds=(0,), sample_steps=4, refine_steps=2,
+                identity_scales=(1.0, 2.0)),
 }
 
 
@@ -86,8 +90,11 @@ class Paths:
         self.identities = work / "identities"
         self.collection = work / "collection"
         self.dataset = work / "dataset"
-        self.hypernet = work / "typeface_hypernet.safetensors"
+        self.hypernet = work / "typeface_hypernet.safetensors"  # the trained one at the chosen scale
+        self.trained_hypernet = work / "hypernet_trained.safetensors"
+        self.validation = work / "validation"  # links to the dataset's held-out training families
         self.eval = work / "eval"
+        self.scale_choice = self.eval / "identity_scale.json"
 
 
 def python_env(threads: int = 1) -> dict:
@@ -190,7 +197,48 @@ class Pipeline:
         run_command(args, self.logs / log, log.removesuffix(".log"))
 
     def hypernet(self):
-        self.train_hypernet(self.p.hypernet, self.scale.hypernet_config, "hypernet.log")
+        self.train_hypernet(self.p.trained_hypernet, self.scale.hypernet_config, "hypernet.log")
+        if not self.p.hypernet.is_file():
+            scale = self.choose_identity_scale()["chosen"]
+            self.write_scaled(self.p.trained_hypernet, scale, self.p.hypernet)
+
+    def write_scaled(self, src: Path, scale: float, out: Path) -> None:
+        run_command(["-m", "hypernet", "identity-scale", "--ckpt", str(src), "--scale", f"{scale:g}", "--out",
+                     str(out), "--overwrite"], self.logs / "identity_scale.log", "identity-scale")
+
+    def validation_families(self) -> Path:
+        """Links to the training families the dataset held out from the hypernet's training."""
+        manifest = json.loads((self.p.dataset / "manifest.json").read_text())
+        ids = sorted(i["id"] for i in manifest["identities"] if i["split"] == "heldout")
+        self.p.validation.mkdir(parents=True, exist_ok=True)
+        for identity in ids:
+            link = self.p.validation / identity
+            if not link.exists():
+                os.symlink((self.p.collection / "train" / identity).resolve(), link, target_is_directory=True)
+        return self.p.validation
+
+    def choose_identity_scale(self) -> dict:
+        """Each candidate scale's hypernet LoRAs scored by image on the validation families; the
+        highest mean identity similarity wins (the smaller scale on a tie)."""
+        if self.p.scale_choice.is_file():
+            return json.loads(self.p.scale_choice.read_text())
+        families = self.validation_families()
+        if not any(families.iterdir()):  # a dataset without a held-out split: nothing to choose on
+            return {"chosen": 1.0, "validation_similarity": {}, "validation_families": 0}
+        scores = {}
+        for scale in self.scale.identity_scales:
+            candidate = self.p.work / "scales" / f"hypernet_x{scale:g}.safetensors"
+            if not candidate.is_file():
+                candidate.parent.mkdir(parents=True, exist_ok=True)
+                self.write_scaled(self.p.trained_hypernet, scale, candidate)
+            out = self.p.eval / f"validation_x{scale:g}.json"
+            self.evaluate_split(out, f"validation_x{scale:g}", candidate, "hypernet", families)
+            scores[f"{scale:g}"] = json.loads(out.read_text())["methods"]["hypernet"]["mean"]
+        chosen = max(self.scale.identity_scales, key=lambda s: (scores[f"{s:g}"], -s))
+        choice = {"chosen": chosen, "validation_similarity": scores, "validation_families": len(list(families.iterdir()))}
+        from hypernet.common.files import write_text_atomic
+        write_text_atomic(self.p.scale_choice, json.dumps(choice, indent=1) + "\n")
+        return choice
 
     def evaluate_args(self, hypernet: Path, identities: Path, out: Path, methods: str | None = None,
                       grid: bool = False) -> list[str]:
@@ -205,12 +253,17 @@ class Pipeline:
                  "--learning-rate", str(s.refine_lr)]
         return args + (["--grid", str(self.p.eval / "grid.png"), "--grid-identities", "8"] if grid else [])
 
-    def evaluate_split(self, out: Path, name: str, hypernet: Path, methods: str | None = None) -> None:
-        """One evaluate-images per core over disjoint parts of the held-out families, merged."""
+    def evaluate_split(self, out: Path, name: str, hypernet: Path, methods: str | None = None,
+                       families: Path | None = None) -> None:
+        """One evaluate-images per core over disjoint parts of the held-out families (or of
+        `families`), merged."""
         from .eval_parts import merge_files, split_identities
         if out.is_file():
             return
-        parts = split_identities(self.p.collection / "heldout", self.p.eval / "parts", self.scale.workers)
+        self.p.eval.mkdir(parents=True, exist_ok=True)
+        parts = (split_identities(self.p.collection / "heldout", self.p.eval / "parts", self.scale.workers)
+                 if families is None else
+                 split_identities(families, self.p.eval / f"parts-{families.name}", self.scale.workers))
         jsons, procs = [], []
         for i, part in enumerate(parts):
             part_json = self.p.eval / f"{name}.part-{i}.json"
@@ -231,8 +284,12 @@ class Pipeline:
         for name, prior in CONDITIONING_VARIANTS.items():
             config = json.loads(json.dumps(self.scale.hypernet_config))
             config["prior"] = {**config.get("prior", {}), **prior}
-            hypernet = self.p.work / f"hypernet_{name}.safetensors"
-            self.train_hypernet(hypernet, config, f"hypernet_{name}.log")
+            trained = self.p.work / f"hypernet_{name}.safetensors"
+            self.train_hypernet(trained, config, f"hypernet_{name}.log")
+            # the shipped hypernet's identity scale, so that only the conditioning differs
+            hypernet = self.p.work / f"hypernet_{name}_scaled.safetensors"
+            if not hypernet.is_file():
+                self.write_scaled(trained, self.choose_identity_scale()["chosen"], hypernet)
             self.evaluate_split(self.p.eval / f"conditioning_{name}.json", f"evaluate_{name}", hypernet, "hypernet")
 
     def report(self):

@@ -96,6 +96,13 @@ def test_report_writes_miniature_json_results_section_and_picture(miniature):
     text = (results / "RESULTS.md").read_text()
     assert text.count("## Typeface miniature") == 1 and "## An earlier section\n\nkept" in text
     assert (results / "miniature.png").stat().st_size > 1000
+    # the identity scale was chosen on the dataset's held-out training families and is what ships
+    choice = summary["identity_scale"]
+    assert choice["chosen"] in (1.0, 2.0) and set(choice["validation_similarity"]) == {"1", "2"}
+    assert choice["validation_families"] >= 1 and "Identity scale" in text
+    from hypernet.model.checkpoint import load_hypernet
+    assert load_hypernet(root / "work" / "typeface_hypernet.safetensors").config.identity_scale == choice["chosen"]
+    assert load_hypernet(root / "work" / "hypernet_trained.safetensors").config.identity_scale == 1.0
     # A re-run skips every finished stage and replaces the section instead of adding a second one.
     proc = run_miniature(root / "work", font_list, root / "models", results, "--stages", "report")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ COMMANDS = {
     "import-w2w": ("import_w2w", "write the weights2weights collection as identity folders (SD1.5)"),
     "train": ("train", "train the weight autoencoder and the diffusion prior"),
     "sample": ("sample", "sample a LoRA for a face and write it as .safetensors"),
+    "identity-scale": ("identity_scale", "copy a hypernet with its LoRAs moved further from the mean LoRA"),
     "evaluate": ("evaluate", "measure a checkpoint on held-out identities"),
     "evaluate-images": ("evaluate_images", "identity similarity of what the base model draws with each method's LoRA"),
 }

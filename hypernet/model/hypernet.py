@@ -38,6 +38,7 @@ from .prior_config import PriorConfig
 from ..lora.vectorize import Normalizer
 
 OFFSETS = ("none", "ridge")
+MAX_IDENTITY_SCALE = 10.0
 POINT_BUFFERS = ("kernel_keys", "kernel_latents", "ridge_in", "ridge_out", "ridge_bias")
 
 
@@ -58,6 +59,11 @@ class HypernetConfig:
     offset: str = "none"  # "none" or "ridge" (see the module docstring)
     temperature: float = 1.0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # Ours: decoded LoRAs are moved away from the training mean by this factor, mean + s * (v - mean)
+    # (on aligned factors), as classifier-free guidance extrapolates from the unconditional answer.
+    # A hypernet whose autoencoder keeps only what identities share answers with a weaker update
+    # than a trained LoRA; training leaves 1, `python -m hypernet identity-scale` sets a measured one.
+    identity_scale: float = 1.0
 
     def __post_init__(self):
         check_condition(self.condition)
@@ -68,6 +74,10 @@ class HypernetConfig:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
                 or not 0 <= self.temperature <= 1:
             raise HypernetError(f"temperature must be a number between 0 and 1, not {brief(self.temperature)}")
+        if isinstance(self.identity_scale, bool) or not isinstance(self.identity_scale, (int, float)) \
+                or not 0 < self.identity_scale <= MAX_IDENTITY_SCALE:
+            raise HypernetError(f"identity_scale must be a number above 0 and at most {MAX_IDENTITY_SCALE}, "
+                                f"not {brief(self.identity_scale)}")
         if self.sampler.kind == "ridge" and self.offset != "ridge":
             raise HypernetError("sampler 'ridge' needs offset 'ridge': the ridge map is the offset")
         if self.sampler.kind == "kernel" and self.condition != "face":
@@ -101,6 +111,8 @@ class HypernetConfig:
             data["temperature"] = self.temperature
         if self.sampler.kind != "prior":
             data["sampler"] = self.sampler.to_dict()
+        if self.identity_scale != 1.0:
+            data["identity_scale"] = self.identity_scale
         return data
 
     @classmethod
@@ -113,6 +125,7 @@ class HypernetConfig:
                        global_encoder=dict(encoder) if isinstance(encoder, dict) else encoder,
                        offset=data.get("offset", "none"), temperature=data.get("temperature", 1.0),
                        sampler=SamplerConfig.from_dict(data.get("sampler", {})),
+                       identity_scale=data.get("identity_scale", 1.0),
                        autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
@@ -207,11 +220,17 @@ class Hypernet(nn.Module):
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """What sample_latents returned [n, sample_size] -> flat vectors [n, D] on the CPU (aligned factors)."""
         if self.config.sampler.kind != "ridge-lora":
-            return self.decode_latents(samples)
-        if samples.dim() != 2 or samples.shape[1] != self.sample_size:
-            raise HypernetError(f"samples must have shape [n, {self.sample_size}], not {tuple(samples.shape)}")
-        samples = samples.to(self._device()).float()
-        return (samples @ self.norm.ridge_out + self.norm.ridge_bias).cpu()
+            vectors = self.decode_latents(samples)
+        else:
+            if samples.dim() != 2 or samples.shape[1] != self.sample_size:
+                raise HypernetError(f"samples must have shape [n, {self.sample_size}], not {tuple(samples.shape)}")
+            samples = samples.to(self._device()).float()
+            vectors = (samples @ self.norm.ridge_out + self.norm.ridge_bias).cpu()
+        scale = self.config.identity_scale
+        if scale == 1.0:
+            return vectors
+        mean = self.norm.mean.cpu()
+        return mean + scale * (vectors - mean)
 
     def use_sampler(self, sampler: SamplerConfig, **tensors: torch.Tensor) -> None:
         """Switch what answers a face: the config, and the point sampler's tensors by name
@@ -282,4 +301,6 @@ class Hypernet(nn.Module):
                 f"prior: {cfg.prior.kind} {cfg.prior.conditioning}, {cfg.diffusion.prediction}-prediction, "
                 f"{counts['prior']:,} parameters"
                 + (f"\nsamples with: {cfg.sampler.kind} (chosen in training on validation identities; the prior "
-                   "is not used, every seed gives the same LoRA)" if cfg.sampler.kind != "prior" else ""))
+                   "is not used, every seed gives the same LoRA)" if cfg.sampler.kind != "prior" else "")
+                + (f"\nidentity scale: {cfg.identity_scale:g} (decoded LoRAs {cfg.identity_scale:g} times as far from "
+                   "the mean LoRA)" if cfg.identity_scale != 1.0 else ""))
