@@ -197,7 +197,13 @@ class Pipeline:
         run_command(args, self.logs / log, log.removesuffix(".log"))
 
     def hypernet(self):
+        retrained = not self.p.trained_hypernet.is_file()
         self.train_hypernet(self.p.trained_hypernet, self.scale.hypernet_config, "hypernet.log")
+        if retrained:  # an earlier scale choice scored another hypernet
+            stale = [self.p.hypernet, self.p.scale_choice, *self.p.eval.glob("validation_x*.json"),
+                     *(self.p.work / "scales").glob("*.safetensors")]
+            for path in stale:
+                path.unlink(missing_ok=True)
         if not self.p.hypernet.is_file():
             scale = self.choose_identity_scale()["chosen"]
             self.write_scaled(self.p.trained_hypernet, scale, self.p.hypernet)

@@ -139,3 +139,11 @@ def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
     for command in ("miniature.train_base", "miniature train-encoder", "hypernet train", "hypernet evaluate-images"):
         assert f"$ python -m {command}" not in proc.stdout
     assert manifest.is_file()
+    # a retrained hypernet gets its identity scale chosen again, not the old hypernet's choice
+    choice = root / "work" / "eval" / "identity_scale.json"
+    choice.write_text(json.dumps({"chosen": 7.0, "validation_similarity": {}, "validation_families": 0}))
+    (root / "work" / "hypernet_trained.safetensors").unlink()
+    proc = run_miniature(root / "work", font_list, root / "models", root / "benchmarks", "--stages", "hypernet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(choice.read_text())["chosen"] in (1.0, 2.0)
+    assert "$ python -m hypernet evaluate-images" in proc.stdout
