@@ -11,12 +11,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..model.checkpoint import load_hypernet, read_header, save_hypernet
+from ..model.checkpoint import hypernet_metadata, load_hypernet, read_header, save_hypernet
 from ..model.hypernet import MAX_IDENTITY_SCALE
 from ..pipeline.outputs import check_output
-
-KEPT_BY_SAVE = ("format", "format_version", "config", "base_model", "generator")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, type=Path, help="hypernet checkpoint (.safetensors)")
@@ -32,7 +29,8 @@ def write_scaled(ckpt: Path, scale: float, out: Path) -> None:
     model = load_hypernet(ckpt)
     model.config = replace(model.config, identity_scale=scale)  # validates the scale
     metadata, _ = read_header(ckpt)
-    save_hypernet(model, out, {k: v for k, v in metadata.items() if k not in KEPT_BY_SAVE})
+    written = hypernet_metadata(model)  # what save_hypernet writes itself (the new config among it)
+    save_hypernet(model, out, {k: v for k, v in metadata.items() if k not in written})
 
 
 def run(args) -> int:

@@ -206,7 +206,7 @@ class Trainer:
         vae = model.vae.train()
         mean, std = model.norm.mean, model.norm.std
         if cfg.autoencoder.kind == "linear":  # closed form: principal directions, no steps
-            vae.fit(torch.cat([(v.to(self.device) - mean) / std for v in self.vectors.split(256)]), cfg.seed)
+            vae.fit(model.normalizer.normalize(self.vectors.to(self.device)), cfg.seed)
             state.phase, state.step = "prior", 0
             vae.eval()
             return
