@@ -17,7 +17,8 @@ from hypernet.errors import HypernetError
 from hypernet.model.checkpoint import load_hypernet, read_header, save_hypernet
 from hypernet.model.hypernet import HypernetConfig
 from hypernet.model.point_samplers import SamplerConfig, kernel_mean
-from hypernet.pipeline.auto_config import auto_train_config
+from hypernet.pipeline import auto_config
+from hypernet.pipeline.auto_config import auto_train_config, beats_baseline
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.pipeline.train_config import TrainConfig
 from hypernet.pipeline.training import state_path, train
@@ -40,8 +41,25 @@ def data(tmp_path_factory):
 def test_auto_config_follows_the_collection(data):
     cfg, choices = auto_train_config(open_dataset(data))
     assert cfg.offset == "ridge" and cfg.validation_every > 0 and cfg.choose_sampling
-    assert cfg.autoencoder.latent_dim == 32 and cfg.ae_steps == 300  # the floors, for 27 identities to fit
-    assert "27 to fit and 3 to validate on" in choices[0]
+    assert cfg.autoencoder.kind == "linear" and cfg.autoencoder.latent_dim == 32  # the floor, for 27 identities to fit
+    assert "27 to fit and 3 to validate on" in choices[0] and choices[1].startswith("autoencoder linear")
+
+
+def test_auto_keeps_the_chunks_autoencoder_where_a_decomposition_would_not_fit(data, monkeypatch):
+    monkeypatch.setattr(auto_config, "LINEAR_LIMIT", 10)
+    cfg, choices = auto_train_config(open_dataset(data))
+    assert cfg.autoencoder.kind == "chunks" and cfg.ae_steps == 300 and "300 steps" in choices[1]
+
+
+def test_the_linear_autoencoder_auto_chooses_trains_without_steps_and_reloads(data, tmp_path):
+    cfg, choices = auto_train_config(open_dataset(data))
+    cfg = dataclasses.replace(cfg, prior=quick_config().prior, prior_steps=10, validation_every=5, patience=2,
+                              warmup_steps=2, checkpoint_every=10, choose_sampling=False)
+    out = tmp_path / "linear.safetensors"
+    train(data, out, cfg, progress=False, choices=choices)
+    model = load_hypernet(out)
+    assert model.config.autoencoder.kind == "linear" and model.latent_size == 32
+    assert "autoencoder_mse" not in json.loads(read_header(out)[0]["losses"])  # closed form: no gradient steps
 
 
 def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, tmp_path):
@@ -55,8 +73,11 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
     # every candidate was scored on the validation identities, and the best of them was kept
     scores = auto["validation"]
     assert {"prior, temperature 1", "prior, temperature 0", "ridge", "kernel, k 1, tau 0.01",
-            "kernel, k 16, tau 1"} <= set(scores)
-    assert auto["sampler"] == max(scores, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]))
+            "kernel, k 16, tau 1", "ridge-lora"} <= set(scores)
+    # the best of the candidates that beat ridge face -> LoRA on validation, or that ridge map itself
+    assert set(auto["significant"]) <= set(scores) - {"ridge-lora"}
+    assert auto["sampler"] == max(auto["significant"], key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]),
+                                  default="ridge-lora")
     kind = auto["sampler"].split(",")[0]
     assert config.get("sampler", {"kind": "prior"})["kind"] == kind
     assert config["offset"] == "ridge" and config.get("temperature", 1.0) == auto["temperature"]
@@ -212,7 +233,7 @@ def test_a_collection_ridge_predicts_exactly_gets_the_statement(tmp_path, capsys
     assert auto["statement"].startswith("could not beat the ridge baseline on the validation identities")
     # ridge to the LoRA is exact here, the autoencoder (30 steps) is not: the checkpoint samples the
     # regression itself, so it retrieves the held-out identities as evaluate's ridge baseline does
-    assert auto["sampler"] == "ridge-lora" and "the checkpoint samples the ridge map face -> LoRA" in auto["statement"]
+    assert auto["sampler"] == "ridge-lora" and "the checkpoint samples ridge regression face -> LoRA" in auto["statement"]
     assert main(["evaluate", "--ckpt", str(out), "--data", str(data), "--json", "--seeds", "1", "--steps", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["baselines"]["ridge"]["top1"] == 1.0 and result["sampled"]["top1"] == 1.0
@@ -226,3 +247,21 @@ def test_validation_needs_the_face_condition_and_choose_sampling_a_split():
         TrainConfig(validation_every=10, condition="global")
     with pytest.raises(HypernetError, match="choose_sampling needs a validation split"):
         TrainConfig(choose_sampling=True)
+
+
+def rows(hits, errors):
+    return {"hit": torch.tensor(hits, dtype=torch.bool), "rel_err": torch.tensor(errors, dtype=torch.float64)}
+
+
+def test_a_candidate_replaces_the_baseline_only_beyond_one_standard_error():
+    base = rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.5] * 9)
+    # two identities more, where they disagree on three: 2 > sqrt(3), beyond chance at one SE
+    assert beats_baseline(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
+    # one more of nine where they disagree on three (1 < sqrt(3)): a lucky draw, not a win
+    assert not beats_baseline(rows([0, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
+    # as many retrieved and a consistently smaller delta-W error: a win
+    assert beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.4, 0.45, 0.42, 0.41, 0.44, 0.43, 0.4, 0.46, 0.45]), base)
+    # as many retrieved and an error smaller on average only through one row: within its SE
+    assert not beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.55] * 8 + [0.0]), base)
+    # fewer retrieved never wins, whatever the error
+    assert not beats_baseline(rows([0] * 9, [0.0] * 9), base)

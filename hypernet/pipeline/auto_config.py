@@ -3,10 +3,14 @@
 
 By rule, from the dataset (`auto_train_config`):
 
-- autoencoder: the dense `mlp` VAE up to 400 k values per LoRA, the `chunks` one (as preset
-  `sdxl`) above; latent size the power of two nearest a quarter of the training identities, between
-  32 and 512: a latent much wider than the collection can fill only stores each LoRA's own noise,
-  which the face cannot predict; steps for about 40 passes over the data (300 to 3,000).
+- autoencoder: up to 400 k values per LoRA the `linear` one (the leading principal directions of
+  the aligned, normalised training LoRAs, fitted in closed form: on the issue-19 grid it
+  reconstructs held-out LoRAs within 1.5x the noise floor where the trained MLP VAE did not,
+  benchmarks/RESULTS.md), the `chunks` VAE (as preset `sdxl`) above, where the training vectors
+  would not fit in memory for a decomposition; latent size the power of two nearest a quarter of
+  the training identities, between 32 and 512: a latent much wider than the collection can fill
+  only stores each LoRA's own noise, which the face cannot predict; for the chunks VAE, steps for
+  about 40 passes over the data (300 to 3,000).
 - prior: preset `default`'s (AdaNorm, x0, lr 1e-3, measured in benchmarks/RESULTS.md), at most
   2,000 steps, early-stopped on a validation split of the training identities (trainer.py).
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
@@ -14,7 +18,13 @@ By rule, from the dataset (`auto_train_config`):
 
 On the validation split, after training (`choose_sampling`), candidates for what answers a face
 are scored by how well their LoRAs retrieve the validation identities (top-1, then delta-W
-error), the best is kept and all scores are recorded in the checkpoint (`auto` metadata):
+error) and all scores are recorded in the checkpoint (`auto` metadata). Ridge regression from the
+face to the LoRA is the baseline: a candidate replaces it only where it beats it by more than one
+standard error of the paired difference on the validation identities (more identities retrieved,
+or as many and a smaller delta-W error), and the best such candidate is kept. A validation tenth
+holds a few dozen identities, where one or two retrievals more are chance: without the rule a
+candidate that merely drew lucky there replaced the baseline and lost to it on held-out identities
+(the grid's fourier cell). The candidates:
 
 - the trained prior at temperature 1, 0.5 or 0 times the starting noise, at the guidance every
   caller uses by default (sampling.DEFAULT_GUIDANCE: the node, `sample` and `evaluate` then
@@ -26,9 +36,9 @@ error), the best is kept and all scores are recorded in the checkpoint (`auto` m
   (k 1: the nearest training identity), for a grid of k and softmax temperatures.
 
 A point sampler (ridge, kernel) chosen on the fit identities is then refitted on all training
-identities, fit and validation (point_samplers.py). The candidates are compared with ridge
-regression from the face to the LoRA (evaluate's baseline) on the same split; when none beats
-it, training says so in one line and records it, and the checkpoint keeps the best candidate.
+identities, fit and validation (point_samplers.py). When no candidate beats ridge regression
+from the face to the LoRA (evaluate's baseline), training says so in one line, records it, and
+the checkpoint samples that ridge map.
 """
 from __future__ import annotations
 
@@ -42,12 +52,14 @@ from ..model.hypernet import Hypernet
 from ..model.point_samplers import SamplerConfig, kernel_mean
 from ..lora.alignment import align
 from .evaluate import delta_rel_err
-from .metrics import compare
+from .metrics import compare_rows
 from .ridge import choose_lambda, ridge_linear_map, ridge_low_rank
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_latents
 from .train_config import PRESETS, TrainConfig, _merge
 
-MLP_LIMIT = 400_000
+# Up to this many values per LoRA the linear autoencoder's float64 decomposition of the training
+# vectors fits in memory (6.4 GB at 2,000 identities); above, the chunks VAE.
+LINEAR_LIMIT = 400_000
 TEMPERATURES = (1.0, 0.5, 0.0)
 # Kernel grid: neighbours averaged, and softmax temperatures on the cosine similarity (random
 # 512-d faces lie at cosine 0 +- 0.04, neighbours on a face manifold far closer).
@@ -67,17 +79,20 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
     n = len(dataset.ids("train"))
     fit = n - max(1, round(n * 0.1))
     values = dataset.layout.num_values
-    base = _merge(dataclasses.asdict(TrainConfig()), PRESETS["default" if values <= MLP_LIMIT else "sdxl"])
+    linear = values <= LINEAR_LIMIT
+    base = _merge(dataclasses.asdict(TrainConfig()), PRESETS["default" if linear else "sdxl"])
     latent = min(512, max(32, _nearest_power_of_two(fit / 4)))
     ae_steps = min(3000, max(300, round(40 * fit / base["ae_batch"])))
+    if linear:
+        base["autoencoder"].update(kind="linear", latent_dim=latent)
+        autoencoder = (f"autoencoder linear (principal directions, closed form), latent {latent} "
+                       "(about a quarter of the identities)")
+    else:
+        autoencoder = f"autoencoder {base['autoencoder']['kind']}, {ae_steps} steps (about 40 passes)"
     reasons = [f"{n} training identities, {fit} to fit and {n - fit} to validate on; {values:,} values per LoRA",
-               f"autoencoder {base['autoencoder']['kind']}"
-               + (f", latent {latent} (about a quarter of the identities)" if values <= MLP_LIMIT else "")
-               + f", {ae_steps} steps (about 40 passes)",
+               autoencoder,
                "prior: the residual around a ridge map face -> latent, early-stopped on the validation identities "
                "(at most 2,000 steps)"]
-    if values <= MLP_LIMIT:
-        base["autoencoder"]["latent_dim"] = latent
     base.update(seed=seed, condition=condition, ae_steps=ae_steps, prior_steps=2000, validation_every=100,
                 patience=5, offset="ridge", choose_sampling=True, checkpoint_every=100)
     return TrainConfig.from_dict(base), reasons
@@ -127,45 +142,65 @@ def _apply(model: Hypernet, choice: tuple, face: torch.Tensor, latents: torch.Te
 @torch.no_grad()
 def choose_sampling(model: Hypernet, fit: tuple[torch.Tensor, torch.Tensor],
                     validation: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """Make the model sample the best candidate on the validation rows and return the record:
-    {"sampler", "temperature", "guidance", "validation": {candidate: {top1, rel_err}}, "ridge",
-    "beats_ridge", "statement"}. `fit`: the fit rows' (aligned vectors, normalised faces)."""
+    """Make the model sample the best candidate that beats ridge face -> LoRA on the validation rows
+    (that ridge map where none does) and return the record: {"sampler", "temperature", "guidance",
+    "validation": {candidate: {top1, rel_err}}, "ridge", "significant" (the candidates that beat
+    it), "beats_ridge", "statement"}. `fit`: the fit rows' (aligned vectors, normalised faces)."""
     (fit_vectors, fit_face), (val_vectors, val_face) = fit, validation
     device = model.norm.mean.device
     fit_face, val_face = fit_face.to(device), val_face.to(device)
     fit_latents = model.encode_vectors(fit_vectors).to(device)
     cond = model.condition_vectors(val_face, None)
-    scores, choices = {}, {}
+    scores, choices, rows = {}, {}, {}
     for name, choice, latents in _candidates(model, fit_latents, fit_face, cond):
-        result = compare(model.decode_latents(latents()), val_vectors, model.layout)
+        result, rows[name] = compare_rows(model.decode_latents(latents()), val_vectors, model.layout)
         scores[name], choices[name] = {"top1": result["top1"], "rel_err": result["rel_err"]}, choice
     # ridge regression to the LoRA itself: evaluate's baseline, and a candidate like the others
     ridge = _ridge_lora(fit_face.cpu(), fit_vectors, model.layout)
     predicted = (val_face.cpu() @ ridge["ridge_in"]) @ ridge["ridge_out"] + ridge["ridge_bias"]
-    result = compare(predicted, val_vectors, model.layout)
+    result, rows["ridge-lora"] = compare_rows(predicted, val_vectors, model.layout)
     ridge = scores["ridge-lora"] = {"top1": result["top1"], "rel_err": result["rel_err"]}
     choices["ridge-lora"] = ("ridge-lora",)
-    best = max(scores, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]))  # ties: the first, the prior
+    significant = [name for name in scores if name != "ridge-lora" and beats_baseline(rows[name], rows["ridge-lora"])]
+    best = max(significant, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]), default="ridge-lora")
     all_vectors = torch.cat([fit_vectors, align(val_vectors, model.norm.reference.cpu(), model.layout)])
     _apply(model, choices[best], torch.cat([fit_face, val_face]),
            torch.cat([fit_latents, model.encode_vectors(val_vectors).to(device)]), all_vectors)
     score = scores[best]
-    regression = choices[best][0] in ("ridge", "ridge-lora")
-    beats = not regression and (score["top1"], -score["rel_err"]) > (ridge["top1"], -ridge["rel_err"])
+    beats = best not in ("ridge", "ridge-lora")
+    top = max(scores, key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]))
     n = len(val_vectors)  # top-1 moves in steps of 1/n: the counts say how much a difference weighs
     versus = (f"validation top-1 {score['top1']:.3f} ({round(score['top1'] * n)} of {n} identities; delta-W error "
               f"{score['rel_err']:.3f}) against ridge regression's {ridge['top1']:.3f} ({round(ridge['top1'] * n)} "
               f"of {n}; {ridge['rel_err']:.3f})")
     if beats:
         statement = f"the hypernet ({best}) beats the ridge baseline on the validation identities: {versus}"
-    elif regression:
-        what = "face -> LoRA" if best == "ridge-lora" else "face -> latent"
-        statement = (f"could not beat the ridge baseline on the validation identities: the best candidate is ridge "
-                     f"regression itself ({best}: {versus}), so the checkpoint samples the ridge map {what} and "
-                     "the trained prior is not used")
+    elif best == "ridge":
+        statement = (f"could not beat the ridge baseline with the trained prior: the best candidate is ridge regression "
+                     f"face -> latent through the autoencoder ({versus}), so the checkpoint samples that map and the "
+                     "trained prior is not used")
     else:
-        statement = (f"could not beat the ridge baseline on the validation identities: {versus}. The checkpoint keeps "
-                     f"the closest candidate ({best}); for this collection ridge regression from the face embedding "
-                     "predicts the LoRA better than the hypernet does")
+        closest = "" if top == "ridge-lora" else (
+            f"; the closest candidate, {top} (top-1 {scores[top]['top1']:.3f}, delta-W error "
+            f"{scores[top]['rel_err']:.3f}), is within one standard error of it")
+        statement = (f"could not beat the ridge baseline on the validation identities{closest}, so the checkpoint "
+                     "samples ridge regression face -> LoRA and the trained prior is not used: for this collection "
+                     "ridge regression from the face embedding predicts the LoRA as well as the hypernet does")
     return {"sampler": best, "temperature": model.config.temperature, "guidance": DEFAULT_GUIDANCE,
-            "validation": scores, "ridge": ridge, "beats_ridge": beats, "statement": statement}
+            "validation": scores, "ridge": ridge, "significant": significant, "beats_ridge": beats,
+            "statement": statement}
+
+
+def beats_baseline(candidate: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]) -> bool:
+    """Does a predictor beat the baseline on the same rows by more than one standard error of the
+    paired difference? More rows retrieved (McNemar: the gain against the square root of the rows
+    where the two disagree), or as many and a smaller delta-W error (the mean paired difference
+    against its standard error)."""
+    gain = int(candidate["hit"].sum()) - int(baseline["hit"].sum())
+    disagree = int((candidate["hit"] != baseline["hit"]).sum())
+    if gain > 0 and gain > math.sqrt(disagree):
+        return True
+    if gain < 0 or len(candidate["rel_err"]) < 2:
+        return False
+    diff = (baseline["rel_err"] - candidate["rel_err"]).double()
+    return bool(diff.mean() > diff.std() / math.sqrt(len(diff)))

@@ -50,16 +50,22 @@ def mean_delta_products(train: torch.Tensor, true: torch.Tensor, layout: Layout)
     return cross, square
 
 
-def compare(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str, float]:
-    """top1 (is row i's nearest true row its own?), mean cosine and relative error, on delta W."""
+def compare_rows(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """compare's means, and per row: `hit` (is row i's nearest true row its own?) and `rel_err`,
+    for paired tests between two predictors of the same rows."""
     cross = delta_gram(pred, true, layout)
     pred_sq, true_sq = delta_sq_norms(pred, layout), delta_sq_norms(true, layout)
     dist = pred_sq[:, None] + true_sq[None, :] - 2 * cross
-    own = torch.arange(len(pred))
+    hit = dist.argmin(1) == torch.arange(len(pred))
     cosine = cross.diagonal() / (pred_sq.sqrt() * true_sq.sqrt()).clamp_min(1e-30)
     rel = dist.diagonal().clamp_min(0).sqrt() / true_sq.sqrt().clamp_min(1e-30)
-    return {"top1": float((dist.argmin(1) == own).double().mean()), "cosine": float(cosine.mean()),
-            "rel_err": float(rel.mean())}
+    means = {"top1": float(hit.double().mean()), "cosine": float(cosine.mean()), "rel_err": float(rel.mean())}
+    return means, {"hit": hit, "rel_err": rel}
+
+
+def compare(pred: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str, float]:
+    """top1 (is row i's nearest true row its own?), mean cosine and relative error, on delta W."""
+    return compare_rows(pred, true, layout)[0]
 
 
 def mean_baseline(train: torch.Tensor, true: torch.Tensor, layout: Layout) -> dict[str, float]:
