@@ -25,10 +25,12 @@ from hypernet.pipeline.training import state_path, train
 
 
 def small_auto(data, **overrides):
-    """The automatic config of `data` with the tiny preset's networks and few steps, so it trains in seconds."""
+    """The automatic config of `data` with the tiny preset's networks (its MLP VAE, whose latents get
+    the per-dimension normaliser) and few steps, so it trains in seconds."""
     cfg, choices = auto_train_config(open_dataset(data))
     tiny = quick_config()
-    values = dict(autoencoder=tiny.autoencoder, prior=tiny.prior, ae_steps=30, prior_steps=60, validation_every=10,
+    values = dict(autoencoder=tiny.autoencoder, latent_normalizer="dim", prior=tiny.prior, ae_steps=30, prior_steps=60,
+                  validation_every=10,
                   patience=3, warmup_steps=2, checkpoint_every=10)
     return dataclasses.replace(cfg, **{**values, **overrides}), choices
 
@@ -42,6 +44,7 @@ def test_auto_config_follows_the_collection(data):
     cfg, choices = auto_train_config(open_dataset(data))
     assert cfg.offset == "ridge" and cfg.validation_every > 0 and cfg.choose_sampling
     assert cfg.autoencoder.kind == "linear" and cfg.autoencoder.latent_dim == 32  # the floor, for 27 identities to fit
+    assert cfg.latent_normalizer == "global"
     assert "27 to fit and 3 to validate on" in choices[0] and choices[1].startswith("autoencoder linear")
 
 
@@ -59,7 +62,23 @@ def test_the_linear_autoencoder_auto_chooses_trains_without_steps_and_reloads(da
     train(data, out, cfg, progress=False, choices=choices)
     model = load_hypernet(out)
     assert model.config.autoencoder.kind == "linear" and model.latent_size == 32
-    assert "autoencoder_mse" not in json.loads(read_header(out)[0]["losses"])  # closed form: no gradient steps
+    metadata = read_header(out)[0]
+    assert "autoencoder_mse" not in json.loads(metadata["losses"])  # closed form: no gradient steps
+    assert json.loads(metadata["train_config"])["latent_normalizer"] == "global"
+    # one scale for every principal coordinate: their variances keep falling as the directions' do
+    std = model.norm.latent_std
+    assert torch.all(std == std[0])
+    latents = model.encode_vectors(open_dataset(data).load("train")[0])
+    spread = latents.std(0)
+    assert spread[0] > 2 * spread[20]
+
+
+def test_the_latent_normaliser_is_checked_and_written_only_when_not_the_default():
+    assert "latent_normalizer" not in TrainConfig().to_dict()  # files trained before it stay byte for byte
+    chosen = dataclasses.replace(TrainConfig(), latent_normalizer="global")
+    assert TrainConfig.from_dict(chosen.to_dict()) == chosen
+    with pytest.raises(HypernetError, match="latent_normalizer must be 'dim' or 'global'"):
+        TrainConfig(latent_normalizer="pca")
 
 
 def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, tmp_path):
@@ -265,3 +284,21 @@ def test_a_candidate_replaces_the_baseline_only_beyond_one_standard_error():
     assert not beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.55] * 8 + [0.0]), base)
     # fewer retrieved never wins, whatever the error
     assert not beats_baseline(rows([0] * 9, [0.0] * 9), base)
+
+
+def test_train_without_a_config_is_auto_and_other_conditions_get_preset_default(data, tmp_path, monkeypatch, capsys):
+    from hypernet.cli import train as train_cli
+    monkeypatch.setattr(train_cli, "auto_train_config", lambda dataset, seed, condition: small_auto(data))
+    out = tmp_path / "plain.safetensors"
+    assert main(["train", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert "auto" in read_header(out)[0] and "auto: samples with" in capsys.readouterr().out
+
+    class Chosen(Exception):
+        pass
+
+    def preset(spec):
+        raise Chosen(spec)
+    monkeypatch.setattr(train_cli, "load_train_config", preset)
+    with pytest.raises(Chosen, match="^default$"):
+        main(["train", "--data", str(data), "--out", str(tmp_path / "global.safetensors"), "--condition", "global"])
+    assert "--condition global trains with preset default" in capsys.readouterr().out

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help=f"preset ({', '.join(PRESETS)}), auto (chosen from the dataset, with a "
                                          "validation split, early stopping and a choice between the prior, ridge "
                                          "regression and a kernel mean: hypernet/pipeline/auto_config.py) or JSON "
-                                         "file of overrides (optionally with \"preset\"); default: default")
+                                         "file of overrides (optionally with \"preset\"); default: auto, or preset "
+                                         "default for --condition global / face+global, which auto does not handle")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run saved in OUT.resume")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--seed", type=int, help="override the config's seed")
@@ -32,14 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    choices = None
-    if args.config == AUTO:
+    choices, config = None, args.config
+    if config is None:
+        config = AUTO if (args.condition or "face") == "face" else "default"
+        if config != AUTO:
+            print(f"train: --condition {args.condition} trains with preset default (auto chooses for the face "
+                  "condition only); --config picks another")
+    if config == AUTO:
         cfg, choices = auto_train_config(open_dataset(args.data), seed=args.seed or 0,
                                          condition=args.condition or "face")
         for line in choices:
             print(f"auto: {line}")
     else:
-        cfg = load_train_config(args.config)
+        cfg = load_train_config(config)
         if args.seed is not None:
             cfg = dataclasses.replace(cfg, seed=args.seed)
         if args.condition is not None:

@@ -85,6 +85,7 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
     ae_steps = min(3000, max(300, round(40 * fit / base["ae_batch"])))
     if linear:
         base["autoencoder"].update(kind="linear", latent_dim=latent)
+        base["latent_normalizer"] = "global"
         autoencoder = (f"autoencoder linear (principal directions, closed form), latent {latent} "
                        "(about a quarter of the identities)")
     else:

@@ -19,6 +19,11 @@ class TrainConfig:
     prior: PriorConfig = field(default_factory=PriorConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     normalizer: str = "dim"
+    # "dim" scales every latent coordinate to unit variance; "global" divides all by one number, so
+    # a linear autoencoder's principal coordinates keep their variances and the prior's loss weighs
+    # them as the LoRAs' own error does (auto_config.py), instead of weighing each noise direction
+    # like the signal.
+    latent_normalizer: str = "dim"
     ae_steps: int = 3000
     ae_batch: int = 64
     ae_lr: float = 1e-3
@@ -53,13 +58,18 @@ class TrainConfig:
             raise HypernetError("train config: validation_every and offset work with condition 'face' only")
         if self.choose_sampling and not self.validation_every:
             raise HypernetError("train config: choose_sampling needs a validation split (validation_every > 0)")
+        if self.latent_normalizer not in ("dim", "global"):
+            raise HypernetError(f"train config: latent_normalizer must be 'dim' or 'global', not {self.latent_normalizer!r}")
         if self.global_penalty < 0:
             raise HypernetError("train config: global_penalty must not be negative")
         if not 0 <= self.ema_decay < 1 or self.ae_lr <= 0 or self.prior_lr <= 0 or self.warmup_steps < 0:
             raise HypernetError("train config: ema_decay must be in [0, 1), learning rates positive, warmup >= 0")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["latent_normalizer"] == "dim":  # written only when chosen: older files stay as they were
+            del values["latent_normalizer"]
+        return values
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

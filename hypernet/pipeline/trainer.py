@@ -241,11 +241,14 @@ class Trainer:
         vae.eval()
 
     def fit_latent_normalizer(self, model: Hypernet) -> torch.Tensor:
-        """Posterior means of the training set, then the per-dimension latent normaliser."""
+        """Posterior means of the training set, then the latent normaliser (per dimension, or one
+        scale for all: TrainConfig.latent_normalizer)."""
         with torch.no_grad():
             means = torch.cat([model.vae.encode((v.to(self.device) - model.norm.mean) / model.norm.std)[0].cpu()
                                for v in self.vectors.split(64)])
         normalizer = Normalizer.fit(means)
+        if self.cfg.latent_normalizer == "global":
+            normalizer.std = normalizer.std.square().mean().sqrt().expand_as(normalizer.std).clone()
         model.norm.latent_mean.copy_(normalizer.mean)
         model.norm.latent_std.copy_(normalizer.std)
         return normalizer.normalize(means)
