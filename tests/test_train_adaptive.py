@@ -18,7 +18,7 @@ from hypernet.model.checkpoint import load_hypernet, read_header, save_hypernet
 from hypernet.model.hypernet import HypernetConfig
 from hypernet.model.point_samplers import SamplerConfig, kernel_mean
 from hypernet.pipeline import auto_config
-from hypernet.pipeline.auto_config import auto_train_config, beats_baseline
+from hypernet.pipeline.auto_config import auto_train_config, beats_baseline, paired_evidence
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.pipeline.train_config import TrainConfig
 from hypernet.pipeline.training import state_path, train
@@ -94,7 +94,9 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
     assert {"prior, temperature 1", "prior, temperature 0", "ridge", "kernel, k 1, tau 0.01",
             "kernel, k 16, tau 1", "ridge-lora"} <= set(scores)
     # the best of the candidates that beat ridge face -> LoRA on validation, or that ridge map itself
-    assert set(auto["significant"]) <= set(scores) - {"ridge-lora"}
+    assert set(auto["significant"]) <= set(auto["evidence"]) == set(scores) - {"ridge-lora"}
+    assert all(auto["evidence"][name]["z_top1"] >= 2 or auto["evidence"][name]["t_rel_err"] >= 2
+               for name in auto["significant"])
     assert auto["sampler"] == max(auto["significant"], key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]),
                                   default="ridge-lora")
     kind = auto["sampler"].split(",")[0]
@@ -272,12 +274,13 @@ def rows(hits, errors):
     return {"hit": torch.tensor(hits, dtype=torch.bool), "rel_err": torch.tensor(errors, dtype=torch.float64)}
 
 
-def test_a_candidate_replaces_the_baseline_only_beyond_one_standard_error():
+def test_a_candidate_replaces_the_baseline_only_two_standard_errors_ahead():
     base = rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.5] * 9)
-    # two identities more, where they disagree on three: 2 > sqrt(3), beyond chance at one SE
-    assert beats_baseline(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
-    # one more of nine where they disagree on three (1 < sqrt(3)): a lucky draw, not a win
-    assert not beats_baseline(rows([0, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
+    # four identities more where they disagree on four: 4 / sqrt(4) = 2 standard errors
+    assert beats_baseline(rows([1, 1, 1, 1, 1, 0, 0, 0, 0], [0.5] * 9), base)
+    # two more where they disagree on two (2 / sqrt(2) = 1.4): the best of many candidates gets that by chance
+    assert not beats_baseline(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
+    assert paired_evidence(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)["z_top1"] == pytest.approx(2 ** 0.5)
     # as many retrieved and a consistently smaller delta-W error: a win
     assert beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.4, 0.45, 0.42, 0.41, 0.44, 0.43, 0.4, 0.46, 0.45]), base)
     # as many retrieved and an error smaller on average only through one row: within its SE
