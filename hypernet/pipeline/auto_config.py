@@ -152,8 +152,9 @@ def choose_sampling(model: Hypernet, fit: tuple[torch.Tensor, torch.Tensor],
                     validation: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Make the model sample the best candidate that beats ridge face -> LoRA on the validation rows
     (that ridge map where none does) and return the record: {"sampler", "temperature", "guidance",
-    "validation": {candidate: {top1, rel_err}}, "ridge", "evidence" (each candidate's paired_evidence
-    against it), "significant" (the candidates that beat it), "beats_ridge", "statement"}. `fit`: the fit rows' (aligned vectors, normalised faces)."""
+    "validation": {candidate: {top1, rel_err}}, "ridge", "evidence" (each candidate's
+    paired_evidence against it), "significant" (the candidates that beat it), "beats_ridge",
+    "statement"}. `fit`: the fit rows' (aligned vectors, normalised faces)."""
     (fit_vectors, fit_face), (val_vectors, val_face) = fit, validation
     device = model.norm.mean.device
     fit_face, val_face = fit_face.to(device), val_face.to(device)
@@ -191,14 +192,13 @@ def choose_sampling(model: Hypernet, fit: tuple[torch.Tensor, torch.Tensor],
     else:
         closest = "" if top == "ridge-lora" else (
             f"; the closest candidate, {top} (top-1 {scores[top]['top1']:.3f}, delta-W error "
-            f"{scores[top]['rel_err']:.3f}), is within one standard error of it")
+            f"{scores[top]['rel_err']:.3f}), is not {SIGNIFICANCE:g} standard errors ahead of it")
         statement = (f"could not beat the ridge baseline on the validation identities{closest}, so the checkpoint "
                      "samples ridge regression face -> LoRA and the trained prior is not used: for this collection "
                      "ridge regression from the face embedding predicts the LoRA as well as the hypernet does")
     return {"sampler": best, "temperature": model.config.temperature, "guidance": DEFAULT_GUIDANCE,
             "validation": scores, "ridge": ridge, "evidence": evidence, "significant": significant,
-            "beats_ridge": beats,
-            "statement": statement}
+            "beats_ridge": beats, "statement": statement}
 
 
 def paired_evidence(candidate: dict[str, torch.Tensor], baseline: dict[str, torch.Tensor]) -> dict[str, float]:
