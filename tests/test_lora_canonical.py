@@ -173,3 +173,13 @@ def test_sdxl_layout_flattens_at_full_size():
     gen = torch.Generator().manual_seed(6)
     lora = _random_lora(layout, gen, rank=2)
     assert flatten(lora, layout).shape == (725_760,)
+
+
+def test_global_mode_uses_one_std_for_every_dimension():
+    gen = torch.Generator().manual_seed(6)
+    data = torch.randn(50, 4, generator=gen) * torch.tensor([4.0, 2.0, 1.0, 0.5])
+    norm = Normalizer.fit(data, mode="global")
+    assert torch.unique(norm.std).numel() == 1
+    assert torch.allclose(norm.std[0] ** 2, data.var(0, unbiased=False).mean(), rtol=1e-5)
+    spread = norm.normalize(data).std(0)  # the dimensions keep their relative sizes
+    assert torch.allclose(spread / spread[0], torch.tensor([1.0, 0.5, 0.25, 0.125]), rtol=0.3)

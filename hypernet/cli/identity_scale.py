@@ -15,6 +15,7 @@ from ..model.checkpoint import hypernet_metadata, load_hypernet, read_header, sa
 from ..model.hypernet import MAX_IDENTITY_SCALE
 from ..pipeline.outputs import check_output
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, type=Path, help="hypernet checkpoint (.safetensors)")
     parser.add_argument("--scale", required=True, type=float,

@@ -112,13 +112,15 @@ class Normalizer:
     """x -> (x - mean) / std, with mean and std [D] fitted on a dataset.
 
     Mode "dim": per-dimension mean and std. Mode "module": per-dimension mean, one std per
-    module (its values pooled), which keeps the relative sizes of values inside a module.
+    module (its values pooled), which keeps the relative sizes of values inside a module. Mode
+    "global": per-dimension mean, one std for all (every value pooled), which keeps the relative
+    sizes of all dimensions (a linear autoencoder's principal coordinates).
     Stds below a floor relative to the largest are raised to it, so constant dimensions (e.g.
     zero-padded ranks) neither divide by zero nor let denormalised noise swamp them; data with
     no spread at all (one sample) gets std 1.
     """
 
-    MODES = ("dim", "module")
+    MODES = ("dim", "module", "global")
     RELATIVE_FLOOR = 1e-6
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor):
@@ -150,6 +152,8 @@ class Normalizer:
             _check_size(data, layout)
             for s in module_slices(layout):
                 var[s.start:s.stop] = var[s.start:s.stop].mean()
+        elif mode == "global":
+            var = var.mean().expand_as(var).clone()
         std = var.sqrt()
         largest = float(std.max())
         floor = largest * cls.RELATIVE_FLOOR if largest > 0 else 1.0  # one sample or constant data: no scaling

@@ -244,11 +244,9 @@ class Trainer:
         """Posterior means of the training set, then the latent normaliser (per dimension, or one
         scale for all: TrainConfig.latent_normalizer)."""
         with torch.no_grad():
-            means = torch.cat([model.vae.encode((v.to(self.device) - model.norm.mean) / model.norm.std)[0].cpu()
+            means = torch.cat([model.vae.encode(model.normalizer.normalize(v.to(self.device)))[0].cpu()
                                for v in self.vectors.split(64)])
-        normalizer = Normalizer.fit(means)
-        if self.cfg.latent_normalizer == "global":
-            normalizer.std = normalizer.std.square().mean().sqrt().expand_as(normalizer.std).clone()
+        normalizer = Normalizer.fit(means, mode=self.cfg.latent_normalizer)
         model.norm.latent_mean.copy_(normalizer.mean)
         model.norm.latent_std.copy_(normalizer.std)
         return normalizer.normalize(means)
