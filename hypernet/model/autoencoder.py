@@ -170,6 +170,20 @@ class LinearAutoencoder(nn.Module):
         self.basis[:k] = (rows * signs).to(self.basis)
 
 
+def signal_rank(x: torch.Tensor) -> int:
+    """How many principal directions of `x` [n, D] (centred rows) stand above its noise: the
+    singular values above Gavish and Donoho's optimal hard threshold for white noise of unknown
+    level ("The optimal hard threshold for singular values is 4/sqrt(3)", 2014), omega(beta) times
+    the median singular value, beta the matrix's aspect ratio. The directions below it are each
+    identity's own noise, which a face cannot predict and a latent need not keep."""
+    x = x.double()
+    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x  # the smaller side: same nonzero spectrum
+    singular = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    beta = min(x.shape) / max(x.shape)
+    omega = 0.56 * beta ** 3 - 0.95 * beta ** 2 + 1.82 * beta + 1.43
+    return int((singular > omega * singular.median()).sum())
+
+
 def build_autoencoder(num_values: int, cfg: AutoencoderConfig) -> nn.Module:
     kinds = {"mlp": MlpAutoencoder, "chunks": ChunkAutoencoder, "linear": LinearAutoencoder}
     return kinds[cfg.kind](num_values, cfg)

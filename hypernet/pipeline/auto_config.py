@@ -7,10 +7,12 @@ By rule, from the dataset (`auto_train_config`):
   the aligned, normalised training LoRAs, fitted in closed form: on the issue-19 grid it
   reconstructs held-out LoRAs within 1.5x the noise floor where the trained MLP VAE did not,
   benchmarks/RESULTS.md), the `chunks` VAE (as preset `sdxl`) above, where the training vectors
-  would not fit in memory for a decomposition; latent size the power of two nearest a quarter of
-  the training identities, between 32 and 512: a latent much wider than the collection can fill
-  only stores each LoRA's own noise, which the face cannot predict; for the chunks VAE, steps for
-  about 40 passes over the data (300 to 3,000).
+  would not fit in memory for a decomposition. The linear latent keeps the principal directions
+  that stand above the collection's noise (`signal_rank`, between 8 and 512): the directions below
+  it only store each LoRA's own noise, which the face cannot predict, and every one of them is a
+  coordinate the prior must learn to draw (on synth-100k a latent of 512, a quarter of the
+  identities, retrieved 0.978 of the held-out identities, one of 64 all of them). For the chunks
+  VAE, steps for about 40 passes over the data (300 to 3,000).
 - prior: preset `default`'s (AdaNorm, x0, lr 1e-3, measured in benchmarks/RESULTS.md), at most
   2,000 steps, early-stopped on a validation split of the training identities (trainer.py).
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
@@ -50,11 +52,13 @@ import torch
 
 from ..data.dataset import LoraDataset
 from ..model.hypernet import Hypernet
+from ..model.autoencoder import signal_rank
 from ..model.point_samplers import SamplerConfig, kernel_mean
-from ..lora.alignment import align
+from ..lora.alignment import align, reference_factors
+from ..lora.vectorize import Normalizer
 from .evaluate import delta_rel_err
 from .metrics import compare_rows
-from .ridge import choose_lambda, ridge_linear_map, ridge_low_rank
+from .ridge import choose_lambda, ridge_linear_map, ridge_low_rank, validation_split
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_latents
 from .train_config import PRESETS, TrainConfig, _merge
 
@@ -75,10 +79,18 @@ RIDGE_LORA_RANK = 256
 # 36 identities to 0 was chosen on the grid's manifold-2 cell and retrieved none of 40 held out,
 # where ridge retrieved 3 (benchmarks/RESULTS.md).
 SIGNIFICANCE = 2.0
+# The linear autoencoder's latent size: the number of principal directions above the noise, within these.
+LATENT_RANGE = (8, 512)
 
 
-def _nearest_power_of_two(value: float) -> int:
-    return 2 ** round(math.log2(max(value, 1.0)))
+def _fit_vectors(dataset: LoraDataset, normalizer: str, seed: int) -> torch.Tensor:
+    """The training LoRAs as the trainer fits the autoencoder on them: the fit split, aligned,
+    normalised."""
+    vectors, _, ids = dataset.load("train")
+    fit, _ = validation_split(len(ids), seed)
+    layout = dataset.layout
+    vectors = align(vectors[fit], reference_factors(vectors[fit], layout), layout)
+    return Normalizer.fit(vectors, layout, normalizer).normalize(vectors)
 
 
 def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "face") -> tuple[TrainConfig, list[str]]:
@@ -88,13 +100,14 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
     values = dataset.layout.num_values
     linear = values <= LINEAR_LIMIT
     base = _merge(dataclasses.asdict(TrainConfig()), PRESETS["default" if linear else "sdxl"])
-    latent = min(512, max(32, _nearest_power_of_two(fit / 4)))
     ae_steps = min(3000, max(300, round(40 * fit / base["ae_batch"])))
     if linear:
+        signal = signal_rank(_fit_vectors(dataset, base["normalizer"], seed))
+        latent = min(LATENT_RANGE[1], max(LATENT_RANGE[0], signal))
         base["autoencoder"].update(kind="linear", latent_dim=latent)
         base["latent_normalizer"] = "global"
-        autoencoder = (f"autoencoder linear (principal directions, closed form), latent {latent} "
-                       "(about a quarter of the identities)")
+        autoencoder = (f"autoencoder linear (principal directions, closed form), latent {latent}: "
+                       f"{signal} singular values of the training LoRAs stand above their noise level")
     else:
         autoencoder = f"autoencoder {base['autoencoder']['kind']}, {ae_steps} steps (about 40 passes)"
     reasons = [f"{n} training identities, {fit} to fit and {n - fit} to validate on; {values:,} values per LoRA",
