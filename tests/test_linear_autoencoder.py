@@ -7,7 +7,7 @@ from hypernet_support import make_dataset, quick_config
 from safetensors import safe_open
 
 from hypernet.errors import HypernetError
-from hypernet.model.autoencoder import AutoencoderConfig, build_autoencoder, signal_rank
+from hypernet.model.autoencoder import AutoencoderConfig, build_autoencoder, directions_above_noise
 from hypernet.model.checkpoint import load_hypernet
 from hypernet.pipeline.sampling import decode_lora, sample_latents
 from hypernet.pipeline.training import train
@@ -28,16 +28,19 @@ def _signal_plus_noise(rows: int, dim: int = 300, rank: int = 3, noise: float = 
 
 
 @pytest.mark.parametrize("rows", [200, 600])  # fewer and more rows than values: both sides of the Gram matrix
-def test_signal_rank_counts_the_directions_above_the_noise(rows):
-    data, _ = _signal_plus_noise(rows)
-    assert signal_rank(data - data.mean(0)) == 3
+def test_the_directions_above_the_noise_are_the_planted_ones(rows):
+    data, directions = _signal_plus_noise(rows)
+    found = directions_above_noise(data - data.mean(0)).float()
+    assert found.shape == (3, 300)
+    assert torch.allclose(found @ found.T, torch.eye(3), atol=1e-5)
+    assert bool(((directions @ found.T).norm(dim=1) > 0.99).all())  # the same subspace
     noise = torch.randn(rows, 300, generator=torch.Generator().manual_seed(3))
-    assert signal_rank(noise - noise.mean(0)) == 0
+    assert len(directions_above_noise(noise - noise.mean(0))) == 0
     # a fourth direction counts once its spread stands out of the noise (0.05 per value, 300 values)
     extra = torch.randn(rows, 1, generator=torch.Generator().manual_seed(4)) * DIRECTIONS[:1].roll(1, 1)
     for spread, rank in ((0.02, 3), (1.0, 4)):
         mixed = data + spread * extra
-        assert signal_rank(mixed - mixed.mean(0)) == rank
+        assert len(directions_above_noise(mixed - mixed.mean(0))) == rank
 
 
 def test_fit_finds_the_shared_subspace_and_keeps_it_through_encode_and_decode():

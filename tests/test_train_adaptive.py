@@ -43,22 +43,33 @@ def data(tmp_path_factory):
 def test_auto_config_follows_the_collection(data):
     cfg, choices = auto_train_config(open_dataset(data))
     assert cfg.offset == "ridge" and cfg.validation_every > 0 and cfg.choose_sampling
-    # about 7 of the 27 fit LoRAs' directions stand above their noise: the floor of 8
+    # about 7 of the 27 fit LoRAs' directions stand above their noise: the floor of 8 keeps them all
     assert cfg.autoencoder.kind == "linear" and cfg.autoencoder.latent_dim == 8
     assert cfg.latent_normalizer == "global"
     assert "27 to fit and 3 to validate on" in choices[0] and choices[1].startswith("autoencoder linear")
 
 
-def test_auto_keeps_every_direction_a_noiseless_collection_fills(tmp_path):
-    """A collection whose delta W is exactly linear in a 16-d face fills at least 16 directions and
-    nothing else: the latent holds them all, and none of the fit rows' remaining ones."""
+@pytest.fixture(scope="module")
+def linear_data(tmp_path_factory):
+    """Delta W exactly linear in a 16-d face, 60 identities."""
     vectors, emb = linear_collection(60, seed=7)
     records = [DatasetRecord.in_memory(f"id-{i:03d}", v, e) for i, (v, e) in enumerate(zip(vectors, emb))]
-    data = write_dataset(tmp_path / "data", LAYOUT, "linear-test", records, heldout_fraction=0.1)
-    cfg, choices = auto_train_config(open_dataset(data))
-    latent = cfg.autoencoder.latent_dim
-    assert EMBEDDING_DIM <= latent <= EMBEDDING_DIM + 4 < 48  # 48 identities to fit
-    assert f"latent {latent}: {latent} singular values" in choices[1]
+    return write_dataset(tmp_path_factory.mktemp("linear") / "data", LAYOUT, "linear-test", records,
+                         heldout_fraction=0.1)
+
+
+def test_auto_latent_stops_where_more_directions_stop_reconstructing(linear_data, monkeypatch):
+    """The noiseless linear collection fills about 16 directions (the face's): the latent keeps the
+    16 that reconstruct as well as all above the noise, not the 48 identities to fit."""
+    cfg, choices = auto_train_config(open_dataset(linear_data))
+    assert cfg.autoencoder.latent_dim == EMBEDDING_DIM
+    signal = int(choices[1].split("latent 16: ")[1].split(" directions")[0])
+    assert EMBEDDING_DIM <= signal <= EMBEDDING_DIM + 4 < 48
+    assert "the leading 16 reconstruct the validation LoRAs" in choices[1]
+    monkeypatch.setattr(auto_config, "RECONSTRUCTION_TOLERANCE", 1.0)  # nothing short of all of them will do
+    assert auto_train_config(open_dataset(linear_data))[0].autoencoder.latent_dim == signal
+    monkeypatch.setattr(auto_config, "LATENT_RANGE", (8, 8))
+    assert auto_train_config(open_dataset(linear_data))[0].autoencoder.latent_dim == 8
 
 
 def test_auto_keeps_the_chunks_autoencoder_where_a_decomposition_would_not_fit(data, monkeypatch):
@@ -255,10 +266,8 @@ def test_an_early_stopped_run_resumes_to_the_same_result(data, tmp_path):
     assert read_header(whole)[0]["validation"] == read_header(parted)[0]["validation"]
 
 
-def test_a_collection_ridge_predicts_exactly_gets_the_statement(tmp_path, capsys):
-    vectors, emb = linear_collection(60, seed=7)
-    records = [DatasetRecord.in_memory(f"id-{i:03d}", v, e) for i, (v, e) in enumerate(zip(vectors, emb))]
-    data = write_dataset(tmp_path / "data", LAYOUT, "linear-test", records, heldout_fraction=0.1)
+def test_a_collection_ridge_predicts_exactly_gets_the_statement(linear_data, tmp_path, capsys):
+    data = linear_data
     cfg, choices = small_auto(data, prior_steps=20)
     out = tmp_path / "linear.safetensors"
     train(data, out, cfg, progress=False, choices=choices)

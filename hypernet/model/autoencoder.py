@@ -170,18 +170,22 @@ class LinearAutoencoder(nn.Module):
         self.basis[:k] = (rows * signs).to(self.basis)
 
 
-def signal_rank(x: torch.Tensor) -> int:
-    """How many principal directions of `x` [n, D] (centred rows) stand above its noise: the
-    singular values above Gavish and Donoho's optimal hard threshold for white noise of unknown
-    level ("The optimal hard threshold for singular values is 4/sqrt(3)", 2014), omega(beta) times
-    the median singular value, beta the matrix's aspect ratio. The directions below it are each
-    identity's own noise, which a face cannot predict and a latent need not keep."""
+def directions_above_noise(x: torch.Tensor) -> torch.Tensor:
+    """The principal directions of `x` [n, D] (centred rows) that stand above its noise, as
+    orthonormal rows [r, D], leading first: those whose singular values exceed Gavish and Donoho's
+    optimal hard threshold for white noise of unknown level ("The optimal hard threshold for
+    singular values is 4/sqrt(3)", 2014), omega(beta) times the median singular value, beta the
+    matrix's aspect ratio. The directions below it are each row's own noise."""
     x = x.double()
-    gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x  # the smaller side: same nonzero spectrum
-    singular = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
+    wide = x.shape[0] <= x.shape[1]
+    eigenvalues, vectors = torch.linalg.eigh(x @ x.T if wide else x.T @ x)  # the smaller side's Gram matrix
+    singular, vectors = eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
     beta = min(x.shape) / max(x.shape)
     omega = 0.56 * beta ** 3 - 0.95 * beta ** 2 + 1.82 * beta + 1.43
-    return int((singular > omega * singular.median()).sum())
+    rank = int((singular > omega * singular.median()).sum())
+    if wide:  # left singular vectors -> right ones
+        return (x.T @ vectors[:, :rank] / singular[:rank]).T
+    return vectors[:, :rank].T
 
 
 def build_autoencoder(num_values: int, cfg: AutoencoderConfig) -> nn.Module:

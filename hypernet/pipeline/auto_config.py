@@ -7,12 +7,14 @@ By rule, from the dataset (`auto_train_config`):
   the aligned, normalised training LoRAs, fitted in closed form: on the issue-19 grid it
   reconstructs held-out LoRAs within 1.5x the noise floor where the trained MLP VAE did not,
   benchmarks/RESULTS.md), the `chunks` VAE (as preset `sdxl`) above, where the training vectors
-  would not fit in memory for a decomposition. The linear latent keeps the principal directions
-  that stand above the collection's noise (`signal_rank`, between 8 and 512): the directions below
-  it only store each LoRA's own noise, which the face cannot predict, and every one of them is a
-  coordinate the prior must learn to draw (on synth-100k a latent of 512, a quarter of the
-  identities, retrieved 0.978 of the held-out identities, one of 64 all of them). For the chunks
-  VAE, steps for about 40 passes over the data (300 to 3,000).
+  would not fit in memory for a decomposition. The linear latent: of the principal directions
+  that stand above the collection's noise (`directions_above_noise`), the fewest leading ones (a
+  power of two, 8 to 512) that reconstruct the validation LoRAs within 1.2x the error of all of
+  them (`linear_latent_size`). Directions below the noise only store each LoRA's own noise, which
+  the face cannot predict, and past the knee of the error curve each is one more coordinate the
+  prior must learn to draw for little of what tells identities apart (on synth-100k a latent of
+  512 retrieved 0.978 of the held-out identities, one of 64 all of them). For the chunks VAE,
+  steps for about 40 passes over the data (300 to 3,000).
 - prior: preset `default`'s (AdaNorm, x0, lr 1e-3, measured in benchmarks/RESULTS.md), at most
   2,000 steps, early-stopped on a validation split of the training identities (trainer.py).
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
@@ -52,7 +54,7 @@ import torch
 
 from ..data.dataset import LoraDataset
 from ..model.hypernet import Hypernet
-from ..model.autoencoder import signal_rank
+from ..model.autoencoder import directions_above_noise
 from ..model.point_samplers import SamplerConfig, kernel_mean
 from ..lora.alignment import align, reference_factors
 from ..lora.vectorize import Normalizer
@@ -79,18 +81,44 @@ RIDGE_LORA_RANK = 256
 # 36 identities to 0 was chosen on the grid's manifold-2 cell and retrieved none of 40 held out,
 # where ridge retrieved 3 (benchmarks/RESULTS.md).
 SIGNIFICANCE = 2.0
-# The linear autoencoder's latent size: the number of principal directions above the noise, within these.
+# The linear autoencoder's latent: the fewest leading principal directions (a power of two, or all
+# above the noise) that reconstruct the validation LoRAs within this factor of all above the noise,
+# within LATENT_RANGE. Every direction is a coordinate the prior must learn to draw, and beyond the
+# knee of the error curve one carries a few per cent of one identity's difference from another (on
+# synth-100k: 407 directions above the noise, 32 within 12 % of their error).
+RECONSTRUCTION_TOLERANCE = 1.2
 LATENT_RANGE = (8, 512)
 
 
-def _fit_vectors(dataset: LoraDataset, normalizer: str, seed: int) -> torch.Tensor:
-    """The training LoRAs as the trainer fits the autoencoder on them: the fit split, aligned,
-    normalised."""
+def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int = 0) -> tuple[int, str]:
+    """(latent size for the linear autoencoder, why). The training LoRAs' fit rows are prepared as
+    the trainer prepares them (aligned, normalised); of their principal directions above the noise,
+    the fewest leading ones (a power of two, or all) that reconstruct the validation rows within
+    RECONSTRUCTION_TOLERANCE of the error with all of them."""
     vectors, _, ids = dataset.load("train")
-    fit, _ = validation_split(len(ids), seed)
+    fit, val = validation_split(len(ids), seed)
     layout = dataset.layout
-    vectors = align(vectors[fit], reference_factors(vectors[fit], layout), layout)
-    return Normalizer.fit(vectors, layout, normalizer).normalize(vectors)
+    reference = reference_factors(vectors[fit], layout)
+    fit_rows, val_rows = align(vectors[fit], reference, layout), align(vectors[val], reference, layout)
+    norm = Normalizer.fit(fit_rows, layout, normalizer)
+    basis = directions_above_noise(norm.normalize(fit_rows))
+    signal = len(basis)
+    if signal <= LATENT_RANGE[0]:
+        return LATENT_RANGE[0], f"{signal} directions of the training LoRAs stand above their noise"
+    projected = norm.normalize(val_rows).double() @ basis.T
+
+    def error(k: int) -> float:
+        return delta_rel_err(norm.denormalize((projected[:, :k] @ basis[:k]).float()), val_rows, layout)
+
+    full = error(signal)
+    sizes = [2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, 10) if 2 ** e < signal] + [signal]
+    for k in sizes:
+        if k >= LATENT_RANGE[1] or error(k) <= RECONSTRUCTION_TOLERANCE * full:
+            k = min(k, LATENT_RANGE[1])
+            return k, (f"{signal} directions of the training LoRAs stand above their noise; the leading {k} "
+                       f"reconstruct the validation LoRAs with delta-W error {error(k):.3f}, all {signal} "
+                       f"with {full:.3f}")
+    raise AssertionError("unreachable: the last size is all the directions")
 
 
 def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "face") -> tuple[TrainConfig, list[str]]:
@@ -102,12 +130,10 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
     base = _merge(dataclasses.asdict(TrainConfig()), PRESETS["default" if linear else "sdxl"])
     ae_steps = min(3000, max(300, round(40 * fit / base["ae_batch"])))
     if linear:
-        signal = signal_rank(_fit_vectors(dataset, base["normalizer"], seed))
-        latent = min(LATENT_RANGE[1], max(LATENT_RANGE[0], signal))
+        latent, why = linear_latent_size(dataset, base["normalizer"], seed)
         base["autoencoder"].update(kind="linear", latent_dim=latent)
         base["latent_normalizer"] = "global"
-        autoencoder = (f"autoencoder linear (principal directions, closed form), latent {latent}: "
-                       f"{signal} singular values of the training LoRAs stand above their noise level")
+        autoencoder = f"autoencoder linear (principal directions, closed form), latent {latent}: {why}"
     else:
         autoencoder = f"autoencoder {base['autoencoder']['kind']}, {ae_steps} steps (about 40 passes)"
     reasons = [f"{n} training identities, {fit} to fit and {n - fit} to validate on; {values:,} values per LoRA",
