@@ -327,3 +327,15 @@ def test_train_without_a_config_is_auto_and_other_conditions_get_preset_default(
     with pytest.raises(Chosen, match="^default$"):
         main(["train", "--data", str(data), "--out", str(tmp_path / "global.safetensors"), "--condition", "global"])
     assert "--condition global trains with preset default" in capsys.readouterr().out
+
+
+def test_train_without_a_config_names_a_lora_with_nan_values(tmp_path, capsys):
+    """auto's latent choice reads the training LoRAs before the trainer does; a NaN there still
+    gets the trainer's message naming the identity, not a failed decomposition."""
+    vectors, emb = linear_collection(30, seed=7)
+    vectors[:5, 3] = float("nan")  # some of these land in the training split
+    records = [DatasetRecord.in_memory(f"id-{i:03d}", v, e) for i, (v, e) in enumerate(zip(vectors, emb))]
+    data = write_dataset(tmp_path / "data", LAYOUT, "linear-test", records, heldout_fraction=0.1)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "nan.safetensors"), "--quiet"]) == 1
+    assert "contains NaN or infinite values; rebuild the dataset without it" in capsys.readouterr().err
+    assert not (tmp_path / "nan.safetensors").exists()

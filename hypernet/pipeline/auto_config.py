@@ -12,8 +12,9 @@ By rule, from the dataset (`auto_train_config`):
   power of two, 8 to 512) that reconstruct the validation LoRAs within 1.2x the error of all of
   them (`linear_latent_size`). Directions below the noise only store each LoRA's own noise, which
   the face cannot predict, and past the knee of the error curve each is one more coordinate the
-  prior must learn to draw for little of what tells identities apart (on synth-100k a latent of
-  512 retrieved 0.978 of the held-out identities, one of 64 all of them). For the chunks VAE,
+  prior must learn to draw for little of what tells identities apart (synth-100k: 407 directions
+  above the noise, the leading 32 within 1.12x of their error; `auto` at latent 512 retrieved
+  0.978 of the held-out identities, at 32 all of them). For the chunks VAE,
   steps for about 40 passes over the data (300 to 3,000).
 - prior: preset `default`'s (AdaNorm, x0, lr 1e-3, measured in benchmarks/RESULTS.md), at most
   2,000 steps, early-stopped on a validation split of the training identities (trainer.py).
@@ -84,8 +85,8 @@ SIGNIFICANCE = 2.0
 # The linear autoencoder's latent: the fewest leading principal directions (a power of two, or all
 # above the noise) that reconstruct the validation LoRAs within this factor of all above the noise,
 # within LATENT_RANGE. Every direction is a coordinate the prior must learn to draw, and beyond the
-# knee of the error curve one carries a few per cent of one identity's difference from another (on
-# synth-100k: 407 directions above the noise, 32 within 12 % of their error).
+# knee of the error curve one carries little of what tells identities apart (on synth-100k: 407
+# directions above the noise, the leading 32 within 12 % of their error).
 RECONSTRUCTION_TOLERANCE = 1.2
 LATENT_RANGE = (8, 512)
 
@@ -96,7 +97,8 @@ def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int 
     the fewest leading ones (a power of two, or all) that reconstruct the validation rows within
     RECONSTRUCTION_TOLERANCE of the error with all of them."""
     vectors, _, ids = dataset.load("train")
-    fit, val = validation_split(len(ids), seed)
+    vectors = vectors[torch.isfinite(vectors).all(1)]  # the trainer refuses the others, with their names
+    fit, val = validation_split(len(vectors), seed)
     layout = dataset.layout
     reference = reference_factors(vectors[fit], layout)
     fit_rows, val_rows = align(vectors[fit], reference, layout), align(vectors[val], reference, layout)
@@ -113,12 +115,12 @@ def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int 
     full = error(signal)
     sizes = [2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, 10) if 2 ** e < signal] + [signal]
     for k in sizes:
-        if k >= LATENT_RANGE[1] or error(k) <= RECONSTRUCTION_TOLERANCE * full:
-            k = min(k, LATENT_RANGE[1])
-            return k, (f"{signal} directions of the training LoRAs stand above their noise; the leading {k} "
-                       f"reconstruct the validation LoRAs with delta-W error {error(k):.3f}, all {signal} "
-                       f"with {full:.3f}")
-    raise AssertionError("unreachable: the last size is all the directions")
+        k = min(k, LATENT_RANGE[1])
+        k_error = error(k)
+        if k == LATENT_RANGE[1] or k_error <= RECONSTRUCTION_TOLERANCE * full:
+            break
+    return k, (f"{signal} directions of the training LoRAs stand above their noise; the leading {k} reconstruct "
+               f"the validation LoRAs with delta-W error {k_error:.3f}, all {signal} with {full:.3f}")
 
 
 def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "face") -> tuple[TrainConfig, list[str]]:
