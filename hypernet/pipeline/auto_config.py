@@ -96,7 +96,7 @@ def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int 
     the trainer prepares them (aligned, normalised); of their principal directions above the noise,
     the fewest leading ones (a power of two, or all) that reconstruct the validation rows within
     RECONSTRUCTION_TOLERANCE of the error with all of them."""
-    vectors, _, ids = dataset.load("train")
+    vectors, _, _ = dataset.load("train")
     vectors = vectors[torch.isfinite(vectors).all(1)]  # the trainer refuses the others, with their names
     fit, val = validation_split(len(vectors), seed)
     layout = dataset.layout
@@ -113,7 +113,7 @@ def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int 
         return delta_rel_err(norm.denormalize((projected[:, :k] @ basis[:k]).float()), val_rows, layout)
 
     full = error(signal)
-    sizes = [2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, 10) if 2 ** e < signal] + [signal]
+    sizes = [2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, LATENT_RANGE[1].bit_length()) if 2 ** e < signal] + [signal]
     for k in sizes:
         k = min(k, LATENT_RANGE[1])
         k_error = error(k)
