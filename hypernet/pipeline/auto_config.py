@@ -113,11 +113,11 @@ def linear_latent_size(dataset: LoraDataset, normalizer: str = "dim", seed: int 
         return delta_rel_err(norm.denormalize((projected[:, :k] @ basis[:k]).float()), val_rows, layout)
 
     full = error(signal)
-    sizes = [2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, LATENT_RANGE[1].bit_length()) if 2 ** e < signal] + [signal]
-    for k in sizes:
-        k = min(k, LATENT_RANGE[1])
+    largest = min(signal, LATENT_RANGE[1])
+    powers = (2 ** e for e in range(LATENT_RANGE[0].bit_length() - 1, LATENT_RANGE[1].bit_length()))
+    for k in [p for p in powers if p < largest] + [largest]:
         k_error = error(k)
-        if k == LATENT_RANGE[1] or k_error <= RECONSTRUCTION_TOLERANCE * full:
+        if k_error <= RECONSTRUCTION_TOLERANCE * full:
             break
     return k, (f"{signal} directions of the training LoRAs stand above their noise; the leading {k} reconstruct "
                f"the validation LoRAs with delta-W error {k_error:.3f}, all {signal} with {full:.3f}")
