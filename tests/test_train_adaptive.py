@@ -18,7 +18,7 @@ from hypernet.model.checkpoint import load_hypernet, read_header, save_hypernet
 from hypernet.model.hypernet import HypernetConfig
 from hypernet.model.point_samplers import SamplerConfig, kernel_mean
 from hypernet.pipeline import auto_config
-from hypernet.pipeline.auto_config import auto_train_config, beats_baseline, paired_evidence
+from hypernet.pipeline.auto_config import SIGNIFICANCE, auto_train_config, beats_baseline, paired_evidence
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.pipeline.train_config import TrainConfig
 from hypernet.pipeline.training import state_path, train
@@ -119,7 +119,7 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
             "kernel, k 16, tau 1", "ridge-lora"} <= set(scores)
     # the best of the candidates that beat ridge face -> LoRA on validation, or that ridge map itself
     assert set(auto["significant"]) <= set(auto["evidence"]) == set(scores) - {"ridge-lora"}
-    assert all(auto["evidence"][name]["z_top1"] >= 2 or auto["evidence"][name]["t_rel_err"] >= 2
+    assert all(auto["evidence"][name]["z_top1"] >= SIGNIFICANCE or auto["evidence"][name]["t_rel_err"] >= SIGNIFICANCE
                for name in auto["significant"])
     assert auto["sampler"] == max(auto["significant"], key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]),
                                   default="ridge-lora")
@@ -296,13 +296,19 @@ def rows(hits, errors):
     return {"hit": torch.tensor(hits, dtype=torch.bool), "rel_err": torch.tensor(errors, dtype=torch.float64)}
 
 
-def test_a_candidate_replaces_the_baseline_only_two_standard_errors_ahead():
+def test_a_candidate_replaces_the_baseline_only_significantly_ahead():
     base = rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.5] * 9)
     # four identities more where they disagree on four: 4 / sqrt(4) = 2 standard errors
     assert beats_baseline(rows([1, 1, 1, 1, 1, 0, 0, 0, 0], [0.5] * 9), base)
     # two more where they disagree on two (2 / sqrt(2) = 1.4): the best of many candidates gets that by chance
+    # (the grid's manifold-2 cell)
     assert not beats_baseline(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)
     assert paired_evidence(rows([1, 1, 1, 0, 0, 0, 0, 0, 0], [0.5] * 9), base)["z_top1"] == pytest.approx(2 ** 0.5)
+    # six against one where they disagree (5 / sqrt(7) = 1.89, past the one-sided 5 % point): the
+    # issue-19-small cell's prior, which held out retrieved many times what ridge did
+    ahead, ridge = rows([1] * 7 + [0] * 6, [0.5] * 13), rows([1] + [0] * 6 + [1] + [0] * 5, [0.5] * 13)
+    assert paired_evidence(ahead, ridge)["z_top1"] == pytest.approx(5 / 7 ** 0.5)
+    assert beats_baseline(ahead, ridge)
     # as many retrieved and a consistently smaller delta-W error: a win
     assert beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.4, 0.45, 0.42, 0.41, 0.44, 0.43, 0.4, 0.46, 0.45]), base)
     # as many retrieved and an error smaller on average only through one row: within its SE
