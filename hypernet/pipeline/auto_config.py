@@ -83,8 +83,8 @@ RIDGE_LORA_RANK = 256
 # comparison would be: at one standard error a prior ahead by 2 of 36 identities to 0 (1.41) was
 # chosen on the grid's manifold-2 cell and retrieved none of 40 held out, where ridge retrieved 3.
 # At two, a prior ahead by 6 to 1 of 108 (1.89) was refused on issue-19-small and ridge kept,
-# which retrieved 1 of 120 held out; that prior retrieves 10 (benchmarks/RESULTS.md, part 7). On
-# the grid's records no other cell's choice differs between the two.
+# which retrieved 1 of 120 held out; chosen now, that prior retrieves 9 (benchmarks/RESULTS.md,
+# part 7). On the grid's records no other cell's choice differs between the two.
 SIGNIFICANCE = 1.645
 # The linear autoencoder's latent: the fewest leading principal directions (a power of two, or all
 # above the noise) that reconstruct the validation LoRAs within this factor of all above the noise,
