@@ -16,7 +16,7 @@ Interface (stable; `python -m hypernet collect` builds on it):
                               TrainingSettings(steps=500, learning_rate=1e-4, batch_size=1,
                                                resolution=1024, seed=0,
                                                caption_template="a photo of {token} person",
-                                               class_images=()))
+                                               class_images=(), lr_schedule="constant"))
     result = trainer.train(images=[Path(...), ...], captions=["a photo of sks person", ...] or None,
                            seed=7, init_lora=None, progress=lambda done, total: ...,
                            should_stop=lambda: False)

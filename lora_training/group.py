@@ -29,7 +29,7 @@ import torch
 
 from ._hypernet import HypernetError, Layout, LoraWeights, ModuleWeights, lora_to_state_dict
 from .adapters import let_gradients_through, new_adapters, remove_adapters, weight_keys
-from .settings import TrainingResult
+from .settings import TrainingResult, lr_scheduler
 from .trainer import _EVAL_SEED_OFFSET, _PERCENT_RANGE, _detached_conditioning
 
 
@@ -151,6 +151,7 @@ class _GroupRun:
 
 def train_group(patcher, members: Sequence[GroupMember], layout: Layout, *, steps: int, learning_rate: float,
                 batch_size: int = 1, init_lora: LoraWeights | None = None, eval_draws: int = 4,
+                lr_schedule: str = "constant",
                 progress: Callable[[int, int], None] | None = None) -> list[TrainingResult | HypernetError]:
     """One LoRA of `layout` per member, trained together on a loaded MODEL, which comes out
     unchanged. A member whose loss stops being finite gets a HypernetError in its place; the
@@ -179,8 +180,8 @@ def train_group(patcher, members: Sequence[GroupMember], layout: Layout, *, step
             lora.attach(clone.model, keys)
             run = _GroupRun(clone.model, members, device)
             starts_at_base = init_lora is None or all(not bool(m.up.any()) for m in init_lora.values())
-            losses = _train(run, lora, members, steps, learning_rate, batch_size, eval_draws, starts_at_base,
-                            progress)
+            losses = _train(run, lora, members, steps, learning_rate, lr_schedule, batch_size, eval_draws,
+                            starts_at_base, progress)
     finally:
         lora.detach()
         remove_adapters(clone, {})
@@ -196,8 +197,8 @@ def train_group(patcher, members: Sequence[GroupMember], layout: Layout, *, step
     return results
 
 
-def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, batch_size, eval_draws, fresh,
-           progress) -> list[tuple]:
+def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, lr_schedule, batch_size, eval_draws,
+           fresh, progress) -> list[tuple]:
     count = len(members)
     evals = []
     for k, member in enumerate(members):
@@ -210,6 +211,7 @@ def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, ba
     initial = list(base) if fresh else [_mean_loss(run, lora, k, evals[k], k, chunk) for k in range(count)]
     generators = [torch.Generator().manual_seed(m.seed) for m in members]
     optimizer = torch.optim.AdamW(lora.parameters(), lr=learning_rate, weight_decay=0.0)
+    scheduler = lr_scheduler(optimizer, lr_schedule, steps)
     errors: list[HypernetError | None] = [None] * count
     train_losses: list[list[float]] = [[] for _ in members]
     for step in range(steps):
@@ -233,6 +235,8 @@ def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, ba
                 errors[k] = HypernetError(f"the training loss became {value} at step {step + 1}; lower the learning rate")
             train_losses[k].append(value)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if progress is not None:
             progress(step + 1, steps)
     lora.which = None

@@ -53,7 +53,7 @@ class IdentityTrainer:
                           learning_rate=settings.learning_rate, seed=seed, batch_size=settings.batch_size,
                           init_lora=init, class_latents=class_latents, class_conditioning=class_conditioning,
                           prior_loss_weight=settings.prior_loss_weight, eval_draws=settings.eval_draws,
-                          progress=progress, should_stop=should_stop)
+                          lr_schedule=settings.lr_schedule, progress=progress, should_stop=should_stop)
 
     def encode(self, images: Sequence[str | os.PathLike], captions: Sequence[str] | None):
         """One identity's (latents, CONDITIONING per image); HypernetError for its bad input."""
@@ -81,7 +81,8 @@ class IdentityTrainer:
         settings = self.settings
         return train_group(self.model, members, self.layout, steps=settings.steps,
                            learning_rate=settings.learning_rate, batch_size=settings.batch_size,
-                           init_lora=_init(init_lora), eval_draws=settings.eval_draws, progress=progress)
+                           init_lora=_init(init_lora), eval_draws=settings.eval_draws,
+                           lr_schedule=settings.lr_schedule, progress=progress)
 
     def _class_images(self):
         """Prior-preservation latents and conditioning, encoded once for all identities."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ._hypernet import HypernetError, Layout, LoraWeights
 from .adapters import adapters_state_dict, create_adapters, let_gradients_through, remove_adapters
-from .settings import TrainingResult, TrainingStopped
+from .settings import TrainingResult, TrainingStopped, lr_scheduler
 
 # Timesteps at the very ends of the schedule map to sigma 0 or "infinity" in percent_to_sigma.
 _PERCENT_RANGE = (1e-3, 1.0 - 1e-3)
@@ -55,8 +55,8 @@ class _TrainingSampler(comfy.samplers.Sampler):
 class _TrainingRun:
     """State of one run inside the guider: data, adapters, optimizer and the numbers measured."""
 
-    def __init__(self, adapters, spans, n_identity, steps, learning_rate, seed, batch_size, prior_loss_weight,
-                 eval_draws, progress, should_stop):
+    def __init__(self, adapters, spans, n_identity, steps, learning_rate, lr_schedule, seed, batch_size,
+                 prior_loss_weight, eval_draws, progress, should_stop):
         self.adapters = adapters
         self.spans = spans  # image index -> its entries in the guider's positive conds
         self.n_identity = n_identity  # images [0, n_identity) are the identity's, the rest class images
@@ -67,6 +67,7 @@ class _TrainingRun:
         params = [p for a in adapters.values() for p in a.parameters() if p.requires_grad]
         # No weight decay: it would pull a refined hypernet LoRA towards zero, not towards the person.
         self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        self.scheduler = lr_scheduler(self.optimizer, lr_schedule, steps)
         self.train_losses: list[float] = []
 
     def execute(self, model_wrap, extra_args, latents):
@@ -140,6 +141,8 @@ class _TrainingRun:
             if not torch.isfinite(torch.tensor(total)):
                 raise HypernetError(f"the training loss became {total} at step {step + 1}; lower the learning rate")
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.train_losses.append(total)
             if self.progress is not None:
                 self.progress(step + 1, self.steps)
@@ -162,7 +165,7 @@ def _detached_conditioning(conditioning: list) -> list:
 def train_lora(patcher, latents: torch.Tensor, conditioning: Sequence[list], layout: Layout, *, steps: int,
                learning_rate: float, seed: int, batch_size: int = 1, init_lora: LoraWeights | None = None,
                class_latents: torch.Tensor | None = None, class_conditioning: Sequence[list] = (),
-               prior_loss_weight: float = 1.0, eval_draws: int = 4,
+               prior_loss_weight: float = 1.0, eval_draws: int = 4, lr_schedule: str = "constant",
                progress: Callable[[int, int], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> TrainingResult:
     """Train one LoRA of `layout` on a loaded MODEL (ModelPatcher), which comes out unchanged.
@@ -199,8 +202,8 @@ def train_lora(patcher, latents: torch.Tensor, conditioning: Sequence[list], lay
                 spans.append(range(len(positive), len(positive) + len(entries)))
                 positive.extend(_detached_conditioning(entries))
             patcher.model.requires_grad_(False)
-            run = _TrainingRun(adapters, spans, latents.shape[0], steps, learning_rate, seed, batch_size,
-                               prior_loss_weight, eval_draws, progress, should_stop)
+            run = _TrainingRun(adapters, spans, latents.shape[0], steps, learning_rate, lr_schedule, seed,
+                               batch_size, prior_loss_weight, eval_draws, progress, should_stop)
             guider = _PositiveOnlyGuider(clone)
             guider.set_conds(positive)
             # The sigmas only have to be non-empty: the training sampler draws its own timesteps.

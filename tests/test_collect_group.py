@@ -105,6 +105,36 @@ def test_the_group_loop_is_the_one_identity_loop(trainer, glyph_source):
     assert_same_lora(grouped.state_dict, one.state_dict)
 
 
+def test_a_cosine_schedule_runs_the_same_in_both_loops_and_changes_the_lora(glyph_source):
+    """The schedule is applied in the group loop as in the one-identity loop, its rate falls from
+    the learning rate to near zero, and the LoRA ends elsewhere than at a constant rate."""
+    import lora_training
+    from lora_training.settings import lr_scheduler
+    settings = lora_training.TrainingSettings(steps=STEPS, learning_rate=LEARNING_RATE, batch_size=BATCH,
+                                              resolution=64, seed=0, eval_draws=2, lr_schedule="cosine")
+    cosine = lora_training.IdentityTrainer(glyph_source["base"], preset(LAYOUT), settings)
+    photos, captions = typeface(glyph_source, "face1")
+    one = cosine.train(photos, captions, seed=5)
+    grouped = cosine.train_group([cosine.member(photos, captions, seed=5)])[0]
+    assert_same_lora(grouped.state_dict, one.state_dict)
+    assert np.allclose(grouped.train_losses, one.train_losses, rtol=1e-3)
+
+    constant = lora_training.IdentityTrainer(glyph_source["base"], preset(LAYOUT),
+                                             lora_training.TrainingSettings(**{**settings.__dict__, "lr_schedule": "constant"}))
+    flat = constant.train_group([constant.member(photos, captions, seed=5)])[0]
+    key = next(k for k in one.state_dict if "lora_down" in k)
+    assert not torch.allclose(flat.state_dict[key], one.state_dict[key], atol=LEARNING_RATE / 4)
+
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)
+    scheduler, rates = lr_scheduler(optimizer, "cosine", STEPS), []
+    for _ in range(STEPS):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == LEARNING_RATE and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 0.05 * LEARNING_RATE
+    assert lr_scheduler(optimizer, "constant", STEPS) is None
+
+
 def collect(glyph_source, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "hypernet", "collect", "--src", str(glyph_source["src"]),
                "--base", str(glyph_source["base"]), "--layout", LAYOUT, "--out", str(out), "--steps", str(STEPS),

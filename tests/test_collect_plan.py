@@ -112,3 +112,19 @@ def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
     assert result.returncode == 1
     assert "error: no Ray cluster answers on this machine" in result.stderr
     assert "`ray start --head`" in result.stderr
+
+
+def test_a_learning_rate_schedule_is_part_of_the_key_and_a_constant_rate_keeps_older_keys(tmp_path):
+    photo_folder(tmp_path / "src" / "anna", "a.png")
+    constant = spec(tmp_path / "src", tmp_path / "out", steps=5)
+    # A record written before the schedule existed has no lr_schedule in its key: still finished.
+    assert "lr_schedule" not in constant.key()["settings"]
+    (tmp_path / "out" / "anna").mkdir(parents=True)
+    (tmp_path / "out" / "anna" / RECORD_FILE).write_text(f'{{"key": {__import__("json").dumps(constant.key())}}}')
+    assert plan_run(constant).finished == ["anna"]
+    cosine = spec(tmp_path / "src", tmp_path / "out", steps=5, lr_schedule="cosine")
+    assert cosine.key()["settings"]["lr_schedule"] == "cosine"
+    with pytest.raises(HypernetError, match=r"other settings \(settings.lr_schedule differ\)"):
+        plan_run(cosine)
+    with pytest.raises(HypernetError, match="--lr-schedule must be one of constant, cosine"):
+        TrainingSettings(lr_schedule="linear")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..collect.jobs import DEFAULT_TEMPLATE, DEFAULT_TOKEN, TrainingSettings, class_image_files
+from ..collect.jobs import DEFAULT_TEMPLATE, DEFAULT_TOKEN, LR_SCHEDULES, TrainingSettings, class_image_files
 from ..collect.run import collect
 
 DEFAULTS = TrainingSettings()
@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--steps", type=int, default=DEFAULTS.steps, help="steps per identity (default: %(default)s)")
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate,
                        help="default: %(default)s")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="learning rate over the steps: constant, or cosine decay to 0 (default: %(default)s)")
     train.add_argument("--batch", type=int, default=DEFAULTS.batch_size, help="images per step (default: %(default)s)")
     train.add_argument("--identities-per-step", type=int, default=1, metavar="K",
                        help="train K identities together: each step draws --batch images per identity and runs one "
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainingSettings(
         steps=args.steps, learning_rate=args.learning_rate, batch_size=args.batch, resolution=args.resolution,
         seed=args.seed, caption_template=args.caption_template, token=args.token,
-        class_images=class_image_files(args.class_images), eval_draws=args.eval_draws)
+        class_images=class_image_files(args.class_images), eval_draws=args.eval_draws,
+        lr_schedule=args.lr_schedule)
     result = collect(args.src, args.base, args.layout, args.out, settings=settings, workers=args.workers,
                      ray=args.ray, init_lora=args.init, face_model=args.face_model, preload=tuple(args.preload),
                      threads=args.threads, link_photos=not args.copy, progress=not args.quiet,

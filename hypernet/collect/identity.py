@@ -67,7 +67,9 @@ class TrainerHost:
             steps=spec.settings.steps, learning_rate=spec.settings.learning_rate,
             batch_size=spec.settings.batch_size, resolution=spec.settings.resolution, seed=spec.settings.seed,
             caption_template=spec.settings.caption_template, token=spec.settings.token,
-            class_images=tuple(spec.settings.class_images), eval_draws=spec.settings.eval_draws)
+            class_images=tuple(spec.settings.class_images), eval_draws=spec.settings.eval_draws,
+            # only when asked: a trainer package of the older interface knows no schedule
+            **({} if spec.settings.lr_schedule == "constant" else {"lr_schedule": spec.settings.lr_schedule}))
         self.layout = Layout.from_dict(spec.layout)
         self.trainer = package.IdentityTrainer(spec.base_checkpoint, self.layout, settings)
         self.init_lora = lora_to_state_dict(read_lora(spec.init_lora)) if spec.init_lora else None

@@ -22,6 +22,7 @@ RUN_FILE = "collect_run.json"
 PARTIAL_PREFIX = ".partial-"
 DEFAULT_TEMPLATE = "a photo of {token} person"
 DEFAULT_TOKEN = "sks"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TrainingSettings:
     # The reported losses average this many fixed noise/timestep draws per image (the base
     # model's, the start's, the result's): 62 glyphs x 4 draws x 3 cost as much as training.
     eval_draws: int = 4
+    lr_schedule: str = "constant"  # or "cosine" (lora_training.settings)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "resolution", "eval_draws"):
@@ -46,6 +48,8 @@ class TrainingSettings:
                 raise HypernetError(f"--{name.replace('_', '-')} must be 1 or more, not {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise HypernetError(f"--learning-rate must be above 0, not {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise HypernetError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
         check_template(self.caption_template, "--caption-template")
 
 
@@ -92,6 +96,8 @@ class RunSpec:
         """What decides a finished identity's LoRA: a re-run with another key must not mix with it."""
         settings = asdict(self.settings)
         settings["class_images"] = [Path(p).name for p in self.settings.class_images]
+        if settings["lr_schedule"] == "constant":  # collections made before the schedule existed keep their key
+            del settings["lr_schedule"]
         return {"base_sha256": self.base_sha256, "layout": self.layout_name,
                 "layout_sha256": hashlib.sha256(json.dumps(self.layout).encode()).hexdigest(),
                 "settings": settings, "init_sha256": self.init_sha256, "trainer": self.trainer,
