@@ -168,11 +168,16 @@ def run_cell(name: str, knobs: dict, config: str, args: argparse.Namespace, env:
 
 
 def chosen_sampler(checkpoint: Path) -> str:
-    """What `train --config auto` chose to sample with (its `auto` record), or "prior" for a preset."""
+    """What `train --config auto` chose to sample with (its `auto` record; the prior with its
+    guidance), or "prior" for a preset."""
     sys.path.insert(0, str(_bench.ROOT))
     from hypernet.model.checkpoint import read_header
     auto = read_header(checkpoint)[0].get("auto")
-    return json.loads(auto).get("sampler", "prior") if auto else "prior"
+    if not auto:
+        return "prior"
+    record = json.loads(auto)
+    sampler = record.get("sampler", "prior")
+    return f"{sampler}, guidance {record['guidance']:g}" if sampler.startswith("prior") else sampler
 
 
 def what_differs(name: str, identities: int | None) -> str:

@@ -33,6 +33,9 @@ from .settings import TrainingResult, lr_scheduler
 from .trainer import _EVAL_SEED_OFFSET, _PERCENT_RANGE, _detached_conditioning
 
 
+_EVAL_VALUES_PER_CALL = 2 ** 16  # latent values per no-gradient call: 256 rows of 4x8x8, 1 of SDXL's 4x128x128
+
+
 @dataclass
 class GroupMember:
     """One identity: VAE latents [N, C, h, w], one CONDITIONING per image, and its seed."""
@@ -205,7 +208,9 @@ def _train(run: _GroupRun, lora: _StackedLora, members, steps, learning_rate, lr
         generator = torch.Generator().manual_seed(member.seed + _EVAL_SEED_OFFSET)
         evals.append([run.draw(k, generator, i, (d + 0.5) / eval_draws)
                       for i in range(member.latents.shape[0]) for d in range(eval_draws)])
-    chunk = 2 * count * batch_size  # no gradients kept: twice a training step's rows fit
+    # No gradients kept: twice a training step's rows fit, and small latents go many to a call (at
+    # one identity, batch 1, two rows a call made Refine's loss reports most of its time).
+    chunk = max(2 * count * batch_size, _EVAL_VALUES_PER_CALL // members[0].latents[0].numel())
     base = [_mean_loss(run, lora, k, evals[k], None, chunk) for k in range(count)]
     # A fresh LoRA (or a start with zero up factors) adds exactly nothing: its loss is the base's.
     initial = list(base) if fresh else [_mean_loss(run, lora, k, evals[k], k, chunk) for k in range(count)]

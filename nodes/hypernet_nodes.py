@@ -87,7 +87,8 @@ class SampleLoRA(io.ComfyNode):
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000, tooltip="DDIM steps of the prior; 25 is plenty."),
                 io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=10.0, step=0.05,
                                tooltip="Identity strength: 1 samples the conditional prior, higher follows the face "
-                                       "more (3-6 measured best), 0 ignores it."),
+                                       "more, 0 ignores it. A hypernet trained with --config auto chose its own on "
+                                       "validation faces: Load Hypernet's info names it."),
                 io.Float.Input("eta", default=DEFAULT_ETA, min=0.0, max=1.0, step=0.01,
                                tooltip="0 is deterministic DDIM; higher adds fresh noise per step (more variety)."),
                 # Optional links, not widgets: saved face-only workflows keep their widget order.

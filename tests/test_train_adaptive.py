@@ -111,7 +111,14 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
     train(data, out, cfg, progress=False, choices=choices)
     metadata = read_header(out)[0]
     auto, config = json.loads(metadata["auto"]), json.loads(metadata["config"])
-    assert auto["choices"] == choices and auto["guidance"] == 3.0
+    assert auto["choices"] == choices
+    # the prior's guidance: the best of its temperature-0 samples on validation, in the checkpoint
+    # where the prior answers (else the default, which point samplers ignore)
+    searched = auto["guidance_search"]
+    assert set(searched) == {f"{g:g}" for g in auto_config.GUIDANCES}
+    best = max(auto_config.GUIDANCES, key=lambda g: (searched[f"{g:g}"]["top1"], -searched[f"{g:g}"]["rel_err"]))
+    prior_chosen = auto["sampler"].startswith("prior")
+    assert auto["guidance"] == (best if prior_chosen else 3.0) == config.get("guidance", 3.0)
     assert isinstance(auto["beats_ridge"], bool) and "ridge" in auto["statement"]
     # every candidate was scored on the validation identities, and the best of them was kept
     scores = auto["validation"]
@@ -138,6 +145,26 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
     offset = model.latent_offset(model.condition_vectors(torch.nn.functional.normalize(face, dim=1), None))
     model.config = dataclasses.replace(model.config, offset="none")
     assert torch.allclose(sample_latents(model, face, seed=5, steps=4) + offset, first, atol=1e-5)
+
+
+def test_a_chosen_guidance_travels_with_the_checkpoint_and_callers_without_one_sample_with_it(data, tmp_path):
+    from hypernet.pipeline.evaluate import evaluate
+    cfg, choices = small_auto(data, prior_steps=10, choose_sampling=False)
+    out = tmp_path / "guided.safetensors"
+    train(data, out, cfg, progress=False, choices=choices)
+    model = load_hypernet(out)
+    assert model.config.guidance == 3.0 and "guidance" not in model.config.to_dict()  # older files unchanged
+    model.config = dataclasses.replace(model.config, guidance=5.0)
+    assert HypernetConfig.from_dict(json.loads(model.config.to_json())).guidance == 5.0
+    assert "guidance: 5 (chosen in training" in model.describe()
+    face = open_dataset(data).load("heldout")[1][:2]
+    own = sample_latents(model, face, seed=1, steps=4)
+    assert torch.equal(own, sample_latents(model, face, seed=1, steps=4, guidance=5.0))
+    assert not torch.allclose(own, sample_latents(model, face, seed=1, steps=4, guidance=3.0))
+    assert evaluate(model, open_dataset(data), seeds=1, steps=2, progress=False)["settings"]["guidance"] == 5.0
+    for bad in (-1.0, 10.5, True, "3"):
+        with pytest.raises(HypernetError, match="guidance must be a number between 0 and 10"):
+            dataclasses.replace(model.config, guidance=bad)
 
 
 def twin_collection(people: int, copies: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

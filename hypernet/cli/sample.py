@@ -15,7 +15,7 @@ from ..errors import HypernetError
 from ..model.checkpoint import load_hypernet
 from ..pipeline.condition_inputs import InputWords, check_condition_inputs
 from ..pipeline.outputs import check_output, write_sampled_lora
-from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, decode_lora, sample_latents
+from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_STEPS, checkpoint_guidance, decode_lora, sample_latents
 from ..pipeline.sampling_inputs import embed_face_photos, encode_global_photos, read_embedding_file, read_global_file
 
 WORDS = InputWords(give_face="give --embedding FILE, or --face PHOTO... with --face-model FOLDER",
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--global-device", default="cpu", help="device of the image encoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the hypernet's own, chosen in training; 3 where it chose none)")
     parser.add_argument("--eta", type=float, default=DEFAULT_ETA)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, type=Path, help="LoRA file to write (kohya .safetensors)")
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, steps=args.steps, guidance=args.guidance, eta=args.eta)
     weights = decode_lora(model, latent)
     seconds = time.perf_counter() - started
-    write_sampled_lora(weights, args.out, model, args.ckpt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+    guidance = checkpoint_guidance(model, args.guidance)  # the provenance names the guidance used
+    write_sampled_lora(weights, args.out, model, args.ckpt, seed=args.seed, steps=args.steps, guidance=guidance,
                        eta=args.eta, overwrite=args.overwrite)
     print(f"wrote {args.out}: {len(weights)} modules, sampled and decoded in {seconds:.2f} s")
     return 0

@@ -9,12 +9,13 @@ the papers; hypernet/pipeline/auto_config.py) live in the config, because they c
 sample is: `offset` "ridge" means the prior models the residual of the latent around a linear
 (ridge) map of the face embedding, stored as norm.offset_weight [E, m] and norm.offset_bias [m],
 which sampling adds back; `temperature` scales the starting noise of DDIM (1: the prior's own
-spread; 0: its deterministic, mean-like answer). A third, `sampler`, says what answers a face
+spread; 0: its deterministic, mean-like answer). `guidance` is the
+classifier-free guidance sampling uses when its caller gives none. A further one, `sampler`, says what answers a face
 at all: the prior (the default), or a point sampler that replaces it where the prior did worse
 on the validation split (point_samplers.py: the ridge map alone, ridge regression to the LoRA
-itself, or a kernel mean of training latents; their tensors live under norm.). All three are
-written only when they differ from "none", 1.0 and "prior", so older checkpoints keep their
-config JSON and load unchanged.
+itself, or a kernel mean of training latents; their tensors live under norm.). Each is
+written only when it differs from its default ("none", 1.0, 3.0, "prior"), so older checkpoints
+keep their config JSON and load unchanged.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ from ..lora.vectorize import Normalizer
 
 OFFSETS = ("none", "ridge")
 MAX_IDENTITY_SCALE = 10.0
+# Classifier-free guidance of a checkpoint that did not choose one: what benchmarks/RESULTS.md
+# measured its tables with, and the Sample LoRA node's widget default.
+DEFAULT_GUIDANCE = 3.0
+MAX_GUIDANCE = 10.0
 POINT_BUFFERS = ("kernel_keys", "kernel_latents", "ridge_in", "ridge_out", "ridge_bias")
 
 
@@ -64,6 +69,9 @@ class HypernetConfig:
     # A hypernet whose autoencoder keeps only what identities share answers with a weaker update
     # than a trained LoRA; training leaves 1, `python -m hypernet identity-scale` sets a measured one.
     identity_scale: float = 1.0
+    # The guidance `train --config auto` chose on the validation identities; callers that are not
+    # given one sample with it (sampling.sample_latents).
+    guidance: float = DEFAULT_GUIDANCE
 
     def __post_init__(self):
         check_condition(self.condition)
@@ -78,6 +86,9 @@ class HypernetConfig:
                 or not 0 < self.identity_scale <= MAX_IDENTITY_SCALE:
             raise HypernetError(f"identity_scale must be a number above 0 and at most {MAX_IDENTITY_SCALE}, "
                                 f"not {brief(self.identity_scale)}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) \
+                or not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise HypernetError(f"guidance must be a number between 0 and {MAX_GUIDANCE:g}, not {brief(self.guidance)}")
         if self.sampler.kind == "ridge" and self.offset != "ridge":
             raise HypernetError("sampler 'ridge' needs offset 'ridge': the ridge map is the offset")
         if self.sampler.kind == "kernel" and self.condition != "face":
@@ -113,6 +124,8 @@ class HypernetConfig:
             data["sampler"] = self.sampler.to_dict()
         if self.identity_scale != 1.0:
             data["identity_scale"] = self.identity_scale
+        if self.guidance != DEFAULT_GUIDANCE:
+            data["guidance"] = self.guidance
         return data
 
     @classmethod
@@ -126,6 +139,7 @@ class HypernetConfig:
                        offset=data.get("offset", "none"), temperature=data.get("temperature", 1.0),
                        sampler=SamplerConfig.from_dict(data.get("sampler", {})),
                        identity_scale=data.get("identity_scale", 1.0),
+                       guidance=data.get("guidance", DEFAULT_GUIDANCE),
                        autoencoder=AutoencoderConfig(**data["autoencoder"]), prior=PriorConfig(**data["prior"]),
                        diffusion=DiffusionConfig(**data["diffusion"]))
         except HypernetError:
@@ -302,5 +316,7 @@ class Hypernet(nn.Module):
                 f"{counts['prior']:,} parameters"
                 + (f"\nsamples with: {cfg.sampler.kind} (chosen in training on validation identities; the prior "
                    "is not used, every seed gives the same LoRA)" if cfg.sampler.kind != "prior" else "")
+                + (f"\nguidance: {cfg.guidance:g} (chosen in training on validation identities; set Sample LoRA's "
+                   "guidance to it)" if cfg.guidance != DEFAULT_GUIDANCE and cfg.sampler.kind == "prior" else "")
                 + (f"\nidentity scale: {cfg.identity_scale:g} (decoded LoRAs {cfg.identity_scale:g} times as far from "
                    "the mean LoRA)" if cfg.identity_scale != 1.0 else ""))

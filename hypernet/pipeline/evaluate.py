@@ -24,7 +24,7 @@ from ..model.condition import needs_face, needs_global
 from ..model.hypernet import Hypernet
 from .metrics import compare, delta_sq_norms, diversity, mean_baseline
 from .ridge import choose_lambda, ridge_predict
-from .sampling import DEFAULT_ETA, DEFAULT_GUIDANCE, DEFAULT_STEPS, sample_latents
+from .sampling import DEFAULT_ETA, DEFAULT_STEPS, checkpoint_guidance, sample_latents
 
 
 def _check_dataset(model: Hypernet, dataset: LoraDataset) -> None:
@@ -73,7 +73,7 @@ def _baselines(train_vectors: torch.Tensor, train_emb: torch.Tensor, true: torch
 
 
 def _sampled(model: Hypernet, true: torch.Tensor, emb: torch.Tensor, glob: torch.Tensor | None, *, seeds: int,
-             steps: int, guidance: float, eta: float, progress: bool) -> dict[str, float]:
+             steps: int, guidance: float | None, eta: float, progress: bool) -> dict[str, float]:
     """Mean top1, cosine and relative error of LoRAs sampled with seeds 0..seeds-1, and their diversity."""
     samples = []
     face_input = emb if needs_face(model.condition) else None
@@ -87,7 +87,7 @@ def _sampled(model: Hypernet, true: torch.Tensor, emb: torch.Tensor, glob: torch
 
 
 def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: int = DEFAULT_STEPS,
-             guidance: float = DEFAULT_GUIDANCE, eta: float = DEFAULT_ETA, limit: int | None = None,
+             guidance: float | None = None, eta: float = DEFAULT_ETA, limit: int | None = None,
              progress: bool = True) -> dict:
     _check_dataset(model, dataset)
     true, emb, _ = dataset.load("heldout")
@@ -108,6 +108,6 @@ def evaluate(model: Hypernet, dataset: LoraDataset, *, seeds: int = 2, steps: in
         "baselines": baselines,
         "ceiling": {"top1": recon["top1"], "cosine": recon["cosine"]},
         "count": {"heldout": len(true), "train": len(train_vectors)},
-        "settings": {"seeds": seeds, "steps": steps, "guidance": guidance, "eta": eta},
+        "settings": {"seeds": seeds, "steps": steps, "guidance": checkpoint_guidance(model, guidance), "eta": eta},
         "seconds": time.perf_counter() - started,
     }

@@ -118,7 +118,7 @@ class HypernetSampled(Method):
     name = "hypernet"
     uses_hypernet = True
 
-    def __init__(self, model, *, seed: int, steps: int, guidance: float):
+    def __init__(self, model, *, seed: int, steps: int, guidance: float | None):
         self.model, self.seed, self.steps, self.guidance = model, seed, steps, guidance
 
     def make(self, identity):

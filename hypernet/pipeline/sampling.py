@@ -14,14 +14,14 @@ from ..common.tensors import all_finite, seeded_generator
 from ..errors import HypernetError
 from ..lora.weights import LoraWeights
 from ..lora.vectorize import unflatten
-from ..model.hypernet import Hypernet
+from ..model.hypernet import DEFAULT_GUIDANCE, Hypernet  # noqa: F401 (re-exported for callers)
 from .condition_inputs import condition_inputs
 
 SEED_LIMIT = 2**64
-# The defaults of every caller (the Sample LoRA node, `sample` and `evaluate` commands):
-# guidance 3 is what benchmarks/RESULTS.md measured its tables with.
+# The defaults of every caller (the Sample LoRA node, `sample` and `evaluate` commands). Guidance
+# has none here: a caller that gives none samples with the checkpoint's (HypernetConfig.guidance,
+# chosen by `train --config auto`, else DEFAULT_GUIDANCE, 3, which the node's widget starts at).
 DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 3.0
 DEFAULT_ETA = 0.0
 
 
@@ -64,7 +64,7 @@ def _guided_denoiser(prior: torch.nn.Module, cond: torch.Tensor, guidance: float
 
 @torch.no_grad()
 def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = DEFAULT_STEPS,
-                   guidance: float = DEFAULT_GUIDANCE, eta: float = DEFAULT_ETA,
+                   guidance: float | None = None, eta: float = DEFAULT_ETA,
                    callback: Callable[[int], None] | None = None, device: str | torch.device | None = None,
                    global_features=None) -> torch.Tensor:
     """Latents [n, m] for n identities by DDIM with classifier-free guidance.
@@ -72,9 +72,10 @@ def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = DEFAU
     `embeddings` are face embeddings and `global_features` global image features, one row per
     identity; the checkpoint's condition says which of the two it needs (condition_inputs).
     guidance 1 samples the conditional prior, 0 the unconditional one, > 1 pushes towards the
-    condition. `callback(done_steps)` runs after each step (the nodes use it for progress and
+    condition; None is the checkpoint's own (`checkpoint_guidance`). `callback(done_steps)` runs after each step (the nodes use it for progress and
     cancel). A checkpoint whose training chose a point sampler (ridge or kernel mean) answers
     without DDIM: seed, steps, guidance and eta then change nothing."""
+    guidance = checkpoint_guidance(model, guidance)
     if guidance < 0:
         raise HypernetError(f"guidance must not be negative, not {guidance}")
     device = torch.device(device) if device is not None else model.norm.mean.device
@@ -90,6 +91,11 @@ def sample_latents(model: Hypernet, embeddings, *, seed: int, steps: int = DEFAU
     if not all_finite(latents):
         raise HypernetError("sampling produced NaN or infinite values; try guidance closer to 1")
     return latents
+
+
+def checkpoint_guidance(model: Hypernet, guidance: float | None) -> float:
+    """`guidance`, or where it is None the one the checkpoint carries (chosen in training)."""
+    return model.config.guidance if guidance is None else float(guidance)
 
 
 def _prior_latents(model: Hypernet, cond: torch.Tensor, seed: int, steps: int, guidance: float, eta: float,
