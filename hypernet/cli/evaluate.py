@@ -9,7 +9,7 @@ from ..errors import HypernetError
 from ..model.checkpoint import load_hypernet
 from ..pipeline.evaluate import evaluate
 from ..pipeline.noise_floor import noise_floor
-from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_STEPS
+from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_STEPS, GUIDANCE_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder with held-out identities")
     parser.add_argument("--seeds", type=int, default=2, help="samples per identity")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the hypernet's own, chosen in training; 3 where it chose none)")
+    parser.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     parser.add_argument("--eta", type=float, default=DEFAULT_ETA)
     parser.add_argument("--limit", type=int, help="evaluate only the first N held-out identities")
     parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")

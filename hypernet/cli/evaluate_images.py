@@ -15,7 +15,7 @@ from ..common.comfy_side import import_comfy_side
 from ..common.files import write_text_atomic
 from ..errors import HypernetError
 from ..pipeline.identity_scores import format_table, report
-from ..pipeline.sampling import DEFAULT_STEPS
+from ..pipeline.sampling import DEFAULT_STEPS, GUIDANCE_HELP
 
 RENDERER_PACKAGE = "image_eval"
 METHODS = ("base", "nearest", "mean", "hypernet", "refine", "trained")
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--hypernet", type=Path, metavar="CKPT", help="hypernet checkpoint: hypernet and refine methods")
     hyper.add_argument("--hypernet-seed", type=int, default=0, help="LoRA sampling seed (default: %(default)s)")
     hyper.add_argument("--hypernet-steps", type=int, default=DEFAULT_STEPS, help="default: %(default)s")
-    hyper.add_argument("--guidance", type=float, help="classifier-free guidance (default: the hypernet's own, chosen in training; 3 where it chose none)")
+    hyper.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     train = parser.add_argument_group("training (refine and trained methods)")
     train.add_argument("--refine-steps", type=int, default=20, help="Refine steps after sampling (default: %(default)s)")
     train.add_argument("--train-steps", type=int, default=200,

@@ -15,7 +15,8 @@ from ..errors import HypernetError
 from ..model.checkpoint import load_hypernet
 from ..pipeline.condition_inputs import InputWords, check_condition_inputs
 from ..pipeline.outputs import check_output, write_sampled_lora
-from ..pipeline.sampling import DEFAULT_ETA, DEFAULT_STEPS, checkpoint_guidance, decode_lora, sample_latents
+from ..pipeline.sampling import (DEFAULT_ETA, DEFAULT_STEPS, GUIDANCE_HELP, checkpoint_guidance, decode_lora,
+                                 sample_latents)
 from ..pipeline.sampling_inputs import embed_face_photos, encode_global_photos, read_embedding_file, read_global_file
 
 WORDS = InputWords(give_face="give --embedding FILE, or --face PHOTO... with --face-model FOLDER",
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--global-device", default="cpu", help="device of the image encoder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance (default: the hypernet's own, chosen in training; 3 where it chose none)")
+    parser.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     parser.add_argument("--eta", type=float, default=DEFAULT_ETA)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True, type=Path, help="LoRA file to write (kohya .safetensors)")

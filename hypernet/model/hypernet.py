@@ -9,8 +9,8 @@ the papers; hypernet/pipeline/auto_config.py) live in the config, because they c
 sample is: `offset` "ridge" means the prior models the residual of the latent around a linear
 (ridge) map of the face embedding, stored as norm.offset_weight [E, m] and norm.offset_bias [m],
 which sampling adds back; `temperature` scales the starting noise of DDIM (1: the prior's own
-spread; 0: its deterministic, mean-like answer). `guidance` is the
-classifier-free guidance sampling uses when its caller gives none. A further one, `sampler`, says what answers a face
+spread; 0: its deterministic, mean-like answer); `guidance` is the classifier-free guidance
+sampling uses when its caller gives none. A further one, `sampler`, says what answers a face
 at all: the prior (the default), or a point sampler that replaces it where the prior did worse
 on the validation split (point_samplers.py: the ridge map alone, ridge regression to the LoRA
 itself, or a kernel mean of training latents; their tensors live under norm.). Each is

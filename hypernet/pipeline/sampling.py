@@ -23,6 +23,7 @@ SEED_LIMIT = 2**64
 # chosen by `train --config auto`, else DEFAULT_GUIDANCE, 3, which the node's widget starts at).
 DEFAULT_STEPS = 25
 DEFAULT_ETA = 0.0
+GUIDANCE_HELP = "classifier-free guidance (default: the hypernet's own, chosen in training; 3 where it chose none)"
 
 
 def _start_noise(seed: int, n: int, m: int, device: torch.device, temperature: float = 1.0):
