@@ -6,10 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ._hypernet import HypernetError
-
-
-LR_SCHEDULES = ("constant", "cosine")
+from ._hypernet import LR_SCHEDULES, HypernetError
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: int):
