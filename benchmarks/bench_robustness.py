@@ -169,15 +169,18 @@ def run_cell(name: str, knobs: dict, config: str, args: argparse.Namespace, env:
 
 def chosen_sampler(checkpoint: Path) -> str:
     """What `train --config auto` chose to sample with (its `auto` record; the prior with its
-    guidance), or "prior" for a preset."""
+    guidance and learning rate), or "prior" for a preset."""
     sys.path.insert(0, str(_bench.ROOT))
     from hypernet.model.checkpoint import read_header
-    auto = read_header(checkpoint)[0].get("auto")
-    if not auto:
+    metadata = read_header(checkpoint)[0]
+    if not metadata.get("auto"):
         return "prior"
-    record = json.loads(auto)
+    record = json.loads(metadata["auto"])
     sampler = record.get("sampler", "prior")
-    return f"{sampler}, guidance {record['guidance']:g}" if sampler.startswith("prior") else sampler
+    if not sampler.startswith("prior"):
+        return sampler
+    lr = json.loads(metadata.get("validation", "{}")).get("prior_lr")
+    return f"{sampler}, guidance {record['guidance']:g}" + (f", lr {lr:g}" if lr else "")
 
 
 def what_differs(name: str, identities: int | None) -> str:

@@ -26,12 +26,11 @@ from hypernet.pipeline.training import state_path, train
 
 def small_auto(data, **overrides):
     """The automatic config of `data` with the tiny preset's networks (its MLP VAE, whose latents get
-    the per-dimension normaliser) and few steps, so it trains in seconds."""
+    the per-dimension normaliser), few steps and one learning rate, so it trains in seconds."""
     cfg, choices = auto_train_config(open_dataset(data))
     tiny = quick_config()
     values = dict(autoencoder=tiny.autoencoder, latent_normalizer="dim", prior=tiny.prior, ae_steps=30, prior_steps=60,
-                  validation_every=10,
-                  patience=3, warmup_steps=2, checkpoint_every=10)
+                  validation_every=10, patience=3, warmup_steps=2, checkpoint_every=10, prior_lr_search=())
     return dataclasses.replace(cfg, **{**values, **overrides}), choices
 
 
@@ -43,6 +42,7 @@ def data(tmp_path_factory):
 def test_auto_config_follows_the_collection(data):
     cfg, choices = auto_train_config(open_dataset(data))
     assert cfg.offset == "ridge" and cfg.validation_every > 0 and cfg.choose_sampling
+    assert cfg.prior_lr_search == auto_config.PRIOR_LRS and cfg.prior_lr_search[0] == cfg.prior_lr == 1e-3
     # about 7 of the 27 fit LoRAs' directions stand above their noise: the floor of 8 keeps them all
     assert cfg.autoencoder.kind == "linear" and cfg.autoencoder.latent_dim == 8
     assert cfg.latent_normalizer == "global"
@@ -374,10 +374,13 @@ def test_a_candidate_replaces_the_baseline_only_significantly_ahead():
 
 def test_train_without_a_config_is_auto_and_other_conditions_get_preset_default(data, tmp_path, monkeypatch, capsys):
     from hypernet.cli import train as train_cli
-    monkeypatch.setattr(train_cli, "auto_train_config", lambda dataset, seed, condition: small_auto(data))
+    monkeypatch.setattr(train_cli, "auto_train_config",
+                        lambda dataset, seed, condition: small_auto(data, prior_lr_search=(1e-12, 1e-3)))
     out = tmp_path / "plain.safetensors"
     assert main(["train", "--data", str(data), "--out", str(out), "--quiet"]) == 0
-    assert "auto" in read_header(out)[0] and "auto: samples with" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "auto" in read_header(out)[0] and "auto: samples with" in printed
+    assert "prior learning rate 0.001, the lowest validation loss of 1e-12: " in printed
 
     class Chosen(Exception):
         pass
@@ -400,3 +403,66 @@ def test_train_without_a_config_names_a_lora_with_nan_values(tmp_path, capsys):
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "nan.safetensors"), "--quiet"]) == 1
     assert "contains NaN or infinite values; rebuild the dataset without it" in capsys.readouterr().err
     assert not (tmp_path / "nan.safetensors").exists()
+
+
+def test_the_learning_rate_search_keeps_the_run_with_the_lowest_validation_loss(data, tmp_path):
+    # 1e-12 leaves the prior where it started, 1e-3 learns: whichever order they run in, the kept
+    # prior is 1e-3's run, exactly what prior_lr 1e-3 alone trains
+    single = tmp_path / "single.safetensors"
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=40, validation_every=5, prior_lr=1e-3)
+    train(data, single, cfg, progress=False)
+    expected = load_hypernet(single).state_dict()
+    for order in ((1e-12, 1e-3), (1e-3, 1e-12)):
+        out = tmp_path / f"search-{order[0]:g}.safetensors"
+        train(data, out, dataclasses.replace(cfg, prior_lr=5e-4, prior_lr_search=order), progress=False)
+        early = json.loads(read_header(out)[0]["validation"])
+        runs = {t["lr"]: t for t in early["lr_search"]}
+        assert early["prior_lr"] == 1e-3 and list(runs) == list(order)
+        assert runs[1e-3]["best_loss"] < runs[1e-12]["best_loss"] and early["best_loss"] == runs[1e-3]["best_loss"]
+        got = load_hypernet(out).state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_a_learning_rate_search_resumes_to_the_same_result(data, tmp_path):
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=30, validation_every=5, prior_lr_search=(1e-3, 3e-3))
+    whole = tmp_path / "whole.safetensors"
+    train(data, whole, cfg, progress=False)
+    parted = tmp_path / "parted.safetensors"
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stop_in_the_second_run(phase, step):
+        seen.append((phase, step))
+        if phase == "prior" and step == 20 and seen.count(("prior", 20)) == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(data, parted, cfg, progress=False, on_step=stop_in_the_second_run)
+    train(data, parted, cfg, progress=False, resume=True)
+    a, b = load_hypernet(whole).state_dict(), load_hypernet(parted).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_header(whole)[0]["validation"] == read_header(parted)[0]["validation"]
+
+
+def test_a_diverging_learning_rate_is_passed_over_and_all_diverging_is_one_clear_error(data, tmp_path):
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=20, validation_every=5, prior_lr_search=(1e30, 1e-3))
+    out = tmp_path / "search.safetensors"
+    train(data, out, cfg, progress=False)
+    early = json.loads(read_header(out)[0]["validation"])
+    assert early["prior_lr"] == 1e-3 and early["lr_search"][0]["diverged"]
+    with pytest.raises(HypernetError, match="diverged at every learning rate"):
+        train(data, tmp_path / "none.safetensors", dataclasses.replace(cfg, prior_lr_search=(1e30,)), progress=False)
+    assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_the_learning_rate_search_is_checked_and_written_only_when_asked_for():
+    assert "prior_lr_search" not in TrainConfig().to_dict()
+    cfg = TrainConfig(validation_every=10, prior_lr_search=(1e-3, 3e-4))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad in (dict(prior_lr_search=(1e-3,)), dict(validation_every=10, prior_lr_search=(0.0,)),
+                dict(validation_every=10, prior_steps=5, prior_lr_search=(1e-3,))):
+        with pytest.raises(HypernetError, match="prior_lr_search"):
+            TrainConfig(**bad)

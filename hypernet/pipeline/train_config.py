@@ -44,6 +44,10 @@ class TrainConfig:
     patience: int = 5
     offset: str = "none"  # "ridge": the prior learns the residual around a ridge map (hypernet.py)
     choose_sampling: bool = False  # pick temperature and guidance on the validation split
+    # Learning-rate search (trainer.py): the prior is trained once at each of these rates, each run
+    # early-stopped, and the run with the lowest validation loss is kept (prior_lr is then unused).
+    # Empty: one run at prior_lr.
+    prior_lr_search: tuple[float, ...] = ()
 
     def __post_init__(self):
         check_condition(self.condition)
@@ -60,6 +64,11 @@ class TrainConfig:
             raise HypernetError("train config: choose_sampling needs a validation split (validation_every > 0)")
         if self.latent_normalizer not in ("dim", "global"):
             raise HypernetError(f"train config: latent_normalizer must be 'dim' or 'global', not {self.latent_normalizer!r}")
+        rates_ok = all(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0
+                       for lr in self.prior_lr_search)
+        if self.prior_lr_search and not (0 < self.validation_every <= self.prior_steps and rates_ok):
+            raise HypernetError("train config: prior_lr_search needs a validation split (validation_every > 0, "
+                                "at most prior_steps) and positive learning rates")
         if self.global_penalty < 0:
             raise HypernetError("train config: global_penalty must not be negative")
         if not 0 <= self.ema_decay < 1 or self.ae_lr <= 0 or self.prior_lr <= 0 or self.warmup_steps < 0:
@@ -69,6 +78,10 @@ class TrainConfig:
         values = asdict(self)
         if values["latent_normalizer"] == "dim":  # written only when chosen: older files stay as they were
             del values["latent_normalizer"]
+        if not values["prior_lr_search"]:
+            del values["prior_lr_search"]
+        else:
+            values["prior_lr_search"] = list(values["prior_lr_search"])
         return values
 
     @classmethod
@@ -76,6 +89,8 @@ class TrainConfig:
         nested = {"autoencoder": AutoencoderConfig, "prior": PriorConfig, "diffusion": DiffusionConfig}
         try:
             values = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
+            if isinstance(values.get("prior_lr_search"), list):
+                values["prior_lr_search"] = tuple(values["prior_lr_search"])
             return cls(**values)
         except TypeError as exc:
             raise HypernetError(f"invalid train config: {exc}") from exc

@@ -4,7 +4,9 @@ uninterrupted one ends (raw and EMA weights, optimizer state, phase and step).
 The format is fixed: files written by earlier versions must still resume, so the metadata keys
 and tensor prefixes ("model.", "ema.", "opt.<group>.<name>") never change. Runs with early
 stopping add the best prior so far under "best." and their validation record under the
-metadata key "early_stop"; files without them resume as before.
+metadata key "early_stop"; runs that search the prior's learning rate add the finished trials
+under "lr_search" and the best finished trial's prior under "kept."; files without them resume
+as before.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ class TrainState:
     best: dict[str, torch.Tensor] | None = None  # early stopping: the best EMA prior so far
     # early stopping: {"best_step", "best_loss", "since_best", "stopped", "history": [[step, fit, val], ...]}
     early: dict = field(default_factory=dict)
+    # learning-rate search (trainer.py): {"trials": [{"lr", "best_loss", "best_step", "steps"}, ...],
+    # "kept_early", "kept_losses"}, and the best finished trial's EMA prior
+    search: dict = field(default_factory=dict)
+    kept: dict[str, torch.Tensor] | None = None
 
 
 def state_path(out: Path) -> Path:
@@ -46,6 +52,7 @@ def save_train_state(path: Path, state: TrainState, optimizer: torch.optim.Optim
     tensors = {f"model.{k}": v.detach().cpu() for k, v in state.model.state_dict().items()}
     tensors.update({f"ema.{k}": v.cpu() for k, v in state.ema.items()})
     tensors.update({f"best.{k}": v.detach().cpu().clone() for k, v in (state.best or {}).items()})
+    tensors.update({f"kept.{k}": v.detach().cpu().clone() for k, v in (state.kept or {}).items()})
     opt = optimizer.state_dict()
     for index, values in opt["state"].items():
         for key, value in values.items():
@@ -56,6 +63,8 @@ def save_train_state(path: Path, state: TrainState, optimizer: torch.optim.Optim
                 "losses": json.dumps(state.losses)}
     if state.early:
         metadata["early_stop"] = json.dumps(state.early)
+    if state.search:
+        metadata["lr_search"] = json.dumps(state.search)
     save_safetensors_atomic(tensors, path, metadata)
 
 
@@ -98,6 +107,8 @@ def load_train_state(path: Path, fresh: Callable[[], TrainState], device: torch.
     state.losses = json.loads(meta.get("losses", "{}"))
     state.early = json.loads(meta.get("early_stop", "{}"))
     state.best = {k: v.to(device) for k, v in _with_prefix(tensors, "best.").items()} or None
+    state.search = json.loads(meta.get("lr_search", "{}"))
+    state.kept = {k: v.to(device) for k, v in _with_prefix(tensors, "kept.").items()} or None
     opt_state: dict[int, dict] = {}
     for key, value in _with_prefix(tensors, "opt.").items():
         index, name = key.split(".", 1)

@@ -14,6 +14,13 @@ are noisy the prior otherwise learns each training identity's noise by heart (be
 probe_adaptive.py measured it). With `offset` "ridge" the prior's target is the latent minus a
 ridge map of the face embedding (lambda chosen on the fit rows), so what it must learn is only
 what a linear map misses.
+
+Learning-rate search (TrainConfig.prior_lr_search, ours, issue 19): the prior is trained from
+the same initial weights once at each rate, each run early-stopped as above, and the run whose
+best validation loss is lowest is kept; the runs before it are in the checkpoint's validation
+record. A run at one rate of the search is exactly the run `prior_lr` at that rate gives (its
+batches and schedule depend on the step only), so the kept prior is what a user training at
+the chosen rate gets. A rate whose loss diverges is recorded and passed over.
 """
 from __future__ import annotations
 
@@ -42,6 +49,11 @@ from .train_config import TrainConfig
 from .train_state import TrainState, load_train_state, save_train_state, state_path
 
 GRAD_CLIP = 1.0
+
+
+class DivergedError(HypernetError):
+    """The loss became NaN or infinite."""
+
 FAN_IN_REFERENCE = 1024
 
 
@@ -181,7 +193,7 @@ class Trainer:
                 kept = f"the last good state ({self.saved_step[0]} step {self.saved_step[1]}) is in {self.state_file}"
             else:
                 kept = "no state had been saved yet"
-            raise HypernetError(f"training stopped: the {phase} loss became {value} at {phase} step {step}; {kept}. "
+            raise DivergedError(f"training stopped: the {phase} loss became {value} at {phase} step {step}; {kept}. "
                                 f"Lower the {'ae' if phase == 'autoencoder' else 'prior'}_lr in a --config file "
                                 "and run again with --resume.")
         return value
@@ -318,8 +330,9 @@ class Trainer:
 
         return check
 
-    def train_prior(self, state: TrainState) -> None:
+    def train_prior(self, state: TrainState, lr: float | None = None) -> None:
         cfg, model = self.cfg, state.model
+        lr = cfg.prior_lr if lr is None else lr
         latents = self.fit_latent_normalizer(model).to(self.device)
         if cfg.offset == "ridge":
             latents = self.fit_offset(model, latents)
@@ -328,7 +341,7 @@ class Trainer:
         prior = model.prior.train()
         if not state.ema:
             state.ema = {k: v.detach().clone() for k, v in prior.state_dict().items()}
-        optimizer = self._optimizer(prior.parameters(), cfg.prior_lr, state)
+        optimizer = self._optimizer(prior.parameters(), lr, state)
         should_stop = self._early_stopping(model, latents, face)
         with self._bar("prior", cfg.prior_steps, state.step) as bar:
             while state.step < cfg.prior_steps and not state.early.get("stopped"):
@@ -341,7 +354,7 @@ class Trainer:
                 loss = self._prior_loss(model, latents[idx], face[idx], None if global_ is None else global_[idx],
                                         noise, t, drop)
                 value = self._check_loss(loss, "prior", step)
-                self._update(optimizer, loss, learning_rate(cfg.prior_lr, step, cfg.prior_steps, cfg.warmup_steps))
+                self._update(optimizer, loss, learning_rate(lr, step, cfg.prior_steps, cfg.warmup_steps))
                 # EMA with warmup: short runs still end with a useful average.
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
@@ -356,10 +369,46 @@ class Trainer:
             state.ema = state.best
         prior.eval()
 
+    def search_prior_lr(self, state: TrainState) -> None:
+        """Train the prior at each rate of prior_lr_search (see the module's docstring) and leave the
+        one with the lowest validation loss in `state`; its early record gains "lr_search" (every
+        run's {lr, best_loss, best_step, steps}) and "prior_lr" (the rate kept)."""
+        trials = state.search.setdefault("trials", [])
+        initial = None
+        for lr in self.cfg.prior_lr_search[len(trials):]:
+            if not (state.step or state.ema):  # else a run begun before the resume: continue it
+                if initial is None:
+                    initial = self.fresh_state().model.prior.state_dict()
+                state.model.prior.load_state_dict(initial)
+            try:
+                self.train_prior(state, lr)
+                trial = {"lr": lr, "best_loss": state.early["best_loss"], "best_step": state.early["best_step"],
+                         "steps": state.step}
+            except DivergedError:
+                trial = {"lr": lr, "best_loss": None, "diverged": True, "steps": state.step}
+            finished = [t["best_loss"] for t in trials if t["best_loss"] is not None]
+            if trial["best_loss"] is not None and trial["best_loss"] < min(finished, default=math.inf):
+                state.kept = {k: v.detach().clone() for k, v in state.ema.items()}
+                state.search.update(kept_early=state.early, kept_losses=dict(state.losses))
+            trials.append(trial)
+            state.ema, state.best, state.early, state.step, state.optimizer_state = {}, None, {}, 0, None
+            state.losses.pop("prior", None)
+        if state.kept is None:
+            raise HypernetError(f"training stopped: the prior's loss diverged at every learning rate of "
+                                f"prior_lr_search {list(self.cfg.prior_lr_search)}; try lower ones")
+        kept = min((t for t in trials if t["best_loss"] is not None), key=lambda t: t["best_loss"])
+        state.ema, state.early = state.kept, {**state.search["kept_early"], "lr_search": trials,
+                                               "prior_lr": kept["lr"]}
+        state.losses = dict(state.search["kept_losses"])
+        state.step = kept["steps"]
+
     def run(self, resume: bool) -> TrainState:
         state = self.load_state() if resume else self.fresh_state()
         if state.phase == "autoencoder":
             self.train_autoencoder(state)
-        self.train_prior(state)
+        if self.cfg.prior_lr_search:
+            self.search_prior_lr(state)
+        else:
+            self.train_prior(state)
         state.model.prior.load_state_dict(state.ema)
         return state
