@@ -406,10 +406,11 @@ def test_train_without_a_config_names_a_lora_with_nan_values(tmp_path, capsys):
 
 
 def test_the_learning_rate_search_keeps_the_run_with_the_lowest_validation_loss(data, tmp_path):
-    # 1e-12 leaves the prior where it started, 1e-3 learns: whichever order they run in, the kept
-    # prior is 1e-3's run, exactly what prior_lr 1e-3 alone trains
+    # 1e-12 leaves the prior where it started, 1e-3 learns (and early-stops before step 100, so
+    # the budget leaves room for a second run): whichever order they run in, the kept prior is
+    # 1e-3's run, exactly what prior_lr 1e-3 alone trains
     single = tmp_path / "single.safetensors"
-    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=40, validation_every=5, prior_lr=1e-3)
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=100, validation_every=5, prior_lr=1e-3)
     train(data, single, cfg, progress=False)
     expected = load_hypernet(single).state_dict()
     for order in ((1e-12, 1e-3), (1e-3, 1e-12)):
@@ -424,7 +425,7 @@ def test_the_learning_rate_search_keeps_the_run_with_the_lowest_validation_loss(
 
 
 def test_a_learning_rate_search_resumes_to_the_same_result(data, tmp_path):
-    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=30, validation_every=5, prior_lr_search=(1e-3, 3e-3))
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=100, validation_every=5, prior_lr_search=(1e-3, 3e-3))
     whole = tmp_path / "whole.safetensors"
     train(data, whole, cfg, progress=False)
     parted = tmp_path / "parted.safetensors"
@@ -466,3 +467,15 @@ def test_the_learning_rate_search_is_checked_and_written_only_when_asked_for():
                 dict(validation_every=10, prior_steps=5, prior_lr_search=(1e-3,))):
         with pytest.raises(HypernetError, match="prior_lr_search"):
             TrainConfig(**bad)
+
+
+def test_the_learning_rate_search_starts_no_run_once_the_runs_before_took_every_step(data, tmp_path):
+    # a patience longer than the run: the first rate's run takes all 20 steps, so 3e-3 is not run
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=20, validation_every=5, patience=10,
+                        prior_lr_search=(1e-3, 3e-3))
+    out = tmp_path / "budget.safetensors"
+    train(data, out, cfg, progress=False)
+    early = json.loads(read_header(out)[0]["validation"])
+    first, second = early["lr_search"]
+    assert early["prior_lr"] == 1e-3 and first["steps"] == 20 and second == {"lr": 3e-3, "best_loss": None,
+                                                                            "skipped": True, "steps": 0}

@@ -18,13 +18,14 @@ By rule, from the dataset (`auto_train_config`):
   steps for about 40 passes over the data (300 to 3,000).
 - prior: preset `default`'s (AdaNorm, x0, measured in benchmarks/RESULTS.md), at most 2,000
   steps, early-stopped on a validation split of the training identities (trainer.py), scored
-  every 50 steps and stopped after 4 scores without improvement. Its learning rate is searched:
-  one early-stopped run at each of PRIOR_LRS from the same initial weights, the run with the
-  lowest validation loss kept (ties: the preset's 1e-3). On the grid's cells the prior's
-  validation loss reaches its lowest within 100 to 400 steps and then rises every score after
-  (it learns the fit identities' noise: fit loss 0.01 by step 800), so a patience of 200 steps
-  stops where 500 did and the three runs cost about twice what one run with patience 500 did
-  (benchmarks/RESULTS.md, issue 19 part 9).
+  every 50 steps and stopped after 6 scores without improvement. Its learning rate is searched:
+  one early-stopped run at each of PRIOR_LRS from the same initial weights, while the runs so
+  far took fewer than the 2,000 steps, the run with the lowest validation loss kept (ties: the
+  preset's 1e-3). On the grid's small cells the prior's validation loss reaches its lowest
+  within 100 to 600 steps and then rises every score after (it learns the fit identities' noise:
+  fit loss 0.01 by step 800), so a patience of 300 steps stops where 500 did; on 2,000 identities
+  it falls through all 2,000 steps (after a plateau from step 300 to 600), so that run is the
+  only one and training takes what it took (benchmarks/RESULTS.md, issue 19 part 9).
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
   linear map explains needs no learning and an untrained or early-stopped prior still gives it.
 
@@ -164,9 +165,9 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
                autoencoder,
                "prior: the residual around a ridge map face -> latent, early-stopped on the validation identities "
                f"(at most 2,000 steps), at the learning rate of {', '.join(f'{lr:g}' for lr in PRIOR_LRS)} whose "
-               "run reaches the lowest validation loss"]
+               "run reaches the lowest validation loss (runs start while those before took under 2,000 steps)"]
     base.update(seed=seed, condition=condition, ae_steps=ae_steps, prior_steps=2000, validation_every=50,
-                patience=4, offset="ridge", choose_sampling=True, checkpoint_every=100, prior_lr_search=PRIOR_LRS)
+                patience=6, offset="ridge", choose_sampling=True, checkpoint_every=100, prior_lr_search=PRIOR_LRS)
     return TrainConfig.from_dict(base), reasons
 
 
