@@ -25,7 +25,8 @@ By rule, from the dataset (`auto_train_config`):
   within 100 to 600 steps and then rises every score after (it learns the fit identities' noise:
   fit loss 0.01 by step 800), so a patience of 300 steps stops where 500 did; on 2,000 identities
   it falls through all 2,000 steps (after a plateau from step 300 to 600), so that run is the
-  only one and training takes what it took (benchmarks/RESULTS.md, issue 19 part 9).
+  only one and training takes what it took (benchmarks/RESULTS.md, issue 19 part 9). Where the
+  runs early-stop, the search costs about twice the one run it replaces.
 - offset "ridge": the prior models the residual around a ridge map face -> latent, so the part a
   linear map explains needs no learning and an untrained or early-stopped prior still gives it.
 
@@ -86,8 +87,11 @@ from .train_config import PRESETS, TrainConfig, _merge
 # vectors fits in memory (6.4 GB at 2,000 identities); above, the chunks VAE.
 LINEAR_LIMIT = 400_000
 TEMPERATURES = (1.0, 0.5, 0.0)
-# The prior's learning rates tried (preset default's first: it is kept on a tie).
-PRIOR_LRS = (1e-3, 3e-4, 3e-3)
+# The prior's learning rates tried (preset default's first: it is kept on a tie). 3e-3 was tried
+# too and had the highest validation loss on all five collections where it ran: where the prior
+# early-stops, a faster rate reaches its lowest loss sooner and higher; where it does not (2,000
+# identities), the budget leaves no second run (benchmarks/RESULTS.md, issue 19 part 9).
+PRIOR_LRS = (1e-3, 3e-4)
 GUIDANCES = (1.0, 2.0, 3.0, 5.0)
 # Kernel grid: neighbours averaged, and softmax temperatures on the cosine similarity (random
 # 512-d faces lie at cosine 0 +- 0.04, neighbours on a face manifold far closer).
