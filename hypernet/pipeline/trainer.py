@@ -17,13 +17,13 @@ what a linear map misses.
 
 Learning-rate search (TrainConfig.prior_lr_search, ours, issue 19): the prior is trained from
 the same initial weights once at each rate, each run early-stopped as above, and the run whose
-best validation loss is lowest is kept; the runs before it are in the checkpoint's validation
-record. A run at one rate of the search is exactly the run `prior_lr` at that rate gives (its
-batches and schedule depend on the step only), so the kept prior is what a user training at
-the chosen rate gets. A rate whose loss diverges is recorded and passed over. A new run starts
-only while the runs so far took fewer than `prior_steps` steps, so the search costs less than
-two runs' step budget: on large collections, whose first run is still improving at the last
-step (2,000 identities), there is no second run, and the training time is what it was.
+best validation loss is lowest is kept; every run is in the checkpoint's validation record. A
+run at one rate of the search is exactly the run `prior_lr` at that rate gives (its batches and
+schedule depend on the step only), so the kept prior is what a user training at the chosen rate
+gets. A rate whose loss diverges is recorded and passed over. A new run starts only while the
+runs so far took fewer than `prior_steps` steps, so the search costs less than two runs' step
+budget: on large collections, whose first run is still improving at the last step (2,000
+identities), there is no second run, and the training time is what it was.
 """
 from __future__ import annotations
 
@@ -389,8 +389,8 @@ class Trainer:
                 state.model.prior.load_state_dict(initial)
             try:
                 self.train_prior(state, lr)
-                trial = {"lr": lr, "best_loss": state.early["best_loss"], "best_step": state.early["best_step"],
-                         "steps": state.step}
+                trial = {"lr": lr, "best_loss": state.early.get("best_loss"),
+                         "best_step": state.early.get("best_step"), "steps": state.step}
             except DivergedError:
                 trial = {"lr": lr, "best_loss": None, "diverged": True, "steps": state.step}
             finished = [t["best_loss"] for t in trials if t["best_loss"] is not None]
