@@ -383,7 +383,8 @@ class Trainer:
                 # the budget: a collection whose first run needs every step gets no second one
                 trials.append({"lr": lr, "best_loss": None, "skipped": True, "steps": 0})
                 continue
-            if not (state.step or state.ema):  # else a run begun before the resume: continue it
+            # the first run starts from the initial weights; a run begun before a resume continues
+            if trials and not (state.step or state.ema):
                 if initial is None:
                     initial = self.fresh_state().model.prior.state_dict()
                 state.model.prior.load_state_dict(initial)
@@ -407,7 +408,6 @@ class Trainer:
         state.ema, state.early = state.kept, {**state.search["kept_early"], "lr_search": trials,
                                                "prior_lr": kept["lr"]}
         state.losses = dict(state.search["kept_losses"])
-        state.step = kept["steps"]
 
     def run(self, resume: bool) -> TrainState:
         state = self.load_state() if resume else self.fresh_state()
