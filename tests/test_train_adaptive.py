@@ -406,11 +406,11 @@ def test_train_without_a_config_names_a_lora_with_nan_values(tmp_path, capsys):
 
 
 def test_the_learning_rate_search_keeps_the_run_with_the_lowest_validation_loss(data, tmp_path):
-    # 1e-12 leaves the prior where it started, 1e-3 learns (and early-stops before step 100, so
-    # the budget leaves room for a second run): whichever order they run in, the kept prior is
-    # 1e-3's run, exactly what prior_lr 1e-3 alone trains
+    # 1e-12 leaves the prior where it started, 1e-3 learns (and early-stops at step 60 of 200, its
+    # best at 45, so the budget leaves room for a second run): whichever order they run in, the
+    # kept prior is 1e-3's run, exactly what prior_lr 1e-3 alone trains
     single = tmp_path / "single.safetensors"
-    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=100, validation_every=5, prior_lr=1e-3)
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=200, validation_every=5, prior_lr=1e-3)
     train(data, single, cfg, progress=False)
     expected = load_hypernet(single).state_dict()
     for order in ((1e-12, 1e-3), (1e-3, 1e-12)):
@@ -425,7 +425,7 @@ def test_the_learning_rate_search_keeps_the_run_with_the_lowest_validation_loss(
 
 
 def test_a_learning_rate_search_resumes_to_the_same_result(data, tmp_path):
-    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=100, validation_every=5, prior_lr_search=(1e-3, 3e-3))
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=200, validation_every=5, prior_lr_search=(1e-3, 3e-3))
     whole = tmp_path / "whole.safetensors"
     train(data, whole, cfg, progress=False)
     parted = tmp_path / "parted.safetensors"
@@ -479,3 +479,21 @@ def test_the_learning_rate_search_starts_no_run_once_the_runs_before_took_every_
     first, second = early["lr_search"]
     assert early["prior_lr"] == 1e-3 and first["steps"] == 20 and second == {"lr": 3e-3, "best_loss": None,
                                                                             "skipped": True, "steps": 0}
+
+
+def test_the_learning_rate_search_shares_one_step_budget_between_its_runs(data, tmp_path):
+    # 1e-12 leaves the prior flat: its best validation loss is at step 5 and it stops at step 20
+    # (patience 3). Of 40 steps the second run gets the 20 left and takes them all (1e-3 still
+    # improves at step 20); of 22 the 2 left are fewer than the 5 the best run needed, so none.
+    cfg, _ = small_auto(data, choose_sampling=False, prior_steps=40, validation_every=5, patience=3,
+                        prior_lr_search=(1e-12, 1e-3))
+    out = tmp_path / "shared.safetensors"
+    train(data, out, cfg, progress=False)
+    early = json.loads(read_header(out)[0]["validation"])
+    first, second = early["lr_search"]
+    assert (first["best_step"], first["steps"]) == (5, 20) and second["steps"] == 20 and early["prior_lr"] == 1e-3
+    short = tmp_path / "short.safetensors"
+    train(data, short, dataclasses.replace(cfg, prior_steps=22), progress=False)
+    early = json.loads(read_header(short)[0]["validation"])
+    assert early["lr_search"][1] == {"lr": 1e-3, "best_loss": None, "skipped": True, "steps": 0}
+    assert early["prior_lr"] == 1e-12

@@ -19,9 +19,11 @@ By rule, from the dataset (`auto_train_config`):
 - prior: preset `default`'s (AdaNorm, x0, measured in benchmarks/RESULTS.md), at most 2,000
   steps, early-stopped on a validation split of the training identities (trainer.py), scored
   every 50 steps and stopped after 6 scores without improvement. Its learning rate is searched:
-  one early-stopped run at each of PRIOR_LRS from the same initial weights, while the runs so
-  far took fewer than the 2,000 steps, the run with the lowest validation loss kept (ties: the
-  preset's 1e-3). On the grid's small cells the prior's validation loss reaches its lowest
+  one early-stopped run at each of PRIOR_LRS from the same initial weights, all runs sharing the
+  2,000 steps (a run gets what the runs before left, if that is at least the step at which the
+  best run so far reached its lowest loss), the run with the lowest validation loss kept (ties:
+  the preset's 1e-3). The shared budget keeps training no longer than one run (synth-100k's first
+  run stops at step 1,800, its best at 1,500: no second run). On the grid's small cells the prior's validation loss reaches its lowest
   within 100 to 600 steps and then rises every score after (it learns the fit identities' noise:
   fit loss 0.01 by step 800), so a patience of 300 steps stops where 500 did; on 2,000 identities
   it falls through all 2,000 steps (after a plateau from step 300 to 600), so that run is the
@@ -169,7 +171,7 @@ def auto_train_config(dataset: LoraDataset, seed: int = 0, condition: str = "fac
                autoencoder,
                "prior: the residual around a ridge map face -> latent, early-stopped on the validation identities "
                f"(at most 2,000 steps), at the learning rate of {', '.join(f'{lr:g}' for lr in PRIOR_LRS)} whose "
-               "run reaches the lowest validation loss (runs start while those before took under 2,000 steps)"]
+               "run reaches the lowest validation loss (the runs share the 2,000 steps)"]
     base.update(seed=seed, condition=condition, ae_steps=ae_steps, prior_steps=2000, validation_every=50,
                 patience=6, offset="ridge", choose_sampling=True, checkpoint_every=100, prior_lr_search=PRIOR_LRS)
     return TrainConfig.from_dict(base), reasons

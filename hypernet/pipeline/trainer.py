@@ -20,10 +20,13 @@ the same initial weights once at each rate, each run early-stopped as above, and
 best validation loss is lowest is kept; every run is in the checkpoint's validation record. A
 run at one rate of the search is exactly the run `prior_lr` at that rate gives (its batches and
 schedule depend on the step only), so the kept prior is what a user training at the chosen rate
-gets. A rate whose loss diverges is recorded and passed over. A new run starts only while the
-runs so far took fewer than `prior_steps` steps, so the search costs less than two runs' step
-budget: on large collections, whose first run is still improving at the last step (2,000
-identities), there is no second run, and the training time is what it was.
+gets. A rate whose loss diverges is recorded and passed over. The runs share one budget of
+`prior_steps` steps, so the search never trains the prior longer than a single run could: a run
+may take the steps the runs before left (it is then the first steps of that rate's run), and
+starts only if they are at least as many as the best run so far needed to reach its lowest loss
+(fewer could not give the slower rates a fair trial). On large collections, whose first run is
+still improving at or near the last step (2,000 identities), there is no second run, and the
+training time is what it was.
 """
 from __future__ import annotations
 
@@ -332,9 +335,13 @@ class Trainer:
 
         return check
 
-    def train_prior(self, state: TrainState, lr: float | None = None) -> None:
+    def train_prior(self, state: TrainState, lr: float | None = None, steps: int | None = None) -> None:
+        """Train the prior at `lr` (cfg.prior_lr) until step `steps` (cfg.prior_steps) or an early
+        stop; the schedule runs over cfg.prior_steps either way, so fewer steps are a prefix of the
+        whole run."""
         cfg, model = self.cfg, state.model
         lr = cfg.prior_lr if lr is None else lr
+        steps = cfg.prior_steps if steps is None else steps
         latents = self.fit_latent_normalizer(model).to(self.device)
         if cfg.offset == "ridge":
             latents = self.fit_offset(model, latents)
@@ -345,8 +352,8 @@ class Trainer:
             state.ema = {k: v.detach().clone() for k, v in prior.state_dict().items()}
         optimizer = self._optimizer(prior.parameters(), lr, state)
         should_stop = self._early_stopping(model, latents, face)
-        with self._bar("prior", cfg.prior_steps, state.step) as bar:
-            while state.step < cfg.prior_steps and not state.early.get("stopped"):
+        with self._bar("prior", steps, state.step) as bar:
+            while state.step < steps and not state.early.get("stopped"):
                 step = state.step
                 gen = seeded_generator(cfg.seed, "prior", step)
                 idx = torch.randint(len(latents), (cfg.prior_batch,), generator=gen)
@@ -379,8 +386,11 @@ class Trainer:
         trials = state.search.setdefault("trials", [])
         initial = None
         for lr in self.cfg.prior_lr_search[len(trials):]:
-            if sum(t["steps"] for t in trials) >= self.cfg.prior_steps:
-                # the budget: a collection whose first run needs every step gets no second one
+            # the runs share prior_steps; a run gets what is left if that is enough for a fair trial
+            left = self.cfg.prior_steps - sum(t["steps"] for t in trials)
+            finished = [t for t in trials if t["best_loss"] is not None]
+            needed = min(finished, key=lambda t: t["best_loss"])["best_step"] if finished else 1
+            if left < needed:
                 trials.append({"lr": lr, "best_loss": None, "skipped": True, "steps": 0})
                 continue
             # the first run starts from the initial weights; a run begun before a resume continues
@@ -389,13 +399,13 @@ class Trainer:
                     initial = self.fresh_state().model.prior.state_dict()
                 state.model.prior.load_state_dict(initial)
             try:
-                self.train_prior(state, lr)
+                self.train_prior(state, lr, steps=left)
                 trial = {"lr": lr, "best_loss": state.early.get("best_loss"),
                          "best_step": state.early.get("best_step"), "steps": state.step}
             except DivergedError:
                 trial = {"lr": lr, "best_loss": None, "diverged": True, "steps": state.step}
-            finished = [t["best_loss"] for t in trials if t["best_loss"] is not None]
-            if trial["best_loss"] is not None and trial["best_loss"] < min(finished, default=math.inf):
+            if trial["best_loss"] is not None and trial["best_loss"] < min((t["best_loss"] for t in finished),
+                                                                           default=math.inf):
                 state.kept = {k: v.detach().clone() for k, v in state.ema.items()}
                 state.search.update(kept_early=state.early, kept_losses=dict(state.losses))
             trials.append(trial)
