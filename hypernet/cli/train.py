@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"early stopping: best validation loss {early['best_loss']:.4g} at prior step {early['best_step']}"
               + (", stopped on a plateau" if early.get("stopped") else ""))
         if "lr_search" in early:
-            runs = ", ".join(f"{t['lr']:g}: " + ("not run (the runs before left too few of the steps)" if t.get("skipped") else
-                                                 "diverged" if t.get("diverged") else f"{t['best_loss']:.4g}")
+            runs = ", ".join(f"{t['lr']:g}: " + ("not run (the runs before left too few of the steps)"
+                                                 if t.get("skipped") else "diverged" if t.get("diverged")
+                                                 else f"{t['best_loss']:.4g}")
                              for t in early["lr_search"])
             print(f"prior learning rate {early['prior_lr']:g}, the lowest validation loss of {runs}")
     if "auto" in metadata:

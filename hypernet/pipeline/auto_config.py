@@ -23,9 +23,9 @@ By rule, from the dataset (`auto_train_config`):
   2,000 steps (a run gets what the runs before left, if that is at least the step at which the
   best run so far reached its lowest loss), the run with the lowest validation loss kept (ties:
   the preset's 1e-3). The shared budget keeps training no longer than one run (synth-100k's first
-  run stops at step 1,800, its best at 1,500: no second run). On the grid's small cells the prior's validation loss reaches its lowest
-  within 100 to 600 steps and then rises every score after (it learns the fit identities' noise:
-  fit loss 0.01 by step 800), so a patience of 300 steps stops where 500 did; on 2,000 identities
+  run stops at step 1,800, its best at 1,500: no second run). On the grid's small cells the
+  prior's validation loss reaches its lowest within 100 to 600 steps and then rises every score
+  after (it learns the fit identities' noise: fit loss 0.01 by step 800), so a patience of 300 steps stops where 500 did; on 2,000 identities
   it falls through all 2,000 steps (after a plateau from step 300 to 600), so that run is the
   only one and training takes what it took (benchmarks/RESULTS.md, issue 19 part 9). Where the
   runs early-stop, the search costs about twice the one run it replaces.
