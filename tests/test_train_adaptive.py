@@ -18,7 +18,8 @@ from hypernet.model.checkpoint import load_hypernet, read_header, save_hypernet
 from hypernet.model.hypernet import HypernetConfig
 from hypernet.model.point_samplers import SamplerConfig, kernel_mean
 from hypernet.pipeline import auto_config
-from hypernet.pipeline.auto_config import SIGNIFICANCE, auto_train_config, beats_baseline, paired_evidence
+from hypernet.pipeline.auto_config import (SIGNIFICANCE, auto_train_config, beats_baseline, paired_evidence,
+                                           race_winner)
 from hypernet.pipeline.sampling import sample_latents
 from hypernet.pipeline.train_config import TrainConfig
 from hypernet.pipeline.training import state_path, train
@@ -370,6 +371,33 @@ def test_a_candidate_replaces_the_baseline_only_significantly_ahead():
     assert not beats_baseline(rows([1, 0, 0, 0, 0, 0, 0, 0, 0], [0.55] * 8 + [0.0]), base)
     # fewer retrieved never wins, whatever the error
     assert not beats_baseline(rows([0] * 9, [0.0] * 9), base)
+
+
+def test_a_prior_wins_over_its_own_ridge_offset_only_significantly_ahead_of_it():
+    """The grid's linear cell: the prior's residual learnt nothing, so it ties its ridge offset
+    (both far ahead of ridge face -> LoRA) and won the ranking by 1e-5 of delta-W error."""
+    def race(prior, offset, baseline=rows([1] * 3 + [0] * 9, [0.6] * 12)):
+        candidates = {"prior, temperature 0": prior, "ridge": offset, "ridge-lora": baseline}
+        scores = {name: {"top1": float(r["hit"].double().mean()), "rel_err": float(r["rel_err"].mean())}
+                  for name, r in candidates.items()}
+        choices = {"prior, temperature 0": ("prior", 0.0), "ridge": ("ridge",), "ridge-lora": ("ridge-lora",)}
+        return race_winner(scores, candidates, choices)
+
+    offset = rows([1] * 9 + [0] * 3, [0.40, 0.41, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47, 0.48, 0.49, 0.50, 0.51])
+    wobble = torch.tensor([0.01, -0.01] * 6, dtype=torch.float64)  # row by row no better, on average by 1e-5
+    tied = rows(offset["hit"].tolist(), (offset["rel_err"] + wobble - 1e-5).tolist())
+    best, evidence, versus_offset, significant = race(tied, offset)
+    assert evidence["prior, temperature 0"]["gain"] == 6 and versus_offset["prior, temperature 0"]["gain"] == 0
+    assert best == "ridge" and significant == ["ridge"]
+    assert float(tied["rel_err"].mean()) < float(offset["rel_err"].mean())  # the ranking alone picked the prior
+    # three more identities where they disagree on three (1.73 standard errors): the residual earned it
+    ahead = rows([1] * 12, (offset["rel_err"] + 0.05).tolist())
+    assert race(ahead, offset)[0] == "prior, temperature 0"
+    # an offset that does not beat the baseline leaves the prior to the baseline's test alone
+    weak = rows([1] * 3 + [0] * 9, [0.6] * 12)
+    best, _, versus_offset, significant = race(tied, weak)
+    assert best == "prior, temperature 0" and significant == ["prior, temperature 0"]
+    assert versus_offset["prior, temperature 0"]["gain"] == 6
 
 
 def test_train_without_a_config_is_auto_and_other_conditions_get_preset_default(data, tmp_path, monkeypatch, capsys):
