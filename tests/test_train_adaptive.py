@@ -192,7 +192,7 @@ def test_another_guidance_replaces_the_default_only_when_it_beats_it_on_validati
     monkeypatch.setattr(auto_config, "sample_latents", lambda model, cond, guidance, **_: torch.full((40, 1), guidance))
     for far_ahead, expected in ((False, 3.0), (True, 5.0)):
         monkeypatch.setattr(auto_config, "compare_rows", scored(far_ahead))
-        chosen, scores = auto_config._choose_guidance(Model(), None, None)
+        chosen, scores, _ = auto_config._choose_guidance(Model(), None, None)
         assert chosen == expected and set(scores) == {"1", "2", "3", "5"}
 
 

@@ -43,23 +43,26 @@ def ridge_mix(x_fit: torch.Tensor, x_new: torch.Tensor, lam: float) -> torch.Ten
     return coef + (1 - coef.sum(1, keepdim=True)) / x.shape[0]
 
 
-def lambda_scale(x_fit: torch.Tensor) -> float:
-    """The largest squared singular value of the centred embeddings (lambda grid unit)."""
-    x = x_fit.double()
-    return float(torch.linalg.matrix_norm(x - x.mean(0), ord=2)) ** 2 or 1.0
-
-
 def choose_lambda(x: torch.Tensor, y: torch.Tensor, error: Callable[[torch.Tensor, torch.Tensor], float],
                   seed: int = 0) -> tuple[float, float]:
     """(lambda, its validation error): the grid value whose ridge, fitted on the fit rows of
     `validation_split`, has the lowest `error(pred, true)` on the validation rows."""
     fit, val = validation_split(len(x), seed)
-    scale = lambda_scale(x[fit])
+    x_fit = x[fit].double()
+    x_mean = x_fit.mean(0)
+    u, s, vh = torch.linalg.svd(x_fit - x_mean, full_matrices=False)
+    scale = float(s[0]) ** 2 if len(s) and s[0] > 0 else 1.0  # the lambda grid's unit
     y_fit = y[fit].double()
+    y_mean = y_fit.mean(0)
+    # ridge(x) = ((x - x_mean) @ vh.T * shrink(lambda)) @ (u.T @ (y - y_mean)) + y_mean: the targets are
+    # projected once for the whole grid (ridge_mix @ y per lambda took 85 s of synth-100k's training)
+    projected = u.T @ (y_fit - y_mean)
+    del y_fit
+    val_coords = (x[val].double() - x_mean) @ vh.T
     scored = []
     for relative in RELATIVE_LAMBDAS:
         lam = relative * scale
-        pred = (ridge_mix(x[fit], x[val], lam) @ y_fit).to(y.dtype)
+        pred = ((val_coords * (s / (s.square() + lam))) @ projected + y_mean).to(y.dtype)
         scored.append((error(pred, y[val]), lam))
     best_error, best_lam = min(scored)
     return best_lam, best_error
