@@ -194,7 +194,8 @@ def _choose_guidance(model: Hypernet, cond: torch.Tensor, val_vectors: torch.Ten
     scores, compared = {}, {}
     for guidance in GUIDANCES:
         latents = sample_latents(model, cond, seed=0, steps=DEFAULT_STEPS, guidance=guidance)
-        compared[guidance] = result, _ = compare_rows(model.decode_latents(latents), val_vectors, model.layout)
+        compared[guidance] = compare_rows(model.decode_latents(latents), val_vectors, model.layout)
+        result = compared[guidance][0]
         scores[f"{guidance:g}"] = {"top1": result["top1"], "rel_err": result["rel_err"]}
     rows = {g: compared[g][1] for g in GUIDANCES}
     ahead = [g for g in GUIDANCES if g != DEFAULT_GUIDANCE and beats_baseline(rows[g], rows[DEFAULT_GUIDANCE])]

@@ -32,15 +32,22 @@ def validation_split(count: int, seed: int = 0, fraction: float = VALIDATION_FRA
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def ridge_mix(x_fit: torch.Tensor, x_new: torch.Tensor, lam: float) -> torch.Tensor:
-    """[m, n] float64 weights with ridge(x_new) = mix @ y_fit, for any targets y_fit [n, K]
-    (an intercept included: x and y are centred on the fit rows)."""
+def centred_svd(x_fit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, u, s, vh) of the fit embeddings in float64: every ridge fit here is a shrinkage of
+    their centred thin SVD."""
     x = x_fit.double()
     mean = x.mean(0)
     u, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    return mean, u, s, vh
+
+
+def ridge_mix(x_fit: torch.Tensor, x_new: torch.Tensor, lam: float) -> torch.Tensor:
+    """[m, n] float64 weights with ridge(x_new) = mix @ y_fit, for any targets y_fit [n, K]
+    (an intercept included: x and y are centred on the fit rows)."""
+    mean, u, s, vh = centred_svd(x_fit)
     shrink = s / (s.square() + lam)
     coef = ((x_new.double() - mean) @ vh.T) * shrink @ u.T  # [m, n]: weights on the centred targets
-    return coef + (1 - coef.sum(1, keepdim=True)) / x.shape[0]
+    return coef + (1 - coef.sum(1, keepdim=True)) / x_fit.shape[0]
 
 
 def choose_lambda(x: torch.Tensor, y: torch.Tensor, error: Callable[[torch.Tensor, torch.Tensor], float],
@@ -48,9 +55,7 @@ def choose_lambda(x: torch.Tensor, y: torch.Tensor, error: Callable[[torch.Tenso
     """(lambda, its validation error): the grid value whose ridge, fitted on the fit rows of
     `validation_split`, has the lowest `error(pred, true)` on the validation rows."""
     fit, val = validation_split(len(x), seed)
-    x_fit = x[fit].double()
-    x_mean = x_fit.mean(0)
-    u, s, vh = torch.linalg.svd(x_fit - x_mean, full_matrices=False)
+    x_mean, u, s, vh = centred_svd(x[fit])
     scale = float(s[0]) ** 2 if len(s) and s[0] > 0 else 1.0  # the lambda grid's unit
     y_fit = y[fit].double()
     y_mean = y_fit.mean(0)
@@ -81,9 +86,9 @@ def ridge_predict(x_fit: torch.Tensor, y_fit: torch.Tensor, x_new: torch.Tensor,
 def ridge_linear_map(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight [E, K], bias [K]) with ridge(x) = x @ weight + bias: for small targets (latents)
     that a checkpoint stores."""
-    x, y = x_fit.double(), y_fit.double()
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
+    x_mean, u, s, vh = centred_svd(x_fit)
+    y = y_fit.double()
+    y_mean = y.mean(0)
     weight = vh.T @ ((s / (s.square() + lam))[:, None] * (u.T @ (y - y_mean)))
     return weight.float(), (y_mean - x_mean @ weight).float()
 
@@ -94,9 +99,7 @@ def ridge_low_rank(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float, max_ran
     ridge map to LoRA-sized targets, which as an E x K matrix would not fit a checkpoint. Exact
     when the map's rank (at most min(n - 1, E)) is within max_rank, else its best rank-r part
     in the Frobenius norm of the coefficients. The targets are read in column chunks."""
-    x = x_fit.double()
-    x_mean = x.mean(0)
-    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
+    x_mean, u, s, vh = centred_svd(x_fit)
     keep = s > s[0] * 1e-9 if len(s) else s.bool()
     a0 = vh[keep].T * (s[keep] / (s[keep].square() + lam))  # [E, r0]
     u = u[:, keep]
