@@ -128,6 +128,8 @@ def test_the_automatic_choices_are_recorded_in_the_checkpoint_and_reload(data, t
             "kernel, k 16, tau 1", "ridge-lora"} <= set(scores)
     # the best of the candidates that beat ridge face -> LoRA on validation, or that ridge map itself
     assert set(auto["significant"]) <= set(auto["evidence"]) == set(scores) - {"ridge-lora"}
+    # each prior candidate's evidence against its own ridge offset travels with the record
+    assert set(auto["versus_offset"]) == {name for name in scores if name.startswith("prior")}
     assert all(auto["evidence"][name]["z_top1"] >= SIGNIFICANCE or auto["evidence"][name]["t_rel_err"] >= SIGNIFICANCE
                for name in auto["significant"])
     assert auto["sampler"] == max(auto["significant"], key=lambda k: (scores[k]["top1"], -scores[k]["rel_err"]),
