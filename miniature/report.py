@@ -2,7 +2,9 @@
 
 miniature.json is evaluate-images' report reduced to what the issue asks for per method (mean
 identity similarity, standard error, seconds per identity; for the hypernet LoRA gap_closed,
-speedup and heldout_families), with the calibration row, the targets checked and each stage's time.
+speedup and heldout_families), with the calibration row, the targets checked and each stage's time;
+`trained_alone` is per-family training timed one family per step (run.py's train_alone), against
+which the hypernet's `speedup_alone` is what a user with one new typeface gains.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ SECTION = "## Typeface miniature: images personalized on held-out typefaces (iss
 HYPERNET, NEAREST, MEAN, BASE, TRAINED = "hypernet", "nearest", "mean", "base", "trained"
 
 
-def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path) -> dict:
+def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path, alone_dir: Path | None = None) -> dict:
     methods = {}
     for name, row in evaluation["methods"].items():
         kept = {k: row.get(k) for k in ("mean", "sem", "seconds_per_identity")}
@@ -30,13 +32,46 @@ def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path) -> dict:
     heldout = evaluation["heldout_identities"]
     if HYPERNET in methods:
         methods[HYPERNET]["heldout_families"] = heldout
-    return {"methods": methods, "calibration": evaluation.get("calibration", {}) and
+    alone = training_alone(alone_dir, methods.get(HYPERNET))
+    if alone and "speedup" in alone:
+        methods[HYPERNET]["speedup_alone"] = alone["speedup"]
+    return {"methods": methods, "trained_alone": alone, "calibration": evaluation.get("calibration", {}) and
             {k: evaluation["calibration"][k] for k in ("name", "mean", "sem")},
             "heldout_families": heldout, "targets": targets(methods), "stage_seconds": timings,
             "conditioning": conditioning_rows(eval_dir, methods, scale.hypernet_config),
             "prompts": evaluation["prompts"], "seeds": evaluation["seeds"], "sampler": evaluation["sampler"],
             "identity_scale": identity_scale_choice(eval_dir),
             "scale": asdict(scale), "threads": 1, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def training_alone(collection: Path | None, hypernet: dict | None) -> dict | None:
+    """Seconds per family of the families trained alone, and the hypernet's speedup against them."""
+    records = [json.loads(p.read_text()) for p in sorted(collection.glob("*/collect.json"))] \
+        if collection is not None and collection.is_dir() else []
+    # a record with group_size was a share of a group's time, not a lone training
+    seconds = [r["train_seconds"] for r in records if r.get("status") == "done" and "group_size" not in r]
+    if not seconds:
+        return None
+    alone = {"families": len(seconds), "seconds_per_identity": sum(seconds) / len(seconds)}
+    if hypernet and hypernet.get("seconds_per_identity"):
+        alone["speedup"] = alone["seconds_per_identity"] / hypernet["seconds_per_identity"]
+    return alone
+
+
+def training_alone_lines(alone: dict | None, methods: dict) -> list[str]:
+    if not alone:
+        return []
+    grouped = methods.get(TRAINED, {}).get("seconds_per_identity")
+    hypernet = methods.get(HYPERNET, {})
+    line = (f"Per-family LoRA trained alone (the collection's steps and rate, one family per step and one worker, "
+            f"{alone['families']} held-out families): {alone['seconds_per_identity']:.1f} s per family")
+    if "speedup" in alone:
+        line += (f", so sampling the hypernet's LoRA is **{alone['speedup']:.0f}x** faster than training one new "
+                 "family alone")
+    if grouped and hypernet.get("speedup"):
+        line += (f"; the trained row's {grouped:.3g} s is a family's share of a group trained together "
+                 f"({hypernet['speedup']:.0f}x)")
+    return [line + ".", ""]
 
 
 def identity_scale_choice(eval_dir: Path) -> dict | None:
@@ -98,10 +133,14 @@ def targets(methods: dict) -> dict:
         margin = max(h["sem"] or 0.0, o["sem"] or 0.0)
         return bool(h["mean"] - o["mean"] > margin)
 
-    gap, speedup = h.get("gap_closed"), h.get("speedup")
+    def at_least_1000(speedup):
+        return None if speedup is None else bool(speedup >= 1000)
+
+    gap = h.get("gap_closed")
     return {"gap_closed_at_least_0.7": None if gap is None else bool(gap >= 0.7),
             "beats_nearest_by_more_than_sem": beats(NEAREST), "beats_mean_by_more_than_sem": beats(MEAN),
-            "speedup_at_least_1000": None if speedup is None else bool(speedup >= 1000)}
+            "speedup_at_least_1000": at_least_1000(h.get("speedup")),
+            "speedup_alone_at_least_1000": at_least_1000(h.get("speedup_alone"))}
 
 
 def markdown(summary: dict, evaluation: dict, command: str) -> str:
@@ -116,6 +155,7 @@ def markdown(summary: dict, evaluation: dict, command: str) -> str:
              "of the family's reference glyphs (specimen sheets of 16). Seconds per identity: making the LoRA "
              "(embedding the references included where the method needs them).", "",
              format_table(evaluation), "",
+             *training_alone_lines(summary.get("trained_alone"), summary["methods"]),
              "Targets: " + ", ".join(f"{k} **{v}**" for k, v in t.items()), "",
              *identity_scale_lines(summary.get("identity_scale")),
              "The prior's conditioning on the same dataset, config, budget and identity scale (AdaNorm is what "
@@ -143,7 +183,7 @@ def replace_section(results: Path, text: str) -> None:
 def write_report(paths, scale, timings: dict, results_dir: Path | None,
                  command: str = "make miniature") -> dict:
     evaluation = json.loads((paths.eval / "evaluate.json").read_text())
-    summary = summarize(evaluation, timings, scale, paths.eval)
+    summary = summarize(evaluation, timings, scale, paths.eval, paths.lone / "collection")
     write_text_atomic(paths.work / "miniature.json", json.dumps(summary, indent=1) + "\n")
     print(format_table(evaluation))
     print("targets: " + json.dumps(summary["targets"]))

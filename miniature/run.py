@@ -14,7 +14,8 @@ A stage whose output exists is skipped, and the long ones resume themselves (tra
     dataset      the train collection as a hypernet dataset
     hypernet     python -m hypernet train, then identity-scale: the scale whose LoRAs draw the
                  dataset's held-out training families best (evaluate-images) is the one shipped
-    evaluate     evaluate-images on the held-out families (every method, same prompts and seeds)
+    evaluate     evaluate-images on the held-out families (every method, same prompts and seeds);
+                 a few of them trained again alone, for the speedup a user with one typeface sees
     report       benchmarks/miniature.json, the RESULTS.md table, the picture
     ship         the trained files, float16, where the example workflow finds them (models/)
 """
@@ -73,6 +74,9 @@ class Scale:
     # hypernet stage: identity_scale candidates, scored by image on the dataset's held-out split
     # of the training families (never on the evaluated families); the best is shipped
     identity_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    # evaluate stage: held-out families trained again one per step, as a user with one new typeface
+    # (no collection to group it with) trains it; the per-family row is a share of a group of 32
+    lone_families: int = 2
 
 
 SCALES = {
@@ -83,7 +87,7 @@ SCALES = {
                                  "prior": {"width": 32, "blocks": 1, "conditioning": "adanorm"},
                                  "ae_steps": 20, "prior_steps": 20, "checkpoint_every": 10},
                 dataset_heldout=0.2, prompts="AaBb", seeds=(0,), sample_steps=4, refine_steps=2,
-                identity_scales=(1.0, 2.0)),
+                identity_scales=(1.0, 2.0), lone_families=1),
 }
 
 
@@ -95,11 +99,13 @@ class Paths:
         self.recognizer = self.encoder / "insightface" / ENCODER_NAME
         self.identities = work / "identities"
         self.collection = work / "collection"
+        self.shared_start = work / "shared_start.safetensors"  # every identity LoRA's starting point
         self.dataset = work / "dataset"
         self.hypernet = work / "typeface_hypernet.safetensors"  # the trained one at the chosen scale
         self.trained_hypernet = work / "hypernet_trained.safetensors"
         self.validation = work / "validation"  # links to the dataset's held-out training families
         self.eval = work / "eval"
+        self.lone = work / "lone"  # held-out families trained alone: families/ (links), collection/
         self.scale_choice = self.eval / "identity_scale.json"
 
 
@@ -171,18 +177,21 @@ class Pipeline:
 
     def collect(self):
         from .shared_start import write_shared_start
-        s = self.scale
-        start = self.p.work / "shared_start.safetensors"
-        if not start.is_file():
-            write_shared_start(s.layout, start)
+        if not self.p.shared_start.is_file():
+            write_shared_start(self.scale.layout, self.p.shared_start)
         for split in ("train", "heldout"):
-            args = ["-m", "hypernet", "collect", "--src", str(self.p.identities / split), "--base", str(self.p.base),
-                    "--layout", s.layout, "--out", str(self.p.collection / split), "--steps", str(s.collect_steps),
-                    "--learning-rate", str(s.collect_lr), "--batch", str(s.collect_batch), "--seed", "0",
-                    "--identities-per-step", str(s.identities_per_step), "--workers", str(s.workers),
-                    "--eval-draws", str(s.collect_eval_draws),
-                    "--init", str(start), "--threads", "1", "--quiet"]
-            run_command(args, self.logs / f"collect_{split}.log", f"collect ({split})")
+            run_command(self.collect_args(self.p.identities / split, self.p.collection / split),
+                        self.logs / f"collect_{split}.log", f"collect ({split})")
+
+    def collect_args(self, src: Path, out: Path, identities_per_step: int | None = None,
+                     workers: int | None = None) -> list[str]:
+        s = self.scale
+        return ["-m", "hypernet", "collect", "--src", str(src), "--base", str(self.p.base), "--layout", s.layout,
+                "--out", str(out), "--steps", str(s.collect_steps), "--learning-rate", str(s.collect_lr),
+                "--batch", str(s.collect_batch), "--seed", "0",
+                "--identities-per-step", str(identities_per_step or s.identities_per_step),
+                "--workers", str(workers or s.workers), "--eval-draws", str(s.collect_eval_draws),
+                "--init", str(self.p.shared_start), "--threads", "1", "--quiet"]
 
     def dataset(self):
         if (self.p.dataset / "manifest.json").is_file():
@@ -293,6 +302,7 @@ class Pipeline:
         dataset and config, scored the same way."""
         self.p.eval.mkdir(parents=True, exist_ok=True)
         self.evaluate_split(self.p.eval / "evaluate.json", "evaluate", self.p.hypernet)
+        self.train_alone()
         for name, prior in CONDITIONING_VARIANTS.items():
             config = json.loads(json.dumps(self.scale.hypernet_config))
             config["prior"] = {**config.get("prior", {}), **prior}
@@ -303,6 +313,19 @@ class Pipeline:
             if not hypernet.is_file():
                 self.write_scaled(trained, self.choose_identity_scale()["chosen"], hypernet)
             self.evaluate_split(self.p.eval / f"conditioning_{name}.json", f"evaluate_{name}", hypernet, "hypernet")
+
+    def train_alone(self):
+        """The first held-out families trained again with collect's settings but one family per step
+        and one worker, on an otherwise idle core: what one new typeface costs a user who has no
+        collection to group it with (the report sets the hypernet's sampling time against it)."""
+        families = sorted(p for p in (self.p.identities / "heldout").iterdir() if p.is_dir())
+        links = self.p.lone / "families"
+        links.mkdir(parents=True, exist_ok=True)
+        for family in families[:self.scale.lone_families]:
+            if not (links / family.name).exists():
+                os.symlink(family.resolve(), links / family.name, target_is_directory=True)
+        run_command(self.collect_args(links, self.p.lone / "collection", identities_per_step=1, workers=1),
+                    self.logs / "collect_alone.log", "collect (alone)")
 
     def report(self):
         from .report import write_report

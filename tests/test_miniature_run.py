@@ -92,9 +92,17 @@ def test_report_writes_miniature_json_results_section_and_picture(miniature):
     assert hypernet["heldout_families"] == len(font_support.URW_HELDOUT)
     assert {"mean", "sem", "seconds_per_identity", "gap_closed", "speedup"} <= set(hypernet)
     assert set(summary["targets"]) == {"gap_closed_at_least_0.7", "beats_nearest_by_more_than_sem",
-                                       "beats_mean_by_more_than_sem", "speedup_at_least_1000"}
+                                       "beats_mean_by_more_than_sem", "speedup_at_least_1000",
+                                       "speedup_alone_at_least_1000"}
     text = (results / "RESULTS.md").read_text()
     assert text.count("## Typeface miniature") == 1 and "## An earlier section\n\nkept" in text
+    # the first held-out family was trained again alone, and the hypernet is set against that too
+    alone = summary["trained_alone"]
+    lone = [p for p in (root / "work" / "lone" / "collection").iterdir() if p.is_dir()]
+    assert [p.name for p in lone] == sorted(font_support.URW_HELDOUT)[:1] and alone["families"] == 1
+    assert "group_size" not in json.loads((lone[0] / "collect.json").read_text())
+    assert hypernet["speedup_alone"] == pytest.approx(alone["seconds_per_identity"] / hypernet["seconds_per_identity"])
+    assert "trained alone" in text
     assert (results / "miniature.png").stat().st_size > 1000
     # the identity scale was chosen on the dataset's held-out training families and is what ships
     choice = summary["identity_scale"]
@@ -147,3 +155,17 @@ def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(choice.read_text())["chosen"] in (1.0, 2.0)
     assert "$ python -m hypernet evaluate-images" in proc.stdout
+
+
+def test_training_alone_counts_only_lone_trainings(tmp_path):
+    from miniature.report import training_alone
+    for name, record in (("a", {"status": "done", "train_seconds": 30.0}),
+                         ("b", {"status": "done", "train_seconds": 50.0}),
+                         ("grouped", {"status": "done", "train_seconds": 2.0, "group_size": 32}),
+                         ("failed", {"status": "skipped", "train_seconds": 1.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "collect.json").write_text(json.dumps(record))
+    alone = training_alone(tmp_path, {"seconds_per_identity": 0.08})
+    assert alone["families"] == 2 and alone["seconds_per_identity"] == pytest.approx(40.0)
+    assert alone["speedup"] == pytest.approx(500.0)
+    assert training_alone(tmp_path / "absent", {"seconds_per_identity": 0.08}) is None
