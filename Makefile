@@ -15,7 +15,7 @@ demo: setup
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 # The typeface miniature (issue 17) from the Debian font packages: base model, encoder, identity
-# LoRAs, hypernet, image evaluation; resumable per stage (71 minutes on an idle 2-core CPU). Writes
+# LoRAs, hypernet, image evaluation; resumable per stage (75 minutes on an idle 2-core CPU). Writes
 # benchmarks/miniature.json, its RESULTS.md section and picture, and the shipped files in models/.
 miniature: setup
 	$(PY) -m miniature run $(MINIATURE_ARGS)

@@ -41,7 +41,7 @@ CONDITIONING_VARIANTS = {"adalora": {"conditioning": "adalora", "adalora_gate": 
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each stage is. `full` is the issue's experiment (71 minutes on an idle 2-core CPU);
+    """How big each stage is. `full` is the issue's experiment (75 minutes on an idle 2-core CPU);
     `ci` is the same pipeline on a few fonts in minutes, for the tests."""
 
     base_preset: str = "default"
