@@ -15,10 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hypernet.common.files import write_text_atomic
-from hypernet.pipeline.identity_scores import format_table
+from hypernet.pipeline.identity_scores import format_table, paired_difference
 
 SECTION = "## Typeface miniature: images personalized on held-out typefaces (issue 17, `make miniature`)"
 HYPERNET, NEAREST, MEAN, BASE, TRAINED = "hypernet", "nearest", "mean", "base", "trained"
+PAIRS = ((HYPERNET, BASE), (HYPERNET, MEAN), (HYPERNET, NEAREST), (TRAINED, HYPERNET), (TRAINED, NEAREST))
 
 
 def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path, alone_dir: Path | None = None) -> dict:
@@ -35,13 +36,39 @@ def summarize(evaluation: dict, timings: dict, scale, eval_dir: Path, alone_dir:
     alone = training_alone(alone_dir, methods.get(HYPERNET))
     if alone and "speedup" in alone:
         methods[HYPERNET]["speedup_alone"] = alone["speedup"]
-    return {"methods": methods, "trained_alone": alone, "calibration": evaluation.get("calibration", {}) and
+    paired = paired_rows(evaluation["methods"])
+    return {"methods": methods, "paired": paired, "trained_alone": alone,
+            "calibration": evaluation.get("calibration", {}) and
             {k: evaluation["calibration"][k] for k in ("name", "mean", "sem")},
-            "heldout_families": heldout, "targets": targets(methods), "stage_seconds": timings,
+            "heldout_families": heldout, "targets": targets(methods, paired), "stage_seconds": timings,
             "conditioning": conditioning_rows(eval_dir, methods, scale.hypernet_config),
             "prompts": evaluation["prompts"], "seeds": evaluation["seeds"], "sampler": evaluation["sampler"],
             "identity_scale": identity_scale_choice(eval_dir),
             "scale": asdict(scale), "threads": 1, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def paired_rows(methods: dict) -> dict:
+    """"a - b": the paired difference per family (identity_scores.paired_difference) for the
+    comparisons the issue's targets make, and each hypernet+Refine against the hypernet alone."""
+    pairs = [*PAIRS, *((name, HYPERNET) for name in methods if name.startswith(HYPERNET + "+"))]
+    rows = {}
+    for a, b in pairs:
+        scores_a, scores_b = methods.get(a, {}).get("per_identity"), methods.get(b, {}).get("per_identity")
+        row = paired_difference(scores_a, scores_b) if scores_a and scores_b else None
+        if row:
+            rows[f"{a} - {b}"] = row
+    return rows
+
+
+def paired_table(rows: dict) -> list[str]:
+    if not rows:
+        return []
+    lines = ["Paired over the families (first minus second per family; mean +- standard error, and on how many "
+             "of them the first is ahead):", "", "| difference | mean | std. error | ahead |", "| --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        sem = "-" if r["sem"] is None else f"{r['sem']:.3f}"
+        lines.append(f"| {name} | {r['mean']:+.3f} | {sem} | {r['ahead']} of {r['identities']} |")
+    return lines + [""]
 
 
 def training_alone(collection: Path | None, hypernet: dict | None) -> dict | None:
@@ -120,13 +147,18 @@ def conditioning_table(rows: dict) -> list[str]:
     return lines
 
 
-def targets(methods: dict) -> dict:
-    """The issue's targets, each True/False (None where a method is missing)."""
+def targets(methods: dict, paired: dict | None = None) -> dict:
+    """The issue's targets, each True/False (None where a method is missing). "Beats by more than
+    the standard error" is the paired difference against its own standard error where the
+    per-family scores are there, else against the larger of the two methods' standard errors."""
     h = methods.get(HYPERNET)
     if h is None:
         return {}
 
     def beats(other: str):
+        pair = (paired or {}).get(f"{HYPERNET} - {other}")
+        if pair and pair["sem"] is not None:
+            return bool(pair["mean"] > pair["sem"])
         o = methods.get(other)
         if o is None or h["mean"] is None or o["mean"] is None:
             return None
@@ -155,6 +187,7 @@ def markdown(summary: dict, evaluation: dict, command: str) -> str:
              "of the family's reference glyphs (specimen sheets of 16). Seconds per identity: making the LoRA "
              "(embedding the references included where the method needs them).", "",
              format_table(evaluation), "",
+             *paired_table(summary.get("paired", {})),
              *training_alone_lines(summary.get("trained_alone"), summary["methods"]),
              "Targets: " + ", ".join(f"{k} **{v}**" for k, v in t.items()), "",
              *identity_scale_lines(summary.get("identity_scale")),

@@ -17,6 +17,7 @@ from hypernet.cli import main
 from hypernet.lora.lora_io import lora_from_state_dict, read_lora, write_lora
 from hypernet.lora.presets import preset
 from hypernet.pipeline.identity_scores import (MethodScores, format_table, gap_closed, identity_similarity,
+                                               paired_difference,
                                                reference_calibration, report)
 from hypernet.pipeline.lora_baselines import mean_lora
 from random_weights import random_kohya_state
@@ -61,6 +62,18 @@ def test_method_rows_standard_error_gap_closed_and_table():
     table = format_table(numbers)
     assert "| hypernet | 0.500 | 0.100 | 1 | 75 % |" in table
     assert "same identity, other reference" in table
+
+
+def test_paired_difference_cancels_the_spread_between_identities():
+    # identities far apart, the first method a steady 0.01-0.03 above the second on each
+    first = {"a": 0.91, "b": 0.52, "c": -0.28, "d": 0.10}
+    second = {"a": 0.90, "b": 0.50, "c": -0.30, "d": 0.07, "only-here": 5.0}
+    d = paired_difference(first, second)
+    assert d["identities"] == 4 and d["ahead"] == 4
+    assert d["mean"] == pytest.approx(0.02)
+    assert d["sem"] == pytest.approx(0.00408, abs=1e-5)  # sd of (0.01, 0.02, 0.02, 0.03) / 2
+    assert MethodScores("first", first).sem > 0.2  # the unpaired error would hide the difference
+    assert paired_difference({"a": 1.0}, {"b": 1.0}) is None
 
 
 def test_mean_lora_is_the_exact_mean_update(tmp_path):

@@ -103,6 +103,15 @@ def test_report_writes_miniature_json_results_section_and_picture(miniature):
     assert "group_size" not in json.loads((lone[0] / "collect.json").read_text())
     assert hypernet["speedup_alone"] == pytest.approx(alone["seconds_per_identity"] / hypernet["seconds_per_identity"])
     assert "trained alone" in text
+    # paired differences per family: their means are the differences of the methods' means
+    paired = summary["paired"]
+    assert {"hypernet - base", "hypernet - mean", "hypernet - nearest", "trained - hypernet", "trained - nearest",
+            "hypernet+refine2 - hypernet"} == set(paired)
+    for name, row in paired.items():
+        a, b = name.split(" - ")
+        assert row["identities"] == len(font_support.URW_HELDOUT)
+        assert row["mean"] == pytest.approx(summary["methods"][a]["mean"] - summary["methods"][b]["mean"], abs=1e-9)
+    assert "Paired over the families" in text and "| hypernet - nearest |" in text
     assert (results / "miniature.png").stat().st_size > 1000
     # the identity scale was chosen on the dataset's held-out training families and is what ships
     choice = summary["identity_scale"]
@@ -169,3 +178,14 @@ def test_training_alone_counts_only_lone_trainings(tmp_path):
     assert alone["families"] == 2 and alone["seconds_per_identity"] == pytest.approx(40.0)
     assert alone["speedup"] == pytest.approx(500.0)
     assert training_alone(tmp_path / "absent", {"seconds_per_identity": 0.08}) is None
+
+
+def test_beating_another_method_is_judged_on_the_paired_difference():
+    from miniature.report import targets
+    methods = {"hypernet": {"mean": 0.10, "sem": 0.03}, "nearest": {"mean": 0.08, "sem": 0.03},
+               "mean": {"mean": 0.09, "sem": 0.03}}
+    paired = {"hypernet - nearest": {"mean": 0.02, "sem": 0.005}, "hypernet - mean": {"mean": 0.01, "sem": 0.02}}
+    t = targets(methods, paired)
+    assert t["beats_nearest_by_more_than_sem"] is True  # 0.02 > 0.005, though 0.02 < the unpaired 0.03
+    assert t["beats_mean_by_more_than_sem"] is False
+    assert targets(methods)["beats_nearest_by_more_than_sem"] is False  # no per-family scores: unpaired

@@ -109,6 +109,19 @@ def report(methods: list[MethodScores], calibration: MethodScores | None, gap_me
     return result
 
 
+def paired_difference(first: dict[str, float], second: dict[str, float]) -> dict | None:
+    """First method's per-identity scores minus the second's over the identities both scored: mean,
+    standard error and how many the first is ahead on. Every method draws the same identities with
+    the same prompts and seeds, so the spread between identities cancels here; the methods'
+    own standard errors keep it and are far too wide to compare two methods with."""
+    common = sorted(set(first) & set(second))
+    if not common:
+        return None
+    diff = MethodScores("difference", {k: first[k] - second[k] for k in common})
+    return {"mean": diff.mean, "sem": diff.sem, "ahead": sum(d > 0 for d in diff.scores.values()),
+            "identities": len(common)}
+
+
 def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
