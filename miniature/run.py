@@ -69,7 +69,8 @@ class Scale:
     sample_steps: int = 12
     refine_steps: int = 20
     # collect's rate: Refine continues the same training. At 1e-2 it pulled the hypernet's (x2-scaled)
-    # LoRAs off (-0.012 +- 0.010 paired on 56 held-out families); at 3e-3 it neither helps nor hurts.
+    # LoRAs off (-0.018 +- 0.007 paired on the 111 held-out families); at 3e-3 it neither helps nor
+    # hurts (-0.004 +- 0.005)
     refine_lr: float = 3e-3
     # hypernet stage: identity_scale candidates, scored by image on the dataset's held-out split
     # of the training families (never on the evaluated families); the best is shipped
@@ -318,6 +319,8 @@ class Pipeline:
         """The first held-out families trained again with collect's settings but one family per step
         and one worker, on an otherwise idle core: what one new typeface costs a user who has no
         collection to group it with (the report sets the hypernet's sampling time against it)."""
+        if self.scale.lone_families < 1:
+            return
         families = sorted(p for p in (self.p.identities / "heldout").iterdir() if p.is_dir())
         links = self.p.lone / "families"
         links.mkdir(parents=True, exist_ok=True)
