@@ -49,17 +49,14 @@ class Scale:
     encoder_steps: int = 600
     glyph_size: int = 16
     layout: str = "tiny-attn-r2"  # rank 2: the shipped hypernet has to fit beside the base model
-    # Many gentle steps: at 80 steps and 1e-2 the per-family LoRAs were mostly noise (a neighbour's
+    # 400 gentle steps: at 80 steps and 1e-2 the per-family LoRAs were mostly noise (a neighbour's
     # LoRA drew a family as well as its own); 400 at 3e-3 fit each family's glyphs better and drew
-    # it better, and 800 steps of 2 glyphs draw it better again than 400 of 4 (+0.015 +- 0.007 paired
-    # on 32 validation families): the gain is in the number of steps, not in the glyphs seen
-    # (RESULTS.md, issue 17 notes). 64 families per step make a step's 128 rows cost what 32 x 4
-    # cost, so the collection takes the time 400 x 4 took and fits the 90 minutes.
-    collect_steps: int = 800
+    # it better (RESULTS.md, issue 17 notes), and grouped 32 per step they fit the 90 minutes.
+    collect_steps: int = 400
     collect_lr: float = 3e-3
-    collect_batch: int = 2
+    collect_batch: int = 4
     collect_eval_draws: int = 1
-    identities_per_step: int = 64
+    identities_per_step: int = 32
     workers: int = 2
     hypernet_config: dict = field(default_factory=lambda: {
         # linear: an MLP VAE collapses to the mean LoRA on these noisy identity LoRAs (autoencoder.py)
