@@ -138,6 +138,30 @@ def run_command(args: list[str], log: Path, what: str) -> None:
     wait(start(args, log), log, what)
 
 
+def newest_write(roots: list[Path], depth: int = 2) -> float:
+    """The newest modification time of `roots` and of what lies up to `depth` folders below them
+    (0 when none exists). Every stage writes by creating or renaming entries, which moves the
+    time of the folder they are in, so the walk never needs the glyph files of a collection."""
+    newest, level = 0.0, [r for r in roots if r.exists()]
+    for below in range(depth, -1, -1):
+        deeper = []
+        for path in level:
+            newest = max(newest, path.lstat().st_mtime)
+            if below and path.is_dir() and not path.is_symlink():
+                deeper.extend(path.iterdir())
+        level = deeper
+    return newest
+
+
+def collect_trained(out: Path, since: float) -> bool:
+    """Whether a `collect` into `out` since `since` trained any identity (its run file's list)."""
+    from hypernet.collect.jobs import RUN_FILE
+    run_file = out / RUN_FILE
+    if not run_file.is_file() or run_file.stat().st_mtime < since:
+        return False
+    return bool(json.loads(run_file.read_text()).get("trained"))
+
+
 class Pipeline:
     def __init__(self, work: Path, font_list: Path, scale: Scale, ship_to: Path | None, results: Path | None):
         self.p, self.font_list, self.scale = Paths(work), font_list, scale
@@ -341,6 +365,22 @@ class Pipeline:
         ship(self.p, self.ship_to)
 
     # -- driver -----------------------------------------------------------------------------
+    def did_work(self, stage: str, since: float, seconds: float) -> bool:
+        """Whether `stage` wrote anything since `since` (wall clock); report and ship always work.
+        collect rewrites its run file even when every family was done, so collections are judged
+        by what that file says it trained."""
+        from .debian_packages import default_cache
+        p = self.p
+        if stage == "collect":
+            return (newest_write([p.shared_start]) >= since
+                    or any(collect_trained(p.collection / split, since) for split in ("train", "heldout")))
+        if stage == "evaluate":
+            return newest_write([p.eval]) >= since or collect_trained(p.lone / "collection", since)
+        outputs = {"fonts": [default_cache()], "base+encoder": [p.base, p.encoder], "identities": [p.identities],
+                   "dataset": [p.dataset],
+                   "hypernet": [p.trained_hypernet, p.hypernet, p.work / "scales", p.validation, p.eval]}.get(stage)
+        return seconds > 1.0 if outputs is None else newest_write(outputs) >= since
+
     def run(self, stages: tuple[str, ...]) -> None:
         self.p.work.mkdir(parents=True, exist_ok=True)
         timings_file = self.p.work / "timings.json"
@@ -354,11 +394,12 @@ class Pipeline:
             if not set(name.split("+")) & set(stages) or (name == "ship" and self.ship_to is None):
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-            started = time.perf_counter()
+            started, started_wall = time.perf_counter(), time.time()
             step()
-            # Only stages that did work are timed: a skipped stage keeps the time it took.
+            # Only stages that did work are timed: one that found its work done (a resumed
+            # collect checks its families for seconds) keeps the time the work took.
             seconds = time.perf_counter() - started
-            if seconds > 1.0 or name not in self.timings:
+            if self.did_work(name, started_wall, seconds) or name not in self.timings:
                 self.timings[name] = round(seconds, 1)
             timings_file.write_text(json.dumps(self.timings, indent=1))
 

@@ -148,10 +148,17 @@ def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
     root, font_list, _ = miniature
     manifest = root / "work" / "dataset" / "manifest.json"
     shutil.rmtree(manifest.parent)  # the stage's whole output
+    timings_file = root / "work" / "timings.json"
+    before = json.loads(timings_file.read_text())
     proc = run_miniature(root / "work", font_list, root / "models", root / "benchmarks", "--stages",
                          "base,encoder,identities,collect,dataset,hypernet,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  $ python -m hypernet dataset" in proc.stdout
+    # stages that found their work done keep the time the work took, though collect (resuming)
+    # and identities took seconds to find that out
+    after = json.loads(timings_file.read_text())
+    for stage in ("base+encoder", "identities", "collect", "hypernet", "evaluate"):
+        assert after[stage] == before[stage], (stage, before, after)
     # collect always runs: it skips the identities it finished itself (resume), so it is not listed
     for command in ("miniature.train_base", "miniature train-encoder", "hypernet train", "hypernet evaluate-images"):
         assert f"$ python -m {command}" not in proc.stdout
