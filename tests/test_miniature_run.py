@@ -154,8 +154,8 @@ def test_a_removed_stage_output_runs_that_stage_again_alone(miniature):
                          "base,encoder,identities,collect,dataset,hypernet,evaluate")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "  $ python -m hypernet dataset" in proc.stdout
-    # stages that found their work done keep the time the work took, though collect (resuming)
-    # and identities took seconds to find that out
+    # stages that found their work done keep the time the work took, though a resuming collect
+    # takes seconds to find that out
     after = json.loads(timings_file.read_text())
     for stage in ("base+encoder", "identities", "collect", "hypernet", "evaluate"):
         assert after[stage] == before[stage], (stage, before, after)
